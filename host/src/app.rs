@@ -1,0 +1,112 @@
+//! Shared state, the router and the server's life cycle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::providers::ProviderRuntime;
+use crate::push::Push;
+use crate::secrets::Secrets;
+use crate::store::Store;
+
+/// Request bodies larger than this get 413/113.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    /// `server.public_url`, or the address actually bound when unset.
+    pub public_url: Arc<str>,
+    pub store: Arc<dyn Store>,
+    pub providers: Arc<ProviderRuntime>,
+    pub push: Arc<Push>,
+    pub auth: Arc<Auth>,
+    /// The one outbound HTTP client (push, BrowserID, plugins' HTTP import).
+    pub http: reqwest::Client,
+}
+
+/// A server bound to its address, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Server {
+    /// Opens storage (running migrations), loads plugins and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+        let local_addr = listener.local_addr()?;
+        let public_url: Arc<str> = match &config.server.public_url {
+            Some(_) => config.public_url().into(),
+            None => format!("http://{local_addr}").into(),
+        };
+        std::fs::create_dir_all(&config.server.data_dir)
+            .with_context(|| format!("server.data_dir: cannot create {}", config.server.data_dir.display()))?;
+        let secrets = Secrets::new(&config.server.data_dir);
+        let http = crate::push::http_client(&config)?;
+        let store = crate::store::connect(&config).await?;
+        let providers = Arc::new(ProviderRuntime::load(&config, &secrets, http.clone()).await?);
+        let auth = Arc::new(Auth::new(&config, &secrets, http.clone())?);
+        let push = Arc::new(Push::new(&config, http.clone()));
+        let state = AppState {
+            config: Arc::new(config),
+            public_url,
+            store,
+            providers,
+            push,
+            auth,
+            http,
+        };
+        let router = crate::api::router(state.clone());
+        Ok(Self { listener, router, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config);
+        // Tests and scripts wait for this exact line to learn the port.
+        println!("loop-server listening on http://{}", self.local_addr());
+        tracing::info!(addr = %self.local_addr(), public_url = %self.state.public_url, "serving");
+        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        purge.abort();
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,325 @@
+//! The one configuration struct: built-in defaults, then `config.toml`, then
+//! `LOOP_*` environment variables (`__` separates nesting levels).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub call_urls: CallUrlsConfig,
+    pub calls: CallsConfig,
+    pub push: PushConfig,
+    pub cors: CorsConfig,
+    pub fxa: FxaConfig,
+    pub providers: ProvidersConfig,
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The origin clients reach this server at; `{public_url}` in templates.
+    /// Defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Where the SQLite database, generated secrets and the compile cache live.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://…`. Defaults to `sqlite://<data_dir>/loop.db`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    /// How often expired rows are purged.
+    pub purge_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of a Hawk device session, refreshed on every use.
+    pub hawk_session_duration: u64,
+    /// Accepted difference between the client's Hawk timestamp and ours.
+    pub hawk_clock_skew_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallUrlsConfig {
+    /// Template of the URL handed out; `{public_url}` and `{token}` are replaced.
+    pub web_app_url: String,
+    pub default_ttl_hours: u64,
+    pub max_ttl_hours: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// How long a call is listed to the callee after it was placed.
+    pub duration_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Origins (`https://push.example.com`) push URLs may point at. Empty: any
+    /// public https origin, never a loopback, private or link-local address.
+    pub allowed_origins: Vec<String>,
+    pub timeout_ms: u64,
+    /// Returned by `GET /push-server-config`.
+    pub server_uri: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins allowed by CORS; `*` allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FxaConfig {
+    /// BrowserID verifier; BrowserID auth is off when unset.
+    pub verifier_url: Option<String>,
+    pub audiences: Vec<String>,
+    pub trusted_issuers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    /// Plugin used for calls with no channel, or a channel with no route.
+    pub default: String,
+    /// `channel = "plugin name"`.
+    pub channels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path to the component, relative to the config file's folder.
+    pub component: PathBuf,
+    /// Origins (`https://api.vendor.com`, `http://127.0.0.1:8080`) the plugin may reach.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub limits: PluginLimits,
+    /// Settings keys the host fills with a generated secret (kept in the data
+    /// directory) when `settings` does not set them.
+    #[serde(default)]
+    pub generated_secrets: Vec<String>,
+    /// The plugin's own settings, readable only by that plugin.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    pub memory_mib: u64,
+    /// Wasm CPU time per call, enforced by epoch interruption.
+    pub cpu_ms: u64,
+    /// Wall time per call, host HTTP included.
+    pub wall_ms: u64,
+    /// Largest string or list the plugin may return.
+    pub max_return_bytes: usize,
+    /// Largest HTTP response body handed to the plugin.
+    pub max_http_response_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: ([127, 0, 0, 1], 5000).into(), public_url: None, data_dir: PathBuf::from("data") }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: None, max_connections: 16, purge_interval_seconds: 60 }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { hawk_session_duration: 30 * 24 * 3600, hawk_clock_skew_seconds: 60 }
+    }
+}
+
+impl Default for CallUrlsConfig {
+    fn default() -> Self {
+        Self { web_app_url: "{public_url}/c/{token}".into(), default_ttl_hours: 720, max_ttl_hours: 720 }
+    }
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self { duration_seconds: 60 }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self { allowed_origins: Vec::new(), timeout_ms: 2000, server_uri: "wss://push.services.mozilla.com/".into() }
+    }
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        Self { default: "loopback".into(), channels: BTreeMap::new() }
+    }
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            memory_mib: 16,
+            cpu_ms: 100,
+            wall_ms: 5000,
+            max_return_bytes: 64 * 1024,
+            max_http_response_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            call_urls: CallUrlsConfig::default(),
+            calls: CallsConfig::default(),
+            push: PushConfig::default(),
+            cors: CorsConfig::default(),
+            fxa: FxaConfig::default(),
+            providers: ProvidersConfig::default(),
+            plugins: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if it exists), then `LOOP_*` variables.
+    /// Relative paths in the file are resolved against the file's folder.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if path.exists() {
+            figment = figment.merge(Toml::file(path));
+        } else if path != Path::new("config.toml") {
+            anyhow::bail!("config file {} does not exist", path.display());
+        }
+        figment = figment.merge(Env::prefixed("LOOP_").split("__"));
+        let mut config: Config = figment.extract().map_err(|err| {
+            // figment names the key (`server.listen`) and the source in its message.
+            anyhow::anyhow!("invalid configuration: {}", err.to_string().replace('\n', "; "))
+        })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.server.data_dir.is_relative() {
+            self.server.data_dir = base.join(&self.server.data_dir);
+        }
+        for plugin in self.plugins.values_mut() {
+            if plugin.component.is_relative() {
+                plugin.component = base.join(&plugin.component);
+            }
+        }
+    }
+
+    /// Checks that cannot be expressed in types; each error names its key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.server.public_url {
+            let parsed = url::Url::parse(url).context("server.public_url: not a URL")?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https"),
+                "server.public_url: must be an http(s) URL"
+            );
+        }
+        if let Some(url) = &self.database.url {
+            anyhow::ensure!(
+                url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "database.url: must start with sqlite: or postgres://"
+            );
+        }
+        anyhow::ensure!(self.database.max_connections > 0, "database.max_connections: must be at least 1");
+        anyhow::ensure!(
+            self.call_urls.web_app_url.contains("{token}"),
+            "call_urls.web_app_url: must contain {{token}}"
+        );
+        anyhow::ensure!(self.call_urls.max_ttl_hours > 0, "call_urls.max_ttl_hours: must be at least 1");
+        anyhow::ensure!(
+            (1..=self.call_urls.max_ttl_hours).contains(&self.call_urls.default_ttl_hours),
+            "call_urls.default_ttl_hours: must be between 1 and call_urls.max_ttl_hours"
+        );
+        anyhow::ensure!(self.calls.duration_seconds > 0, "calls.duration_seconds: must be at least 1");
+        anyhow::ensure!(self.auth.hawk_session_duration > 0, "auth.hawk_session_duration: must be at least 1");
+        for origin in &self.push.allowed_origins {
+            let parsed = url::Url::parse(origin).with_context(|| format!("push.allowed_origins: {origin:?} is not a URL"))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https"),
+                "push.allowed_origins: {origin:?} must be http(s)"
+            );
+        }
+        if let Some(url) = &self.fxa.verifier_url {
+            url::Url::parse(url).context("fxa.verifier_url: not a URL")?;
+        }
+        anyhow::ensure!(
+            self.plugins.contains_key(&self.providers.default),
+            "providers.default: no [plugins.{}] table",
+            self.providers.default
+        );
+        for (channel, plugin) in &self.providers.channels {
+            anyhow::ensure!(
+                self.plugins.contains_key(plugin),
+                "providers.channels.{channel}: no [plugins.{plugin}] table"
+            );
+        }
+        for (name, plugin) in &self.plugins {
+            for host in &plugin.allowed_hosts {
+                let parsed = url::Url::parse(host)
+                    .with_context(|| format!("plugins.{name}.allowed_hosts: {host:?} is not an origin like https://host"))?;
+                anyhow::ensure!(
+                    matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some(),
+                    "plugins.{name}.allowed_hosts: {host:?} must be an http(s) origin"
+                );
+            }
+            let limits = &plugin.limits;
+            anyhow::ensure!(limits.memory_mib >= 1, "plugins.{name}.limits.memory_mib: must be at least 1");
+            anyhow::ensure!(limits.cpu_ms >= 1, "plugins.{name}.limits.cpu_ms: must be at least 1");
+            anyhow::ensure!(limits.wall_ms >= 1, "plugins.{name}.limits.wall_ms: must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// `server.public_url`, or `http://<listen>` when unset. No trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.server.listen),
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.server.data_dir.join("loop.db").display()),
+        }
+    }
+}

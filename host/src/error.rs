@@ -1,0 +1,189 @@
+//! The one place where failures become HTTP responses.
+//!
+//! Every error a client sees is Loop's `{code, errno, error, message}` body, with
+//! the errno numbers of Mozilla's Loop server so existing clients understand them.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Loop's errno numbers (a subset of Mozilla's loop-server `errors.js`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Errno {
+    InvalidToken = 105,
+    BadJson = 106,
+    InvalidParameters = 107,
+    MissingParameters = 108,
+    InvalidAuthToken = 110,
+    Expired = 111,
+    RequestTooLarge = 113,
+    Backend = 201,
+    Undefined = 999,
+}
+
+/// How long a client should wait before retrying after a backend failure.
+pub const RETRY_AFTER_SECONDS: u32 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A token (call URL token, call id) that is unknown or revoked.
+    #[error("{0}")]
+    NotFound(String),
+    /// Malformed JSON, or a body that is not JSON at all.
+    #[error("{0}")]
+    BadJson(String),
+    /// JSON whose content type is not acceptable.
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// A field with a wrong type or value; the message names the field.
+    #[error("{field}: {reason}")]
+    InvalidParameter { field: String, reason: String },
+    /// A required field is absent; the message names the field.
+    #[error("missing {0}")]
+    MissingParameter(String),
+    /// Authentication failed (401, with `WWW-Authenticate: Hawk`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but not allowed to touch this resource.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The resource existed but has expired.
+    #[error("{0}")]
+    Expired(String),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// Storage, provider or another dependency failed; the client may retry.
+    #[error("{0}")]
+    Backend(String),
+    /// A bug or an unexpected state. The detail is logged, not shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u16,
+    errno: u16,
+    error: &'a str,
+    message: String,
+}
+
+impl AppError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidParameter { field: field.into(), reason: reason.into() }
+    }
+
+    pub fn missing(field: impl Into<String>) -> Self {
+        Self::MissingParameter(field.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadJson(_) | Self::InvalidParameter { .. } | Self::MissingParameter(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Expired(_) => StatusCode::GONE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn errno(&self) -> Errno {
+        match self {
+            Self::NotFound(_) => Errno::InvalidToken,
+            Self::BadJson(_) | Self::NotAcceptable(_) => Errno::BadJson,
+            Self::InvalidParameter { .. } => Errno::InvalidParameters,
+            Self::MissingParameter(_) => Errno::MissingParameters,
+            Self::Unauthorized(_) | Self::Forbidden(_) => Errno::InvalidAuthToken,
+            Self::Expired(_) => Errno::Expired,
+            Self::TooLarge(_) => Errno::RequestTooLarge,
+            Self::Backend(_) => Errno::Backend,
+            Self::Internal(_) => Errno::Undefined,
+        }
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(err: sqlx::Error) -> Self {
+        tracing::error!(error = %err, "storage error");
+        Self::Backend("storage is unavailable".into())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Internal(err) = &self {
+            tracing::error!(error = ?err, "internal error");
+        }
+        let body = ErrorBody {
+            code: status.as_u16(),
+            errno: self.errno() as u16,
+            error: status.canonical_reason().unwrap_or("Error"),
+            message: self.to_string(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Hawk"));
+            }
+            Self::Backend(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// `Json<T>` whose rejections are Loop errors: malformed JSON is 400/106, a wrong
+/// content type 406/106, a field of the wrong type 400/107 naming the field, an
+/// oversized body 413/113.
+pub struct LoopJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for LoopJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    match rejection {
+        JsonRejection::JsonDataError(err) => {
+            // serde's message reads like "field: invalid type ..."; keep its path.
+            let detail = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_else(|| err.body_text());
+            let field = detail.split(':').next().unwrap_or("body").trim().to_string();
+            AppError::invalid(field, detail)
+        }
+        JsonRejection::JsonSyntaxError(err) => AppError::BadJson(format!("malformed JSON: {}", err.body_text())),
+        JsonRejection::MissingJsonContentType(_) => {
+            AppError::NotAcceptable("expected Content-Type: application/json".into())
+        }
+        JsonRejection::BytesRejection(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            AppError::TooLarge(crate::app::MAX_BODY_BYTES)
+        }
+        other => AppError::BadJson(other.body_text()),
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,12 @@
+//! Loop: a server for one-click WebRTC calls.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod providers;
+pub mod push;
+pub mod secrets;
+pub mod store;

@@ -1,0 +1,69 @@
+//! The `loop-server` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use loop_server::app::Server;
+use loop_server::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "loop-server", version, about = "Loop: one-click WebRTC calls")]
+struct Cli {
+    /// Configuration file; `LOOP_*` environment variables override it.
+    #[arg(long, short, global = true, default_value = "config.toml", env = "LOOP_CONFIG")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Work with provider plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Validate a component against the provider world and list its imports and exports.
+    Check { component: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("LOOP_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("loop-server: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => {
+                let config = Config::load(&cli.config)?;
+                Server::build(config).await?.run().await
+            }
+            Command::Plugins { command: PluginsCommand::Check { component } } => {
+                loop_server::providers::check_component(&component)
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loop-server: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

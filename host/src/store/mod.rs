@@ -1,0 +1,124 @@
+//! Storage: one small trait, one SQL implementation that serves SQLite and
+//! PostgreSQL with the same queries, the backend chosen from the URL scheme.
+
+use async_trait::async_trait;
+
+pub mod sql;
+
+pub use sql::{SqlStore, connect};
+
+/// Unix seconds; every timestamp in storage uses it.
+pub type Timestamp = i64;
+
+/// A Hawk device session. The Hawk id itself is never stored: `id_hmac` is an
+/// HMAC of it under a server secret, so a database dump cannot be used to sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id_hmac: String,
+    /// The Hawk key (hex), needed to check request MACs.
+    pub key: String,
+    /// The user the session belongs to: a verified FxA identity, or the
+    /// session's own `id_hmac` for anonymous devices.
+    pub user_id: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallUrl {
+    pub token: String,
+    /// Owner (callee).
+    pub user_id: String,
+    /// Who the link is for.
+    pub caller_id: String,
+    /// Owner's display name.
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// Fields of a call URL a `PUT /call-url/{token}` may change; `None` keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallUrlUpdate {
+    pub caller_id: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A call placed through a call URL, kept for the callee to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub call_id: String,
+    /// The callee.
+    pub user_id: String,
+    pub call_token: String,
+    pub call_url: String,
+    pub url_creation_date: Timestamp,
+    pub caller_id: String,
+    pub call_type: String,
+    pub subject: Option<String>,
+    pub provider: String,
+    pub session_id: String,
+    /// The callee's provider token.
+    pub callee_token: String,
+    pub api_key: String,
+    pub websocket_token: String,
+    pub progress_url: String,
+    /// The call's version: clients list calls with `version` ≥ N.
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for `/__heartbeat__`.
+    async fn ping(&self) -> Result<(), sqlx::Error>;
+
+    async fn create_session(&self, session: &Session) -> Result<(), sqlx::Error>;
+    /// A live (not expired at `now`) session.
+    async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, sqlx::Error>;
+    async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), sqlx::Error>;
+    /// Records a Hawk nonce for a session; false if it was already seen (a replay).
+    async fn remember_nonce(&self, id_hmac: &str, nonce: &str, expires_at: Timestamp) -> Result<bool, sqlx::Error>;
+
+    /// Replaces this session's push URL for `topic` ("calls", "rooms").
+    async fn set_push_url(&self, id_hmac: &str, user_id: &str, topic: &str, url: &str) -> Result<(), sqlx::Error>;
+    async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error>;
+    /// Every device's push URL of the user for `topic`.
+    async fn push_urls(&self, user_id: &str, topic: &str) -> Result<Vec<String>, sqlx::Error>;
+
+    async fn create_call_url(&self, call_url: &CallUrl) -> Result<(), sqlx::Error>;
+    /// The call URL whatever its expiry (the API tells expired from unknown).
+    async fn call_url(&self, token: &str) -> Result<Option<CallUrl>, sqlx::Error>;
+    async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, sqlx::Error>;
+    /// Updates an owner's call URL; false if no such token for that owner.
+    async fn update_call_url(&self, token: &str, user_id: &str, update: &CallUrlUpdate) -> Result<bool, sqlx::Error>;
+    /// Revokes a call URL; false if no such token for that owner.
+    async fn delete_call_url(&self, token: &str, user_id: &str) -> Result<bool, sqlx::Error>;
+
+    async fn create_call(&self, call: &Call) -> Result<(), sqlx::Error>;
+    /// Calls of `user_id` with `created_at >= version` that have not expired at `now`.
+    async fn calls(&self, user_id: &str, version: Timestamp, now: Timestamp) -> Result<Vec<Call>, sqlx::Error>;
+
+    /// Deletes the user's sessions, push URLs, call URLs and calls.
+    async fn delete_user(&self, user_id: &str) -> Result<(), sqlx::Error>;
+    /// Removes rows expired at `now`; returns how many.
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, sqlx::Error>;
+}
+
+/// Purges expired rows every `database.purge_interval_seconds`.
+pub fn spawn_purge(store: std::sync::Arc<dyn Store>, config: &crate::config::Config) -> tokio::task::JoinHandle<()> {
+    let interval = std::time::Duration::from_secs(config.database.purge_interval_seconds.max(1));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            match store.purge_expired(crate::clock::now()).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "purged expired rows"),
+                Err(err) => tracing::warn!(error = %err, "purging expired rows failed"),
+            }
+        }
+    })
+}
