@@ -1,0 +1,192 @@
+//! Starts the real `loop-server` binary the way a user does (a config file and
+//! `--config`), on 127.0.0.1:0, against SQLite or PostgreSQL.
+//!
+//! `LOOP_TEST_DATABASE=postgres` runs the suite against PostgreSQL
+//! (`LOOP_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`);
+//! every server gets a fresh database of its own unless a test shares one.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The committed loopback component.
+pub fn loopback_wasm() -> PathBuf {
+    workspace_root().join("plugins/loopback/loopback.wasm")
+}
+
+pub fn use_postgres() -> bool {
+    std::env::var("LOOP_TEST_DATABASE").map(|v| v == "postgres").unwrap_or(false)
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("LOOP_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh, empty PostgreSQL database; returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+    let name = format!("loop_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+/// The database URL a test server should use: a fresh PostgreSQL database when
+/// the suite runs on PostgreSQL, else a SQLite file in `dir`.
+pub async fn database_url(dir: &Path) -> String {
+    if use_postgres() {
+        fresh_postgres_database().await
+    } else {
+        format!("sqlite://{}?mode=rwc", dir.join("loop.db").display())
+    }
+}
+
+pub struct TestServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    _tempdir: Option<TempDir>,
+}
+
+pub struct ServerOptions {
+    /// TOML appended to the generated config (sections must not repeat ours).
+    pub extra_toml: String,
+    /// Whether to write the default `[plugins.loopback]` table.
+    pub loopback: bool,
+    pub database_url: Option<String>,
+    /// Share a data dir (secrets, SQLite file) with another server.
+    pub dir: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { extra_toml: String::new(), loopback: true, database_url: None, dir: None, env: Vec::new() }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    pub async fn start_with(options: ServerOptions) -> Self {
+        let (tempdir, dir) = match &options.dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let tempdir = tempfile::tempdir().unwrap();
+                let dir = tempdir.path().to_path_buf();
+                (Some(tempdir), dir)
+            }
+        };
+        let database_url = match options.database_url.clone() {
+            Some(url) => url,
+            None => database_url(&dir).await,
+        };
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[database]\nurl = {:?}\n\n",
+            dir.join("data").display().to_string(),
+            database_url
+        );
+        if options.loopback {
+            toml.push_str(&format!(
+                "[plugins.loopback]\ncomponent = {:?}\ngenerated_secrets = [\"secret\"]\n\n",
+                loopback_wasm().display().to_string()
+            ));
+        }
+        toml.push_str(&options.extra_toml);
+        let config_path = dir.join(format!("config-{}.toml", hex::encode(rand::random::<[u8; 4]>())));
+        std::fs::write(&config_path, toml).unwrap();
+        let log_path = config_path.with_extension("log");
+        Self::spawn(config_path, log_path, dir, tempdir, &options.env)
+    }
+
+    fn spawn(config_path: PathBuf, log_path: PathBuf, dir: PathBuf, tempdir: Option<TempDir>, env: &[(String, String)]) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_loop-server"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .env("LOOP_LOG", "info,loop_server=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .current_dir(&dir);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn loop-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("loop-server listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("loop-server did not start; its log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+        };
+        Self { child, url, dir, config_path, log_path, _tempdir: tempdir }
+    }
+
+    /// Another process on the same config file (same database, same secrets).
+    pub fn start_sibling(&self) -> Self {
+        let log_path = self.config_path.with_extension(format!("{}.log", hex::encode(rand::random::<[u8; 4]>())));
+        Self::spawn(self.config_path.clone(), log_path, self.dir.clone(), None, &[])
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same config again after a kill (the port changes).
+    pub fn restart(&mut self) {
+        self.kill();
+        let log_path = self.log_path.clone();
+        let fresh = Self::spawn(self.config_path.clone(), log_path, self.dir.clone(), None, &[]);
+        let mut fresh = std::mem::ManuallyDrop::new(fresh);
+        // Take the new child and URL; keep our tempdir.
+        std::mem::swap(&mut self.child, &mut fresh.child);
+        self.url = std::mem::take(&mut fresh.url);
+    }
+
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
