@@ -172,8 +172,7 @@ fn json_rejection(rejection: JsonRejection) -> AppError {
         JsonRejection::JsonDataError(err) => {
             // serde's message reads like "field: invalid type ..."; keep its path.
             let detail = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_else(|| err.body_text());
-            let field = detail.split(':').next().unwrap_or("body").trim().to_string();
-            AppError::invalid(field, detail)
+            data_error(&detail)
         }
         JsonRejection::JsonSyntaxError(err) => AppError::BadJson(format!("malformed JSON: {}", err.body_text())),
         JsonRejection::MissingJsonContentType(_) => {
@@ -186,4 +185,42 @@ fn json_rejection(rejection: JsonRejection) -> AppError {
     }
 }
 
+/// Turns serde_path_to_error's "path: message" (axum's `Json` uses it) into a
+/// Loop error naming the field: a missing field is 400/108, anything else
+/// (wrong type, unknown enum variant, a body that is not an object) 400/107.
+fn data_error(detail: &str) -> AppError {
+    let (path, message) = match detail.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') => (path.trim(), message.trim()),
+        _ => (".", detail.trim()),
+    };
+    // Strip serde_json's " at line 1 column 15": the field name says where.
+    let message = message.split(" at line ").next().unwrap_or(message);
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or(rest);
+        let field = if path == "." { name.to_string() } else { format!("{path}.{name}") };
+        return AppError::missing(field);
+    }
+    let field = if path == "." { "body" } else { path };
+    AppError::invalid(field, message)
+}
+
 pub type AppResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_errors_name_the_field() {
+        let err = data_error("callerId: invalid type: integer `5`, expected a string at line 1 column 14");
+        assert_eq!(err.errno(), Errno::InvalidParameters);
+        assert_eq!(err.to_string(), "callerId: invalid type: integer `5`, expected a string");
+        let err = data_error("missing field `callType` at line 1 column 2");
+        assert_eq!(err.errno(), Errno::MissingParameters);
+        assert_eq!(err.to_string(), "missing callType");
+        let err = data_error("simplePushURLs: missing field `calls` at line 1 column 20");
+        assert_eq!(err.to_string(), "missing simplePushURLs.calls");
+        let err = data_error("invalid type: sequence, expected struct X at line 1 column 0");
+        assert_eq!(err.to_string(), "body: invalid type: sequence, expected struct X");
+    }
+}

@@ -1,9 +1,172 @@
-//! The REST API: one module per resource. STUB.
+//! The REST API: one module per resource, with the middleware every route shares.
+//!
+//! Every route is served at `/` and again under `/v0/`, the prefix Loop clients use.
+
+mod account;
+mod call_urls;
+mod calls;
+mod pages;
+mod registration;
+mod service;
+
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
+use crate::app::{AppState, MAX_BODY_BYTES};
+use crate::error::AppError;
 
+/// The `Timestamp` response header: the server's clock, so clients can correct
+/// their Hawk timestamps.
+pub const TIMESTAMP_HEADER: &str = "timestamp";
+
+/// Headers browsers may read from our responses.
+const EXPOSED_HEADERS: [&str; 4] = ["hawk-session-token", "server-authorization", "timestamp", "retry-after"];
+
+/// The whole HTTP surface, wired with its middleware.
 pub fn router(state: AppState) -> Router {
-    Router::new().with_state(state)
+    let api = Router::new()
+        .merge(service::routes())
+        .merge(registration::routes())
+        .merge(account::routes())
+        .merge(call_urls::routes())
+        .merge(calls::routes())
+        .merge(pages::routes());
+
+    Router::new()
+        .merge(api.clone())
+        .nest("/v0", api)
+        // `nest` maps the nested `/` to `/v0` only; clients also ask for `/v0/`.
+        .route("/v0/", get(service::root))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Innermost first: auth sees requests already bounded in size; panics
+        // anywhere below become a JSON 500; tracing sees the matched route.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::hawk_middleware))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(loop_errors))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(cors_layer(&state.config.cors.allowed_origins))
+        .layer(middleware::from_fn(timestamp_header))
+        .with_state(state)
+}
+
+/// A fresh random token of `bytes` bytes, URL-safe base64 without padding.
+/// Call URL tokens, call ids and websocket tokens are capabilities: they come
+/// from the OS generator and never from user data.
+pub(crate) fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Tokens in paths are capabilities, so spans carry the route template
+/// (`/calls/{token}`), never the raw path or the query string.
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("<unmatched>");
+    tracing::info_span!("request", method = %request.method(), route = %route)
+}
+
+fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
+    let origin = if allowed_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(
+            allowed_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin.trim_end_matches('/')).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(3600))
+}
+
+async fn timestamp_header(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(HeaderName::from_static(TIMESTAMP_HEADER), HeaderValue::from(crate::clock::now()));
+    response
+}
+
+/// Some rejections come from layers and extractors that know nothing of Loop
+/// (the body limit, path and query parsing) and answer in plain text. Clients
+/// expect Loop's JSON errors everywhere, so those are rewritten here. HTML
+/// pages and our own JSON pass untouched.
+async fn loop_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_none_or(|value| value.starts_with("text/plain"));
+    if !is_plain {
+        return response;
+    }
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge(MAX_BODY_BYTES),
+        StatusCode::NOT_FOUND => AppError::NotFound("not found".into()),
+        StatusCode::UNAUTHORIZED => AppError::Unauthorized(plain_reason(response).await),
+        StatusCode::FORBIDDEN => AppError::Forbidden(plain_reason(response).await),
+        StatusCode::METHOD_NOT_ALLOWED => return method_not_allowed().await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::NOT_ACCEPTABLE => {
+            AppError::NotAcceptable("expected Content-Type: application/json".into())
+        }
+        status if status.is_client_error() => AppError::invalid("request", plain_reason(response).await),
+        _ => AppError::Internal(anyhow::anyhow!("{status} from a layer: {}", plain_reason(response).await)),
+    };
+    error.into_response()
+}
+
+/// The text of a plain rejection (axum's path/query messages name the part).
+async fn plain_reason(response: Response) -> String {
+    let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    if text.is_empty() { "invalid request".into() } else { text }
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("not found".into())
+}
+
+async fn method_not_allowed() -> Response {
+    let body = serde_json::json!({
+        "code": 405,
+        "errno": crate::error::Errno::Undefined as u16,
+        "error": "Method Not Allowed",
+        "message": "method not allowed on this resource",
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    AppError::Internal(anyhow::anyhow!("handler panicked: {detail}")).into_response()
 }

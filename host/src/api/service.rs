@@ -1,0 +1,76 @@
+//! Service endpoints: what this server is, whether it is healthy, and where
+//! clients find their push server.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::app::AppState;
+
+/// A load balancer polls the heartbeat; a hung database must not hang it.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(root))
+        .route("/__heartbeat__", get(heartbeat))
+        .route("/__lbheartbeat__", get(lb_heartbeat))
+        .route("/push-server-config", get(push_server_config))
+}
+
+pub async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let homepage = [option_env!("CARGO_PKG_HOMEPAGE"), option_env!("CARGO_PKG_REPOSITORY")]
+        .into_iter()
+        .flatten()
+        .find(|value| !value.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| state.public_url.to_string());
+    Json(json!({
+        "name": env!("CARGO_PKG_NAME"),
+        "description": env!("CARGO_PKG_DESCRIPTION"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "homepage": homepage,
+        "endpoint": &*state.public_url,
+    }))
+}
+
+#[derive(Serialize)]
+struct Heartbeat {
+    storage: bool,
+    providers: bool,
+    push: bool,
+}
+
+async fn heartbeat(State(state): State<AppState>) -> Response {
+    let storage = match tokio::time::timeout(HEARTBEAT_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "heartbeat: storage ping failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("heartbeat: storage ping timed out");
+            false
+        }
+    };
+    // The runtime refuses to start without its plugins, so a running server has them loaded.
+    let providers = true;
+    let push = state.push.healthy();
+    let report = Heartbeat { storage, providers, push };
+    let status = if storage && providers && push { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(report)).into_response()
+}
+
+async fn lb_heartbeat() -> Json<serde_json::Value> {
+    Json(json!({}))
+}
+
+async fn push_server_config(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "pushServerURI": state.config.push.server_uri }))
+}
