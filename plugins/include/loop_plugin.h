@@ -243,4 +243,60 @@ static inline void lp_json_escape(lp_buf_t *out, const uint8_t *s, size_t len) {
   }
 }
 
+// ---- describe ------------------------------------------------------------
+
+// Fills `describe` for a provider that carries both call types and accepts every role.
+static inline void lp_describe_all(exports_loop_provider_provider_provider_info_t *ret,
+                                   const char *name, const char *version, bool verifies_tokens) {
+  lp_string_cstr(&ret->name, name);
+  lp_string_cstr(&ret->version, version);
+  ret->call_types.len = 2;
+  ret->call_types.ptr = (loop_provider_types_call_type_t *)lp_alloc(2);
+  ret->call_types.ptr[0] = LOOP_PROVIDER_TYPES_CALL_TYPE_AUDIO;
+  ret->call_types.ptr[1] = LOOP_PROVIDER_TYPES_CALL_TYPE_AUDIO_VIDEO;
+  ret->roles.len = 3;
+  ret->roles.ptr = (loop_provider_types_role_t *)lp_alloc(3);
+  ret->roles.ptr[0] = LOOP_PROVIDER_TYPES_ROLE_PUBLISHER;
+  ret->roles.ptr[1] = LOOP_PROVIDER_TYPES_ROLE_SUBSCRIBER;
+  ret->roles.ptr[2] = LOOP_PROVIDER_TYPES_ROLE_MODERATOR;
+  ret->verifies_tokens = verifies_tokens;
+}
+
+// WIT strings must be valid UTF-8; bytes from the network are checked before they
+// are returned as one (the host refuses a component that lies about a string).
+static inline bool lp_utf8_valid(const uint8_t *s, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    uint8_t c = s[i];
+    size_t n;
+    uint32_t cp;
+    if (c < 0x80) {
+      i++;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      n = 1;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      n = 2;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (len - i <= n) return false;
+    for (size_t k = 1; k <= n; k++) {
+      if ((s[i + k] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    // Overlong forms, UTF-16 surrogates and values past U+10FFFF are not UTF-8.
+    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
 #endif

@@ -28,21 +28,7 @@
 #define MAX_TOKEN_BYTES 2048
 
 void exports_loop_provider_provider_describe(exports_loop_provider_provider_provider_info_t *ret) {
-  lp_string_cstr(&ret->name, "loopback");
-  lp_string_cstr(&ret->version, "0.1.0");
-
-  ret->call_types.len = 2;
-  ret->call_types.ptr = lp_alloc(2 * sizeof(loop_provider_types_call_type_t));
-  ret->call_types.ptr[0] = LOOP_PROVIDER_TYPES_CALL_TYPE_AUDIO;
-  ret->call_types.ptr[1] = LOOP_PROVIDER_TYPES_CALL_TYPE_AUDIO_VIDEO;
-
-  ret->roles.len = 3;
-  ret->roles.ptr = lp_alloc(3 * sizeof(loop_provider_types_role_t));
-  ret->roles.ptr[0] = LOOP_PROVIDER_TYPES_ROLE_PUBLISHER;
-  ret->roles.ptr[1] = LOOP_PROVIDER_TYPES_ROLE_SUBSCRIBER;
-  ret->roles.ptr[2] = LOOP_PROVIDER_TYPES_ROLE_MODERATOR;
-
-  ret->verifies_tokens = true;
+  lp_describe_all(ret, "loopback", "0.1.0", true);
 }
 
 bool exports_loop_provider_provider_create_session(
