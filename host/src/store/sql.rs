@@ -1,12 +1,556 @@
-//! STUB.
-use std::sync::Arc;
+//! The SQL store: one set of queries over sqlx's `Any` driver, serving SQLite
+//! and PostgreSQL alike.
+//!
+//! Portability rules the queries follow: `$N` placeholders (sqlx-sqlite maps
+//! `$N` to the N-th bound value), `ON CONFLICT` upserts, TEXT and 64-bit
+//! integers only, and affected-row counts instead of `RETURNING`. The only
+//! backend-specific code is connection setup and the migration folders.
 
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
+
+use super::{Call, CallUrl, CallUrlUpdate, Session, Store, Timestamp};
 use crate::config::Config;
 
-use super::Store;
+/// Rows deleted per statement by `purge_expired`: small enough that SQLite's
+/// single write lock is released every few milliseconds even when a million
+/// rows have expired at once, so request writers keep flowing.
+const PURGE_BATCH: i64 = 1000;
 
-pub struct SqlStore {}
+/// How long a SQLite writer waits for the write lock before failing with
+/// SQLITE_BUSY. Writes are short, so only a stalled disk gets anywhere near it.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
 
-pub async fn connect(_config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    anyhow::bail!("not built yet")
+/// How long a request waits for a pooled connection before getting a 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            anyhow::bail!("database.url: must start with sqlite: or postgres://")
+        }
+    }
+}
+
+/// The `Store` over an `Any` pool.
+pub struct SqlStore {
+    pool: AnyPool,
+}
+
+impl SqlStore {
+    /// The underlying pool, for tests and maintenance tooling.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Opens the database named by `database.url` (creating a SQLite file and its
+/// folder if needed), applies pending migrations, and returns the store.
+pub async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(Arc::new(SqlStore::connect(config).await?))
+}
+
+impl SqlStore {
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let url = config.database_url();
+        let backend = Backend::of(&url)?;
+        let max_connections = config.database.max_connections.max(1);
+        let any_options = AnyConnectOptions::from_str(&url).context("database.url: invalid URL")?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                let in_memory = prepare_sqlite(&url).await?;
+                let mut options = AnyPoolOptions::new()
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // A local file cannot go stale; skip the per-checkout ping.
+                    .test_before_acquire(false)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            // WAL (set once on the file by `prepare_sqlite`) plus
+                            // NORMAL loses nothing when the process dies, only on
+                            // power loss, and saves an fsync per commit. The busy
+                            // timeout makes concurrent writers queue for the lock.
+                            conn.execute(
+                                format!("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+                                    .as_str(),
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    });
+                if in_memory {
+                    // Every connection the Any driver opens to `:memory:` is a
+                    // new, empty database: keep exactly one, forever.
+                    options = options
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None);
+                } else {
+                    options = options.max_connections(max_connections);
+                }
+                options
+                    .connect_with(any_options)
+                    .await
+                    .context("database.url: cannot open the SQLite database")?
+            }
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(any_options)
+                .await
+                .context("database.url: cannot connect to PostgreSQL")?,
+        };
+        migrate(&pool, backend).await?;
+        Ok(SqlStore { pool })
+    }
+}
+
+/// Creates the SQLite file (and its folder) if missing and switches it to WAL.
+/// WAL is a property of the file, so setting it once here covers every pooled
+/// connection; doing it per connection would need an exclusive lock each time.
+/// Returns whether the database is in memory.
+async fn prepare_sqlite(url: &str) -> anyhow::Result<bool> {
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if in_memory {
+        return Ok(true);
+    }
+    let options =
+        SqliteConnectOptions::from_str(url).context("database.url: invalid SQLite URL")?;
+    let path = options.get_filename().to_path_buf();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!(
+                "database.url: cannot create the folder {}",
+                parent.display()
+            )
+        })?;
+    }
+    let mut conn = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS.into()))
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "database.url: cannot open the SQLite database {}",
+                path.display()
+            )
+        })?;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(journal_mode = %mode, path = %path.display(), "SQLite database is not in WAL mode");
+    }
+    conn.close().await?;
+    Ok(false)
+}
+
+async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
+    let mut migrator: Migrator = match backend {
+        Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+    };
+    // A newer release may have added migrations this binary does not know;
+    // schema changes are additive, so an older binary (rolling deploy,
+    // rollback) keeps working on the newer schema.
+    migrator.set_ignore_missing(true);
+    // PostgreSQL: sqlx holds an advisory lock while migrating, so processes
+    // starting together apply each migration once. SQLite has no such lock: a
+    // process that lost the race fails on "table already exists", its
+    // transaction rolls back, and the retry sees the migration applied.
+    let attempts = if backend == Backend::Sqlite { 3 } else { 1 };
+    let mut attempt = 1;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < attempts => {
+                tracing::debug!(error = %err, attempt, "migration failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(err).context("applying database migrations failed"));
+            }
+        }
+    }
+}
+
+fn session_from_row(row: &AnyRow) -> Result<Session, sqlx::Error> {
+    Ok(Session {
+        id_hmac: row.try_get("id_hmac")?,
+        key: row.try_get("key")?,
+        user_id: row.try_get("user_id")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+const CALL_URL_COLUMNS: &str = "token, user_id, caller_id, issuer, subject, created_at, expires_at";
+
+fn call_url_from_row(row: &AnyRow) -> Result<CallUrl, sqlx::Error> {
+    Ok(CallUrl {
+        token: row.try_get("token")?,
+        user_id: row.try_get("user_id")?,
+        caller_id: row.try_get("caller_id")?,
+        issuer: row.try_get("issuer")?,
+        subject: row.try_get("subject")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+const CALL_COLUMNS: &str = "call_id, user_id, call_token, call_url, url_creation_date, caller_id, call_type, subject, \
+     provider, session_id, callee_token, api_key, websocket_token, progress_url, created_at, expires_at";
+
+fn call_from_row(row: &AnyRow) -> Result<Call, sqlx::Error> {
+    Ok(Call {
+        call_id: row.try_get("call_id")?,
+        user_id: row.try_get("user_id")?,
+        call_token: row.try_get("call_token")?,
+        call_url: row.try_get("call_url")?,
+        url_creation_date: row.try_get("url_creation_date")?,
+        caller_id: row.try_get("caller_id")?,
+        call_type: row.try_get("call_type")?,
+        subject: row.try_get("subject")?,
+        provider: row.try_get("provider")?,
+        session_id: row.try_get("session_id")?,
+        callee_token: row.try_get("callee_token")?,
+        api_key: row.try_get("api_key")?,
+        websocket_token: row.try_get("websocket_token")?,
+        progress_url: row.try_get("progress_url")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+impl SqlStore {
+    /// Runs `sql` (which deletes at most `PURGE_BATCH` rows expired at `now`)
+    /// until a batch comes back short; returns the total.
+    async fn purge_in_batches(&self, sql: &str, now: Timestamp) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(sql)
+                .bind(now)
+                .bind(PURGE_BATCH)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+            // Let queued writers take the lock between batches.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Expired sessions go together with their push URLs, batch by batch.
+    async fn purge_sessions(&self, now: Timestamp) -> Result<u64, sqlx::Error> {
+        const EXPIRED: &str = "SELECT id_hmac FROM sessions WHERE expires_at <= $1 LIMIT $2";
+        let mut total = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let push_urls = sqlx::query(&format!(
+                "DELETE FROM push_urls WHERE id_hmac IN ({EXPIRED})"
+            ))
+            .bind(now)
+            .bind(PURGE_BATCH)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let sessions = sqlx::query(&format!(
+                "DELETE FROM sessions WHERE id_hmac IN ({EXPIRED})"
+            ))
+            .bind(now)
+            .bind(PURGE_BATCH)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            total += push_urls + sessions;
+            if sessions < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_session(&self, session: &Session) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO sessions (id_hmac, key, user_id, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&session.id_hmac)
+        .bind(&session.key)
+        .bind(&session.user_id)
+        .bind(session.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT id_hmac, key, user_id, expires_at FROM sessions WHERE id_hmac = $1 AND expires_at > $2",
+        )
+        .bind(id_hmac)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sessions SET expires_at = $2 WHERE id_hmac = $1")
+            .bind(id_hmac)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn remember_nonce(
+        &self,
+        id_hmac: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+    ) -> Result<bool, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO hawk_nonces (id_hmac, nonce, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id_hmac, nonce) DO NOTHING",
+        )
+        .bind(id_hmac)
+        .bind(nonce)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn set_push_url(
+        &self,
+        id_hmac: &str,
+        user_id: &str,
+        topic: &str,
+        url: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO push_urls (id_hmac, user_id, topic, url) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id_hmac, topic) DO UPDATE SET user_id = excluded.user_id, url = excluded.url",
+        )
+        .bind(id_hmac)
+        .bind(user_id)
+        .bind(topic)
+        .bind(url)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM push_urls WHERE id_hmac = $1")
+            .bind(id_hmac)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn push_urls(&self, user_id: &str, topic: &str) -> Result<Vec<String>, sqlx::Error> {
+        // DISTINCT: a device that registered again under a new session must
+        // not be notified twice.
+        sqlx::query_scalar(
+            "SELECT DISTINCT url FROM push_urls WHERE user_id = $1 AND topic = $2 ORDER BY url",
+        )
+        .bind(user_id)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn create_call_url(&self, call_url: &CallUrl) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO call_urls ({CALL_URL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(&call_url.token)
+        .bind(&call_url.user_id)
+        .bind(&call_url.caller_id)
+        .bind(&call_url.issuer)
+        .bind(&call_url.subject)
+        .bind(call_url.created_at)
+        .bind(call_url.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn call_url(&self, token: &str) -> Result<Option<CallUrl>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE token = $1"
+        ))
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(call_url_from_row).transpose()
+    }
+
+    async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE user_id = $1 AND expires_at > $2 \
+             ORDER BY created_at, token"
+        ))
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_url_from_row).collect()
+    }
+
+    async fn update_call_url(
+        &self,
+        token: &str,
+        user_id: &str,
+        update: &CallUrlUpdate,
+    ) -> Result<bool, sqlx::Error> {
+        // A NULL parameter keeps the column: COALESCE picks the current value.
+        let updated = sqlx::query(
+            "UPDATE call_urls SET caller_id = COALESCE($3, caller_id), issuer = COALESCE($4, issuer), \
+             subject = COALESCE($5, subject), expires_at = COALESCE($6, expires_at) \
+             WHERE token = $1 AND user_id = $2",
+        )
+        .bind(token)
+        .bind(user_id)
+        .bind(&update.caller_id)
+        .bind(&update.issuer)
+        .bind(&update.subject)
+        .bind(update.expires_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    async fn delete_call_url(&self, token: &str, user_id: &str) -> Result<bool, sqlx::Error> {
+        let deleted = sqlx::query("DELETE FROM call_urls WHERE token = $1 AND user_id = $2")
+            .bind(token)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn create_call(&self, call: &Call) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO calls ({CALL_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        ))
+        .bind(&call.call_id)
+        .bind(&call.user_id)
+        .bind(&call.call_token)
+        .bind(&call.call_url)
+        .bind(call.url_creation_date)
+        .bind(&call.caller_id)
+        .bind(&call.call_type)
+        .bind(&call.subject)
+        .bind(&call.provider)
+        .bind(&call.session_id)
+        .bind(&call.callee_token)
+        .bind(&call.api_key)
+        .bind(&call.websocket_token)
+        .bind(&call.progress_url)
+        .bind(call.created_at)
+        .bind(call.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn calls(
+        &self,
+        user_id: &str,
+        version: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<Call>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE user_id = $1 AND created_at >= $2 AND expires_at > $3 \
+             ORDER BY created_at, call_id"
+        ))
+        .bind(user_id)
+        .bind(version)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_from_row).collect()
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Children of the user's sessions first, while the sessions still
+        // name them. Push URLs are matched both ways: by the session (a
+        // session's URL is its device's) and by the owner column.
+        for sql in [
+            "DELETE FROM hawk_nonces WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE user_id = $1)",
+            "DELETE FROM push_urls WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE user_id = $1)",
+            "DELETE FROM push_urls WHERE user_id = $1",
+            "DELETE FROM sessions WHERE user_id = $1",
+            "DELETE FROM call_urls WHERE user_id = $1",
+            "DELETE FROM calls WHERE user_id = $1",
+        ] {
+            sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, sqlx::Error> {
+        let mut total = self.purge_sessions(now).await?;
+        // `(a, b) IN (SELECT …)` row values: SQLite ≥ 3.15 and PostgreSQL.
+        total += self
+            .purge_in_batches(
+                "DELETE FROM hawk_nonces WHERE (id_hmac, nonce) IN \
+                 (SELECT id_hmac, nonce FROM hawk_nonces WHERE expires_at <= $1 LIMIT $2)",
+                now,
+            )
+            .await?;
+        total += self
+            .purge_in_batches(
+                "DELETE FROM call_urls WHERE token IN (SELECT token FROM call_urls WHERE expires_at <= $1 LIMIT $2)",
+                now,
+            )
+            .await?;
+        total += self
+            .purge_in_batches(
+                "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls WHERE expires_at <= $1 LIMIT $2)",
+                now,
+            )
+            .await?;
+        Ok(total)
+    }
 }

@@ -1,0 +1,1028 @@
+//! The storage layer against a real SQLite file and a real PostgreSQL
+//! database, opened the way the server opens it: `store::connect(&config)`.
+//!
+//! Every behaviour test runs on both backends; the backend's name is in each
+//! assertion message.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use loop_server::config::Config;
+use loop_server::store::{self, Call, CallUrl, CallUrlUpdate, Session, SqlStore, Store};
+use tempfile::TempDir;
+
+/// A fixed "now" so expiry is decided by the data, not the wall clock.
+const NOW: i64 = 1_700_000_000;
+
+struct Db {
+    name: &'static str,
+    url: String,
+    _dir: Option<TempDir>,
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("loop.db").display());
+        Db {
+            name: "sqlite",
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Db {
+        Db {
+            name: "postgres",
+            url: common::fresh_postgres_database().await,
+            _dir: None,
+        }
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        store::connect(&config(&self.url))
+            .await
+            .unwrap_or_else(|err| panic!("{}: connect: {err:#}", self.name))
+    }
+}
+
+async fn backends() -> Vec<Db> {
+    vec![Db::sqlite(), Db::postgres().await]
+}
+
+fn config(url: &str) -> Config {
+    let mut config = Config::default();
+    config.database.url = Some(url.to_string());
+    config
+}
+
+fn id(prefix: &str) -> String {
+    format!("{prefix}-{}", hex::encode(rand::random::<[u8; 8]>()))
+}
+
+fn session(user_id: &str, expires_at: i64) -> Session {
+    Session {
+        id_hmac: id("session"),
+        key: hex::encode(rand::random::<[u8; 32]>()),
+        user_id: user_id.into(),
+        expires_at,
+    }
+}
+
+fn call_url(user_id: &str, created_at: i64, expires_at: i64) -> CallUrl {
+    CallUrl {
+        token: id("token"),
+        user_id: user_id.into(),
+        caller_id: "alice@example.com".into(),
+        issuer: Some("Bob".into()),
+        subject: None,
+        created_at,
+        expires_at,
+    }
+}
+
+fn call(user_id: &str, created_at: i64, expires_at: i64) -> Call {
+    Call {
+        call_id: id("call"),
+        user_id: user_id.into(),
+        call_token: id("token"),
+        call_url: "http://127.0.0.1/c/token".into(),
+        url_creation_date: created_at - 100,
+        caller_id: "alice@example.com".into(),
+        call_type: "audio-video".into(),
+        subject: Some("hello".into()),
+        provider: "loopback".into(),
+        session_id: id("provider-session"),
+        callee_token: id("callee-token"),
+        api_key: "api-key".into(),
+        websocket_token: id("ws"),
+        progress_url: "wss://127.0.0.1/websocket".into(),
+        created_at,
+        expires_at,
+    }
+}
+
+#[tokio::test]
+async fn sessions_are_live_until_they_expire_and_touch_extends_them() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        store.ping().await.unwrap();
+
+        let live = session("user-1", NOW + 60);
+        store.create_session(&live).await.unwrap();
+        assert_eq!(
+            store.session(&live.id_hmac, NOW).await.unwrap(),
+            Some(live.clone()),
+            "{name}"
+        );
+        assert_eq!(store.session("unknown", NOW).await.unwrap(), None, "{name}");
+        // Expired at exactly its expiry time.
+        assert_eq!(
+            store.session(&live.id_hmac, NOW + 60).await.unwrap(),
+            None,
+            "{name}"
+        );
+
+        store
+            .touch_session(&live.id_hmac, NOW + 3600)
+            .await
+            .unwrap();
+        let touched = store
+            .session(&live.id_hmac, NOW + 60)
+            .await
+            .unwrap()
+            .expect("touched session is live");
+        assert_eq!(touched.expires_at, NOW + 3600, "{name}");
+        assert_eq!(touched.key, live.key, "{name}");
+
+        // A second session with the same id must never replace the first one's key.
+        let mut clash = session("intruder", NOW + 60);
+        clash.id_hmac = live.id_hmac.clone();
+        assert!(
+            store.create_session(&clash).await.is_err(),
+            "{name}: duplicate session id accepted"
+        );
+        assert_eq!(
+            store
+                .session(&live.id_hmac, NOW)
+                .await
+                .unwrap()
+                .unwrap()
+                .user_id,
+            "user-1",
+            "{name}"
+        );
+
+        // Touching an unknown session is harmless.
+        store.touch_session("unknown", NOW).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_nonce_is_accepted_once_per_session() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let a = session("user-1", NOW + 60);
+        let b = session("user-1", NOW + 60);
+        store.create_session(&a).await.unwrap();
+        store.create_session(&b).await.unwrap();
+
+        assert!(
+            store
+                .remember_nonce(&a.id_hmac, "n1", NOW + 120)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store
+                .remember_nonce(&a.id_hmac, "n1", NOW + 120)
+                .await
+                .unwrap(),
+            "{name}: replay accepted"
+        );
+        assert!(
+            !store
+                .remember_nonce(&a.id_hmac, "n1", NOW + 999)
+                .await
+                .unwrap(),
+            "{name}: replay accepted"
+        );
+        assert!(
+            store
+                .remember_nonce(&a.id_hmac, "n2", NOW + 120)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        // Nonces are per session.
+        assert!(
+            store
+                .remember_nonce(&b.id_hmac, "n1", NOW + 120)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+
+        // Concurrent replays: exactly one wins.
+        let attempts = (0..20).map(|_| {
+            let store = store.clone();
+            let id = a.id_hmac.clone();
+            tokio::spawn(
+                async move { store.remember_nonce(&id, "raced", NOW + 120).await.unwrap() },
+            )
+        });
+        let wins = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .filter(|won| *won.as_ref().unwrap())
+            .count();
+        assert_eq!(wins, 1, "{name}: concurrent replays");
+    }
+}
+
+#[tokio::test]
+async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let phone = session("user-1", NOW + 60);
+        let laptop = session("user-1", NOW + 60);
+        let other = session("user-2", NOW + 60);
+        for s in [&phone, &laptop, &other] {
+            store.create_session(s).await.unwrap();
+        }
+
+        store
+            .set_push_url(
+                &phone.id_hmac,
+                "user-1",
+                "calls",
+                "https://push.test/phone-old",
+            )
+            .await
+            .unwrap();
+        store
+            .set_push_url(&phone.id_hmac, "user-1", "calls", "https://push.test/phone")
+            .await
+            .unwrap();
+        store
+            .set_push_url(
+                &phone.id_hmac,
+                "user-1",
+                "rooms",
+                "https://push.test/phone-rooms",
+            )
+            .await
+            .unwrap();
+        store
+            .set_push_url(
+                &laptop.id_hmac,
+                "user-1",
+                "calls",
+                "https://push.test/laptop",
+            )
+            .await
+            .unwrap();
+        store
+            .set_push_url(&other.id_hmac, "user-2", "calls", "https://push.test/other")
+            .await
+            .unwrap();
+
+        let mut calls = store.push_urls("user-1", "calls").await.unwrap();
+        calls.sort();
+        assert_eq!(
+            calls,
+            ["https://push.test/laptop", "https://push.test/phone"],
+            "{name}"
+        );
+        assert_eq!(
+            store.push_urls("user-1", "rooms").await.unwrap(),
+            ["https://push.test/phone-rooms"],
+            "{name}"
+        );
+        assert_eq!(
+            store.push_urls("user-2", "calls").await.unwrap(),
+            ["https://push.test/other"],
+            "{name}"
+        );
+        assert!(
+            store.push_urls("user-3", "calls").await.unwrap().is_empty(),
+            "{name}"
+        );
+
+        // The same device URL registered by two sessions is notified once.
+        store
+            .set_push_url(
+                &laptop.id_hmac,
+                "user-1",
+                "rooms",
+                "https://push.test/phone-rooms",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.push_urls("user-1", "rooms").await.unwrap(),
+            ["https://push.test/phone-rooms"],
+            "{name}"
+        );
+
+        store.delete_push_urls(&phone.id_hmac).await.unwrap();
+        assert_eq!(
+            store.push_urls("user-1", "calls").await.unwrap(),
+            ["https://push.test/laptop"],
+            "{name}"
+        );
+        assert_eq!(
+            store.push_urls("user-1", "rooms").await.unwrap(),
+            ["https://push.test/phone-rooms"],
+            "{name}"
+        );
+        assert_eq!(
+            store.push_urls("user-2", "calls").await.unwrap(),
+            ["https://push.test/other"],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn call_urls_expire_but_stay_readable_by_token() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let first = call_url("user-1", NOW - 10, NOW + 3600);
+        let second = CallUrl {
+            subject: Some("Dinner".into()),
+            issuer: None,
+            ..call_url("user-1", NOW - 5, NOW + 7200)
+        };
+        let expired = call_url("user-1", NOW - 7200, NOW);
+        let others = call_url("user-2", NOW - 10, NOW + 3600);
+        for url in [&first, &second, &expired, &others] {
+            store.create_call_url(url).await.unwrap();
+        }
+
+        assert_eq!(
+            store.call_url(&second.token).await.unwrap(),
+            Some(second.clone()),
+            "{name}"
+        );
+        // The API tells "expired" from "unknown", so expiry does not hide it here.
+        assert_eq!(
+            store.call_url(&expired.token).await.unwrap(),
+            Some(expired.clone()),
+            "{name}"
+        );
+        assert_eq!(store.call_url("unknown").await.unwrap(), None, "{name}");
+
+        assert_eq!(
+            store.call_urls("user-1", NOW).await.unwrap(),
+            [first.clone(), second.clone()],
+            "{name}"
+        );
+        assert_eq!(
+            store.call_urls("user-2", NOW).await.unwrap(),
+            [others.clone()],
+            "{name}"
+        );
+        assert_eq!(
+            store.call_urls("user-1", NOW + 3600).await.unwrap(),
+            [second.clone()],
+            "{name}"
+        );
+        assert!(
+            store.call_urls("nobody", NOW).await.unwrap().is_empty(),
+            "{name}"
+        );
+
+        // A duplicate token is refused, not overwritten.
+        let clash = CallUrl {
+            token: first.token.clone(),
+            ..call_url("user-2", NOW, NOW + 60)
+        };
+        assert!(
+            store.create_call_url(&clash).await.is_err(),
+            "{name}: duplicate token accepted"
+        );
+        assert_eq!(
+            store.call_url(&first.token).await.unwrap(),
+            Some(first.clone()),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn call_urls_are_updated_and_revoked_only_by_their_owner() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let url = call_url("user-1", NOW, NOW + 3600);
+        store.create_call_url(&url).await.unwrap();
+
+        let update = CallUrlUpdate {
+            subject: Some("Work".into()),
+            expires_at: Some(NOW + 60),
+            ..Default::default()
+        };
+        assert!(
+            !store
+                .update_call_url(&url.token, "user-2", &update)
+                .await
+                .unwrap(),
+            "{name}: foreign update"
+        );
+        assert!(
+            !store
+                .update_call_url("unknown", "user-1", &update)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            store.call_url(&url.token).await.unwrap(),
+            Some(url.clone()),
+            "{name}"
+        );
+
+        assert!(
+            store
+                .update_call_url(&url.token, "user-1", &update)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        let updated = CallUrl {
+            subject: Some("Work".into()),
+            expires_at: NOW + 60,
+            ..url.clone()
+        };
+        assert_eq!(
+            store.call_url(&url.token).await.unwrap(),
+            Some(updated.clone()),
+            "{name}"
+        );
+
+        // An empty update changes nothing but still finds the URL.
+        assert!(
+            store
+                .update_call_url(&url.token, "user-1", &CallUrlUpdate::default())
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            store.call_url(&url.token).await.unwrap(),
+            Some(updated.clone()),
+            "{name}"
+        );
+
+        let update = CallUrlUpdate {
+            caller_id: Some("carol@example.com".into()),
+            issuer: Some("Robert".into()),
+            subject: None,
+            expires_at: None,
+        };
+        assert!(
+            store
+                .update_call_url(&url.token, "user-1", &update)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        let updated = CallUrl {
+            caller_id: "carol@example.com".into(),
+            issuer: Some("Robert".into()),
+            ..updated
+        };
+        assert_eq!(
+            store.call_url(&url.token).await.unwrap(),
+            Some(updated.clone()),
+            "{name}"
+        );
+
+        assert!(
+            !store.delete_call_url(&url.token, "user-2").await.unwrap(),
+            "{name}: foreign revoke"
+        );
+        assert_eq!(
+            store.call_url(&url.token).await.unwrap(),
+            Some(updated),
+            "{name}"
+        );
+        assert!(
+            store.delete_call_url(&url.token, "user-1").await.unwrap(),
+            "{name}"
+        );
+        assert_eq!(store.call_url(&url.token).await.unwrap(), None, "{name}");
+        assert!(
+            !store.delete_call_url(&url.token, "user-1").await.unwrap(),
+            "{name}: revoked twice"
+        );
+    }
+}
+
+#[tokio::test]
+async fn calls_are_listed_by_version_until_they_expire() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let old = call("user-1", NOW - 100, NOW + 100);
+        let recent = call("user-1", NOW - 10, NOW + 50);
+        let newest = Call {
+            subject: None,
+            ..call("user-1", NOW, NOW + 60)
+        };
+        let expired = call("user-1", NOW - 5, NOW);
+        let foreign = call("user-2", NOW, NOW + 60);
+        for c in [&newest, &old, &expired, &recent, &foreign] {
+            store.create_call(c).await.unwrap();
+        }
+
+        assert_eq!(
+            store.calls("user-1", 0, NOW).await.unwrap(),
+            [old.clone(), recent.clone(), newest.clone()],
+            "{name}"
+        );
+        // `version` is inclusive.
+        assert_eq!(
+            store.calls("user-1", NOW - 10, NOW).await.unwrap(),
+            [recent.clone(), newest.clone()],
+            "{name}"
+        );
+        assert_eq!(
+            store.calls("user-1", NOW + 1, NOW).await.unwrap(),
+            [],
+            "{name}"
+        );
+        assert_eq!(
+            store.calls("user-1", 0, NOW + 55).await.unwrap(),
+            [old.clone(), newest.clone()],
+            "{name}"
+        );
+        assert_eq!(
+            store.calls("user-2", 0, NOW).await.unwrap(),
+            [foreign.clone()],
+            "{name}"
+        );
+
+        let clash = Call {
+            call_id: old.call_id.clone(),
+            ..call("user-2", NOW, NOW + 60)
+        };
+        assert!(
+            store.create_call(&clash).await.is_err(),
+            "{name}: duplicate call id accepted"
+        );
+    }
+}
+
+/// Everything one user can own, on every table.
+struct UserData {
+    sessions: Vec<Session>,
+    call_urls: Vec<CallUrl>,
+    calls: Vec<Call>,
+}
+
+async fn populate(store: &Arc<dyn Store>, user_id: &str) -> UserData {
+    let sessions = vec![session(user_id, NOW + 600), session(user_id, NOW + 600)];
+    for s in &sessions {
+        store.create_session(s).await.unwrap();
+        assert!(
+            store
+                .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
+                .await
+                .unwrap()
+        );
+        store
+            .set_push_url(
+                &s.id_hmac,
+                user_id,
+                "calls",
+                &format!("https://push.test/{}", s.id_hmac),
+            )
+            .await
+            .unwrap();
+    }
+    let mut call_urls = vec![
+        call_url(user_id, NOW, NOW + 600),
+        call_url(user_id, NOW, NOW + 900),
+    ];
+    // Listed by creation time, ties by token.
+    call_urls.sort_by(|a, b| a.token.cmp(&b.token));
+    for url in &call_urls {
+        store.create_call_url(url).await.unwrap();
+    }
+    let calls = vec![call(user_id, NOW, NOW + 60)];
+    for c in &calls {
+        store.create_call(c).await.unwrap();
+    }
+    UserData {
+        sessions,
+        call_urls,
+        calls,
+    }
+}
+
+#[tokio::test]
+async fn delete_user_removes_only_that_users_data() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let gone = populate(&store, "user-gone").await;
+        let kept = populate(&store, "user-kept").await;
+
+        store.delete_user("user-gone").await.unwrap();
+
+        for s in &gone.sessions {
+            assert_eq!(
+                store.session(&s.id_hmac, NOW).await.unwrap(),
+                None,
+                "{name}"
+            );
+            // The nonce went with the session.
+            assert!(
+                store
+                    .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
+                    .await
+                    .unwrap(),
+                "{name}: nonce kept"
+            );
+        }
+        assert!(
+            store
+                .push_urls("user-gone", "calls")
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+        for url in &gone.call_urls {
+            assert_eq!(store.call_url(&url.token).await.unwrap(), None, "{name}");
+        }
+        assert!(
+            store.calls("user-gone", 0, NOW).await.unwrap().is_empty(),
+            "{name}"
+        );
+
+        for s in &kept.sessions {
+            assert_eq!(
+                store.session(&s.id_hmac, NOW).await.unwrap().as_ref(),
+                Some(s),
+                "{name}"
+            );
+            assert!(
+                !store
+                    .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
+                    .await
+                    .unwrap(),
+                "{name}: nonce lost"
+            );
+        }
+        assert_eq!(
+            store.push_urls("user-kept", "calls").await.unwrap().len(),
+            2,
+            "{name}"
+        );
+        assert_eq!(
+            store.call_urls("user-kept", NOW).await.unwrap(),
+            kept.call_urls,
+            "{name}"
+        );
+        assert_eq!(
+            store.calls("user-kept", 0, NOW).await.unwrap(),
+            kept.calls,
+            "{name}"
+        );
+
+        // Deleting a user with nothing stored is fine.
+        store.delete_user("nobody").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let live = populate(&store, "user-live").await;
+
+        let expired_session = session("user-old", NOW);
+        store.create_session(&expired_session).await.unwrap();
+        store
+            .set_push_url(
+                &expired_session.id_hmac,
+                "user-old",
+                "calls",
+                "https://push.test/old",
+            )
+            .await
+            .unwrap();
+        let expired_url = call_url("user-live", NOW - 100, NOW);
+        store.create_call_url(&expired_url).await.unwrap();
+        let expired_call = call("user-live", NOW - 100, NOW - 1);
+        store.create_call(&expired_call).await.unwrap();
+        // More expired nonces than one purge batch holds.
+        let live_session = &live.sessions[0];
+        let nonces = 2500;
+        for chunk in (0..nonces).collect::<Vec<_>>().chunks(100) {
+            let inserts = chunk.iter().map(|i| {
+                let nonce = format!("old-{i}");
+                let store = &store;
+                async move {
+                    store
+                        .remember_nonce(&live_session.id_hmac, &nonce, NOW - 1)
+                        .await
+                }
+            });
+            for inserted in futures::future::join_all(inserts).await {
+                assert!(inserted.unwrap());
+            }
+        }
+
+        // session + its push URL + call URL + call + nonces
+        let purged = store.purge_expired(NOW).await.unwrap();
+        assert_eq!(purged, 1 + 1 + 1 + 1 + nonces, "{name}");
+        assert_eq!(
+            store.purge_expired(NOW).await.unwrap(),
+            0,
+            "{name}: second purge"
+        );
+
+        assert_eq!(
+            store.call_url(&expired_url.token).await.unwrap(),
+            None,
+            "{name}"
+        );
+        assert!(
+            store
+                .push_urls("user-old", "calls")
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            store.calls("user-live", 0, NOW - 100).await.unwrap(),
+            live.calls,
+            "{name}"
+        );
+        assert!(
+            store
+                .remember_nonce(&live_session.id_hmac, "old-7", NOW + 60)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        // A purged session is gone even for a caller whose clock lags.
+        assert_eq!(
+            store
+                .session(&expired_session.id_hmac, NOW - 1000)
+                .await
+                .unwrap(),
+            None,
+            "{name}"
+        );
+
+        for s in &live.sessions {
+            assert_eq!(
+                store.session(&s.id_hmac, NOW).await.unwrap().as_ref(),
+                Some(s),
+                "{name}"
+            );
+            assert!(
+                !store
+                    .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
+                    .await
+                    .unwrap(),
+                "{name}: live nonce purged"
+            );
+        }
+        assert_eq!(
+            store.push_urls("user-live", "calls").await.unwrap().len(),
+            2,
+            "{name}"
+        );
+        assert_eq!(
+            store.call_urls("user-live", NOW).await.unwrap(),
+            live.call_urls,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn data_survives_reopening() {
+    for db in backends().await {
+        let name = db.name;
+        let (s, url, c) = (
+            session("user-1", NOW + 60),
+            call_url("user-1", NOW, NOW + 60),
+            call("user-1", NOW, NOW + 60),
+        );
+        {
+            let store = db.open().await;
+            store.create_session(&s).await.unwrap();
+            store.create_call_url(&url).await.unwrap();
+            store.create_call(&c).await.unwrap();
+        }
+        // Reopening also re-runs the (already applied) migrations.
+        let store = db.open().await;
+        assert_eq!(
+            store.session(&s.id_hmac, NOW).await.unwrap(),
+            Some(s),
+            "{name}"
+        );
+        assert_eq!(
+            store.call_url(&url.token).await.unwrap(),
+            Some(url),
+            "{name}"
+        );
+        assert_eq!(store.calls("user-1", 0, NOW).await.unwrap(), [c], "{name}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_uses_wal_and_creates_missing_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/deeper/loop.db");
+    // No `mode=rwc`: an operator's plain URL must still create the file.
+    let store = SqlStore::connect(&config(&format!("sqlite://{}", path.display())))
+        .await
+        .unwrap();
+    assert!(path.exists());
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    // 1 = NORMAL: durable across a process crash in WAL mode.
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(synchronous, 1);
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(foreign_keys, 1);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_database_works() {
+    let store = store::connect(&config("sqlite::memory:")).await.unwrap();
+    let s = session("user-1", NOW + 60);
+    store.create_session(&s).await.unwrap();
+    assert_eq!(store.session(&s.id_hmac, NOW).await.unwrap(), Some(s));
+}
+
+#[tokio::test]
+async fn connect_reports_a_bad_database_url() {
+    let err = store::connect(&config("mysql://127.0.0.1/loop"))
+        .await
+        .err()
+        .expect("mysql accepted");
+    assert!(format!("{err:#}").contains("database.url"), "{err:#}");
+    let err = store::connect(&config(
+        "postgres://postgres@127.0.0.1:5432/no_such_database_here",
+    ))
+    .await
+    .err();
+    let err = err.expect("missing database accepted");
+    assert!(format!("{err:#}").contains("database.url"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_writers_wait_for_each_other() {
+    let db = Db::sqlite();
+    // Two pools on one file: what two server processes sharing it do.
+    let stores = [db.open().await, db.open().await];
+    let writers = (0..200).map(|i| {
+        let store = stores[i % 2].clone();
+        tokio::spawn(async move {
+            let s = session(&format!("user-{}", i % 7), NOW + 60);
+            store.create_session(&s).await?;
+            store.remember_nonce(&s.id_hmac, "nonce", NOW + 60).await?;
+            store
+                .set_push_url(
+                    &s.id_hmac,
+                    &s.user_id,
+                    "calls",
+                    &format!("https://push.test/{i}"),
+                )
+                .await?;
+            store.create_call(&call(&s.user_id, NOW, NOW + 60)).await?;
+            store.touch_session(&s.id_hmac, NOW + 120).await?;
+            if i % 10 == 0 {
+                store.purge_expired(NOW).await?;
+            }
+            Ok::<_, sqlx::Error>(s)
+        })
+    });
+    let sessions: Vec<Session> = futures::future::join_all(writers)
+        .await
+        .into_iter()
+        .map(|joined| {
+            joined
+                .unwrap()
+                .unwrap_or_else(|err| panic!("concurrent write failed: {err}"))
+        })
+        .collect();
+    for s in &sessions {
+        let stored = stores[0]
+            .session(&s.id_hmac, NOW)
+            .await
+            .unwrap()
+            .expect("acknowledged session lost");
+        assert_eq!(stored.expires_at, NOW + 120);
+    }
+    let mut calls = 0;
+    let mut push_urls = 0;
+    for user in 0..7 {
+        calls += stores[1]
+            .calls(&format!("user-{user}"), 0, NOW)
+            .await
+            .unwrap()
+            .len();
+        push_urls += stores[1]
+            .push_urls(&format!("user-{user}"), "calls")
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!((calls, push_urls), (200, 200));
+}
+
+#[tokio::test]
+async fn migrations_run_concurrently_and_repeatedly() {
+    // Several processes starting at once against one fresh database.
+    let dbs = [Db::postgres().await, Db::sqlite()];
+    for db in &dbs {
+        let config = config(&db.url);
+        let opens = (0..4).map(|_| store::connect(&config));
+        for opened in futures::future::join_all(opens).await {
+            opened.unwrap_or_else(|err| panic!("{}: concurrent migration: {err:#}", db.name));
+        }
+        let store = db.open().await;
+        let s = session("user-1", NOW + 60);
+        store.create_session(&s).await.unwrap();
+        assert_eq!(
+            store.session(&s.id_hmac, NOW).await.unwrap(),
+            Some(s),
+            "{}",
+            db.name
+        );
+    }
+}
+
+/// Environment variable that turns `durability_child` into the writer process
+/// of `acknowledged_writes_survive_kill_9`.
+const CHILD_DATABASE_URL: &str = "LOOP_STORE_TEST_CHILD_DATABASE_URL";
+
+/// Child half of `acknowledged_writes_survive_kill_9`: writes sessions forever,
+/// printing each id once the store acknowledged it. Does nothing when run
+/// without the variable.
+#[tokio::test]
+#[ignore = "run by acknowledged_writes_survive_kill_9 as a child process"]
+async fn durability_child() {
+    let Ok(url) = std::env::var(CHILD_DATABASE_URL) else {
+        return;
+    };
+    let store = store::connect(&config(&url)).await.unwrap();
+    let mut stdout = std::io::stdout();
+    loop {
+        let s = session("user-1", NOW + 60);
+        store.create_session(&s).await.unwrap();
+        writeln!(stdout, "ack {}", s.id_hmac).unwrap();
+        stdout.flush().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let db = Db::sqlite();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "durability_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DATABASE_URL, &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while acknowledged.len() < 300 {
+        let line = lines.next().expect("child exited early").unwrap();
+        if let Some(id) = line.strip_prefix("ack ") {
+            acknowledged.push(id.to_string());
+        }
+    }
+    // SIGKILL while the child is still writing.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for line in lines.map_while(Result::ok) {
+        if let Some(id) = line.strip_prefix("ack ") {
+            acknowledged.push(id.to_string());
+        }
+    }
+
+    let store = db.open().await;
+    for id in &acknowledged {
+        assert!(
+            store.session(id, NOW).await.unwrap().is_some(),
+            "acknowledged session {id} lost after kill -9"
+        );
+    }
+}
