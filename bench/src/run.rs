@@ -1,0 +1,543 @@
+//! `loop-bench run`: every route, per backend, on an empty and on a seeded
+//! database, each phase with a server, a database and fixtures of its own.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::fixtures::{self, Api, CALL_BODY, CALL_URL_BODY, Fixtures};
+use crate::report::{self, Dataset, PhaseResult, Route, RouteResult};
+use crate::seed::{self, SeedCounts};
+use crate::server::{Backend, ConfigInputs, Database, ServerProcess, write_config};
+use crate::sink::PushSink;
+use crate::wrk::{self, LoadSettings, RouteLoad};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Sqlite,
+    Postgres,
+    All,
+}
+
+/// Hawk timestamps are accepted within ±60 s and the headers are signed just
+/// before a run: longer runs would end with stale signatures.
+const MAX_DURATION_S: u64 = 45;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Which storage backends to benchmark.
+    #[arg(value_enum, default_value = "all")]
+    backend: BackendChoice,
+    /// Smoke test: 3 s runs, 1 s warm-up and a 10× smaller seeded database.
+    #[arg(long)]
+    quick: bool,
+    /// wrk threads.
+    #[arg(short = 't', long, default_value_t = 2)]
+    threads: u32,
+    /// wrk connections, all threads together.
+    #[arg(short = 'c', long, default_value_t = 32)]
+    connections: u32,
+    /// Seconds per run (`15` or `15s`); default 15, or 3 with --quick.
+    #[arg(short = 'd', long, value_parser = parse_seconds)]
+    duration: Option<u64>,
+    /// Runs per route; the report gives medians (the original used 6).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Unmeasured seconds of load per route before its runs; default 2, or 1 with --quick.
+    #[arg(long, value_parser = parse_seconds)]
+    warmup: Option<u64>,
+    /// Seconds after which wrk counts a response as a timeout error.
+    #[arg(long, default_value_t = 2, value_parser = parse_seconds)]
+    timeout: u64,
+    /// Comma-separated subset: registration, call-url, call-info, place-call, list-calls.
+    #[arg(long, value_delimiter = ',')]
+    routes: Vec<String>,
+    /// Skip the seeded-database phase.
+    #[arg(long)]
+    no_big_db: bool,
+    /// Sessions in the seeded database; default 100,000 (10,000 with --quick).
+    #[arg(long)]
+    seed_sessions: Option<u64>,
+    /// Call URLs in the seeded database; default 1,000,000 (100,000 with --quick).
+    #[arg(long)]
+    seed_call_urls: Option<u64>,
+    /// A PostgreSQL database to connect to for CREATE/DROP DATABASE.
+    #[arg(
+        long,
+        env = "LOOP_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+    /// Pre-signed Hawk headers per second of run; a run that would need more
+    /// is reported as failed, never replayed.
+    #[arg(long, default_value_t = 40_000)]
+    max_signed_rate: u64,
+    /// The release loop-server binary.
+    #[arg(long)]
+    server_bin: PathBuf,
+    /// The loopback provider component.
+    #[arg(long)]
+    plugin: PathBuf,
+    /// bench/wrk/loop.lua.
+    #[arg(long)]
+    lua: PathBuf,
+    /// Scratch space: configs, databases, logs, pid files.
+    #[arg(long)]
+    work_dir: PathBuf,
+    /// Markdown file whose generated section is replaced with the results.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// `LOOP_LOG` for the server; unset keeps the server's default.
+    #[arg(long)]
+    server_log: Option<String>,
+    /// For the report: the command that was run, the commit and the date.
+    #[arg(long, default_value = "scripts/bench")]
+    command_line: String,
+    #[arg(long, default_value = "")]
+    commit: String,
+    #[arg(long, default_value = "")]
+    date: String,
+}
+
+fn parse_seconds(value: &str) -> Result<u64, String> {
+    value
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds (like 15 or 15s)"))
+}
+
+/// Everything a phase needs that does not change between phases.
+struct Plan {
+    settings: LoadSettings,
+    duration_s: u64,
+    warmup_s: u64,
+    runs: usize,
+    routes: Vec<Route>,
+    seed: SeedCounts,
+}
+
+/// Returns whether every run was clean.
+pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let duration_s = args.duration.unwrap_or(if args.quick { 3 } else { 15 });
+    let warmup_s = args.warmup.unwrap_or(if args.quick { 1 } else { 2 });
+    anyhow::ensure!(
+        (1..=MAX_DURATION_S).contains(&duration_s),
+        "--duration: must be 1 to {MAX_DURATION_S} s (Hawk timestamps are valid for 60 s after signing)"
+    );
+    anyhow::ensure!(
+        warmup_s <= MAX_DURATION_S,
+        "--warmup: at most {MAX_DURATION_S} s"
+    );
+    anyhow::ensure!(args.runs >= 1, "--runs: at least 1");
+    anyhow::ensure!(
+        args.threads >= 1 && args.connections >= args.threads,
+        "--connections: at least one per thread"
+    );
+    anyhow::ensure!(args.max_signed_rate >= 1, "--max-signed-rate: at least 1");
+    for (path, flag) in [
+        (&args.server_bin, "--server-bin"),
+        (&args.plugin, "--plugin"),
+        (&args.lua, "--lua"),
+    ] {
+        anyhow::ensure!(path.is_file(), "{flag}: {} does not exist", path.display());
+    }
+    let routes = if args.routes.is_empty() {
+        Route::ALL.to_vec()
+    } else {
+        args.routes
+            .iter()
+            .map(|key| Route::parse(key.trim()))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let backends = match args.backend {
+        BackendChoice::Sqlite => vec![Backend::Sqlite],
+        BackendChoice::Postgres => vec![Backend::Postgres],
+        BackendChoice::All => vec![Backend::Sqlite, Backend::Postgres],
+    };
+    let scale = if args.quick { 10 } else { 1 };
+    let plan = Plan {
+        settings: LoadSettings {
+            threads: args.threads,
+            connections: args.connections,
+            timeout_s: args.timeout,
+            lua: absolute(&args.lua)?,
+            max_signed_rate: args.max_signed_rate,
+        },
+        duration_s,
+        warmup_s,
+        runs: args.runs,
+        routes,
+        seed: SeedCounts {
+            sessions: args.seed_sessions.unwrap_or(100_000 / scale),
+            call_urls: args.seed_call_urls.unwrap_or(1_000_000 / scale),
+        },
+    };
+    std::fs::create_dir_all(&args.work_dir)?;
+    let server_bin = absolute(&args.server_bin)?;
+    let plugin = absolute(&args.plugin)?;
+    let sink = PushSink::start().await.context("starting the push sink")?;
+
+    let mut phases = Vec::new();
+    for backend in backends {
+        let mut datasets = vec![Dataset::Empty];
+        if !args.no_big_db {
+            datasets.push(Dataset::Big);
+        }
+        for dataset in datasets {
+            let phase = Phase {
+                backend,
+                dataset,
+                plan: &plan,
+                sink: &sink,
+                server_bin: &server_bin,
+                plugin: &plugin,
+            };
+            let result = phase
+                .run(&args)
+                .await
+                .with_context(|| format!("{} / {dataset:?} database", backend.name()))?;
+            phases.push(result);
+        }
+    }
+
+    let markdown = format!("{}\n{}", header(&args, &plan), report::markdown(&phases));
+    println!("\n{markdown}");
+    if let Some(path) = &args.report {
+        update_report(path, &markdown)?;
+        println!("results written to {}", path.display());
+    }
+    Ok(!phases.iter().any(PhaseResult::failed))
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+struct Phase<'a> {
+    backend: Backend,
+    dataset: Dataset,
+    plan: &'a Plan,
+    sink: &'a PushSink,
+    server_bin: &'a Path,
+    plugin: &'a Path,
+}
+
+impl Phase<'_> {
+    fn name(&self) -> String {
+        let backend = match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        let dataset = match self.dataset {
+            Dataset::Empty => "empty",
+            Dataset::Big => "big",
+        };
+        format!("{backend}-{dataset}")
+    }
+
+    async fn run(&self, args: &RunArgs) -> anyhow::Result<PhaseResult> {
+        let dir = absolute(&args.work_dir.join(self.name()))?;
+        std::fs::create_dir_all(&dir)?;
+        let database =
+            Database::create(self.backend, &dir, &args.work_dir, &args.postgres_url).await?;
+        let outcome = async {
+            let config = write_config(&ConfigInputs {
+                dir: &dir,
+                database_url: database.url(),
+                plugin: self.plugin,
+                push_origin: &self.sink.origin,
+            })?;
+            let mut server = ServerProcess::start(
+                self.server_bin,
+                &config,
+                &dir,
+                &args.work_dir,
+                args.server_log.as_deref(),
+            )
+            .await?;
+            eprintln!(
+                "[{}] loop-server (pid {}) at {}",
+                self.name(),
+                server.pid,
+                server.url
+            );
+            let result = self.drive(&mut server, database.url(), &dir).await;
+            let stopped = server.stop().await;
+            let result = result
+                .with_context(|| format!("server log: {}", server_log_path(&dir).display()))?;
+            stopped?;
+            Ok::<_, anyhow::Error>(result)
+        }
+        .await;
+        let dropped = database.drop_database().await;
+        let result = outcome?;
+        dropped?;
+        Ok(result)
+    }
+
+    async fn drive(
+        &self,
+        server: &mut ServerProcess,
+        database_url: &str,
+        dir: &Path,
+    ) -> anyhow::Result<PhaseResult> {
+        let name = self.name();
+        let seed = match self.dataset {
+            Dataset::Empty => None,
+            Dataset::Big => {
+                eprintln!(
+                    "[{name}] seeding {} sessions and {} call URLs",
+                    report::thousands(self.plan.seed.sessions as f64),
+                    report::thousands(self.plan.seed.call_urls as f64)
+                );
+                let seeded = seed::seed(database_url, self.plan.seed)
+                    .await
+                    .context("seeding")?;
+                eprintln!("[{name}] seeded in {:.1} s", seeded.seconds);
+                Some(seeded)
+            }
+        };
+        let api = Api::new(&server.url, server.port)?;
+        let fixtures = fixtures::prepare(&api, self.sink)
+            .await
+            .context("creating the fixtures through the API")?;
+        let (pings_before, malformed_before) = (self.sink.pings(), self.sink.malformed());
+        let registration_body = Api::registration_body(&self.sink.url("bench"));
+        let logs = dir.join("wrk");
+        std::fs::create_dir_all(&logs)?;
+
+        let mut routes = Vec::new();
+        for &route in &self.plan.routes {
+            if self.plan.warmup_s > 0 {
+                let load = route_load(route, &api, &fixtures, &registration_body)?;
+                let log = logs.join(format!("{}-warmup.txt", route.key()));
+                let warm = wrk::run(
+                    &self.plan.settings,
+                    &server.url,
+                    &load,
+                    self.plan.warmup_s,
+                    dir,
+                    &log,
+                )
+                .await?;
+                if let Some(why) = warm.failure() {
+                    eprintln!("[{name}] warning: {} warm-up: {why}", route.label());
+                }
+                server.ensure_running()?;
+            }
+            let mut runs = Vec::new();
+            for i in 0..self.plan.runs {
+                let load = route_load(route, &api, &fixtures, &registration_body)?;
+                let log = logs.join(format!("{}-{}.txt", route.key(), i + 1));
+                let result = wrk::run(
+                    &self.plan.settings,
+                    &server.url,
+                    &load,
+                    self.plan.duration_s,
+                    dir,
+                    &log,
+                )
+                .await?;
+                server.ensure_running()?;
+                eprintln!(
+                    "[{name}] {:<28} run {}/{}: {:>9} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
+                    route.label(),
+                    i + 1,
+                    self.plan.runs,
+                    report::thousands(result.requests_per_second()),
+                    result.p50_us / 1000.0,
+                    result.p99_us / 1000.0,
+                    result
+                        .failure()
+                        .map(|why| format!("  FAILED: {why}"))
+                        .unwrap_or_default()
+                );
+                runs.push(result);
+            }
+            routes.push(RouteResult { route, runs });
+        }
+        let peak_rss_kib = server.peak_rss_kib()?;
+        // Pushes run concurrently with the calls: let the last ones land.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(PhaseResult {
+            backend: self.backend,
+            dataset: self.dataset,
+            seed,
+            routes,
+            peak_rss_kib,
+            pushes: self.sink.pings() - pings_before,
+            malformed_pushes: self.sink.malformed() - malformed_before,
+        })
+    }
+}
+
+fn server_log_path(dir: &Path) -> PathBuf {
+    dir.join("server.log")
+}
+
+/// A fresh load (and, for Hawk routes, a fresh signer) for one wrk run.
+fn route_load<'a>(
+    route: Route,
+    api: &Api,
+    fixtures: &Fixtures,
+    registration_body: &'a str,
+) -> anyhow::Result<RouteLoad<'a>> {
+    Ok(match route {
+        Route::Registration => RouteLoad {
+            method: "POST",
+            path: "/registration".into(),
+            body: Some(registration_body),
+            signer: None,
+        },
+        Route::CreateCallUrl => RouteLoad {
+            method: "POST",
+            path: "/call-url".into(),
+            body: Some(CALL_URL_BODY),
+            signer: Some(api.signer(
+                &fixtures.creator,
+                "POST",
+                "/call-url",
+                Some(CALL_URL_BODY),
+            )?),
+        },
+        Route::CallUrlInfo => RouteLoad {
+            method: "GET",
+            path: format!("/calls/{}", fixtures.callee_call_token),
+            body: None,
+            signer: None,
+        },
+        Route::PlaceCall => RouteLoad {
+            method: "POST",
+            path: format!("/calls/{}", fixtures.callee_call_token),
+            body: Some(CALL_BODY),
+            signer: None,
+        },
+        Route::ListCalls => RouteLoad {
+            method: "GET",
+            path: "/calls?version=0".into(),
+            body: None,
+            signer: Some(api.signer(&fixtures.lister, "GET", "/calls?version=0", None)?),
+        },
+    })
+}
+
+fn header(args: &RunArgs, plan: &Plan) -> String {
+    let mut lines = Vec::new();
+    let mut run = format!("Command: `{}`", args.command_line);
+    if !args.date.is_empty() {
+        run.push_str(&format!(", run {}", args.date));
+    }
+    if !args.commit.is_empty() {
+        run.push_str(&format!(" at commit `{}`", args.commit));
+    }
+    lines.push(format!("{run}."));
+    lines.push(format!("Machine: {}.", machine()));
+    lines.push(format!(
+        "Load: `wrk -t{} -c{} -d{}s --timeout {}s --latency` with bench/wrk/loop.lua, {} unmeasured warm-up second(s) per route, \
+         {} measured run(s) per route (medians reported). wrk, the push sink and the server share the machine's cores.",
+        plan.settings.threads, plan.settings.connections, plan.duration_s, plan.settings.timeout_s, plan.warmup_s, plan.runs
+    ));
+    if args.quick {
+        lines.push(
+            "**Quick mode (smoke test): figures are not comparable with the targets.**".into(),
+        );
+    }
+    lines.push(format!(
+        "Fixtures: `GET /calls?version=0` lists a user with {} live calls; `POST /calls/{{token}}` uses the loopback provider \
+         and pings the callee's push URL on a local sink; Hawk requests are pre-signed with unique nonces just before each run.",
+        fixtures::LISTED_CALLS
+    ));
+    lines.join("\n") + "\n"
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| {
+            meminfo
+                .lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let wrk = std::process::Command::new("wrk")
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .map(|l| l.split(" Copyright").next().unwrap_or(l).to_string())
+        })
+        .unwrap_or_else(|| "wrk".into());
+    format!("{cpu}, {cores} cores, {memory_gib:.0} GiB RAM, Linux {kernel}; {wrk}")
+}
+
+const REPORT_START: &str =
+    "<!-- loop-bench:results:start (generated by scripts/bench; edits here are overwritten) -->";
+const REPORT_END: &str = "<!-- loop-bench:results:end -->";
+
+/// Replaces the generated section of `path`, keeping what is written around it.
+fn update_report(path: &Path, generated: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".to_string());
+    let section = format!("{REPORT_START}\n{}\n{REPORT_END}", generated.trim_end());
+    let updated = match (existing.find(REPORT_START), existing.find(REPORT_END)) {
+        (Some(start), Some(end)) if start < end => {
+            format!(
+                "{}{section}{}",
+                &existing[..start],
+                &existing[end + REPORT_END.len()..]
+            )
+        }
+        _ => format!("{}\n{section}\n", existing.trim_end()),
+    };
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_section_is_replaced_and_the_rest_kept() {
+        let dir = std::env::temp_dir().join(format!(
+            "loop-bench-report-{}",
+            crate::hawk_sign::random_nonce_prefix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("BENCHMARKS.md");
+        std::fs::write(&path, "# Benchmarks\n\nintro\n").unwrap();
+        update_report(&path, "first").unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert!(first.starts_with("# Benchmarks\n\nintro\n") && first.contains("first"));
+        std::fs::write(&path, format!("{first}\nnotes after\n")).unwrap();
+        update_report(&path, "second").unwrap();
+        let second = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            second.contains("second")
+                && !second.contains("first")
+                && second.contains("notes after")
+        );
+        assert!(second.contains("intro"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,274 @@
+//! The server under test: a generated config, the release binary started the
+//! way an operator starts it, and the database it uses.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+/// A database of its own for one benchmark phase.
+pub enum Database {
+    Sqlite {
+        url: String,
+    },
+    Postgres {
+        url: String,
+        admin_url: String,
+        name: String,
+    },
+}
+
+impl Database {
+    /// A SQLite file in `dir`, or a freshly created PostgreSQL database whose
+    /// name is appended to `<work_dir>/postgres-databases` so that
+    /// `scripts/bench` can drop it even if this process dies.
+    pub async fn create(
+        backend: Backend,
+        dir: &Path,
+        work_dir: &Path,
+        postgres_admin_url: &str,
+    ) -> anyhow::Result<Self> {
+        match backend {
+            Backend::Sqlite => Ok(Database::Sqlite {
+                url: format!("sqlite://{}?mode=rwc", dir.join("loop.db").display()),
+            }),
+            Backend::Postgres => {
+                let name = format!(
+                    "loop_bench_{}",
+                    crate::hawk_sign::random_nonce_prefix().to_lowercase()
+                );
+                let mut conn = sqlx::PgConnection::connect(postgres_admin_url)
+                    .await
+                    .with_context(|| format!("connecting to PostgreSQL at {postgres_admin_url}"))?;
+                let record = work_dir.join("postgres-databases");
+                let mut names = std::fs::read_to_string(&record).unwrap_or_default();
+                names.push_str(&name);
+                names.push('\n');
+                std::fs::write(&record, names)
+                    .with_context(|| format!("writing {}", record.display()))?;
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .context("CREATE DATABASE")?;
+                let base = postgres_admin_url
+                    .rsplit_once('/')
+                    .map(|(base, _)| base)
+                    .unwrap_or(postgres_admin_url);
+                Ok(Database::Postgres {
+                    url: format!("{base}/{name}"),
+                    admin_url: postgres_admin_url.to_string(),
+                    name,
+                })
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            Database::Sqlite { url } | Database::Postgres { url, .. } => url,
+        }
+    }
+
+    /// Drops a PostgreSQL database (the server must be stopped or it is
+    /// disconnected); SQLite files go with the work directory.
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        if let Database::Postgres {
+            admin_url, name, ..
+        } = self
+        {
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("dropping database {name}"))?;
+        }
+        Ok(())
+    }
+}
+
+pub struct ConfigInputs<'a> {
+    pub dir: &'a Path,
+    pub database_url: &'a str,
+    pub plugin: &'a Path,
+    pub push_origin: &'a str,
+}
+
+/// The config an operator would write for this host, plus what the bench
+/// needs: the sink's origin allowed for push URLs, and calls kept listed for
+/// the whole run so that the listing user keeps its few calls.
+pub fn write_config(inputs: &ConfigInputs<'_>) -> anyhow::Result<PathBuf> {
+    let toml = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+data_dir = {data_dir:?}
+
+[database]
+url = {database_url:?}
+
+[calls]
+duration_seconds = 86400
+
+[push]
+allowed_origins = [{push_origin:?}]
+
+[plugins.loopback]
+component = {plugin:?}
+generated_secrets = ["secret"]
+"#,
+        data_dir = inputs.dir.join("data").display().to_string(),
+        database_url = inputs.database_url,
+        push_origin = inputs.push_origin,
+        plugin = inputs.plugin.display().to_string(),
+    );
+    let path = inputs.dir.join("config.toml");
+    std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+pub struct ServerProcess {
+    child: Child,
+    pub pid: u32,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub port: u16,
+    pub log_path: PathBuf,
+    pid_file: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `bin --config config`, logging to `<dir>/server.log`, and waits
+    /// for the line announcing the bound address. The pid goes into
+    /// `<work_dir>/server.<pid>.pid` for `scripts/bench`'s exit trap.
+    pub async fn start(
+        bin: &Path,
+        config: &Path,
+        dir: &Path,
+        work_dir: &Path,
+        log_filter: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let log_path = dir.join("server.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut command = Command::new(bin);
+        command
+            .arg("--config")
+            .arg(config)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(filter) = log_filter {
+            command.env("LOOP_LOG", filter);
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("server exited at once")?;
+        let pid_file = work_dir.join(format!("server.{pid}.pid"));
+        std::fs::write(&pid_file, pid.to_string())?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        // The first start compiles the plugin; give it time.
+        let announced = tokio::time::timeout(Duration::from_secs(180), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("loop-server listening on ") {
+                    return Ok::<_, std::io::Error>(Some(url.trim().to_string()));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let url = match announced {
+            Ok(Ok(Some(url))) => url,
+            outcome => {
+                let _ = child.kill().await;
+                let _ = std::fs::remove_file(&pid_file);
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                let why = match outcome {
+                    Err(_) => "did not announce its address within 180 s".to_string(),
+                    Ok(Err(err)) => format!("stdout failed: {err}"),
+                    _ => "exited before listening".to_string(),
+                };
+                anyhow::bail!(
+                    "loop-server {why}; the end of {}:\n{}",
+                    log_path.display(),
+                    tail.join("\n")
+                );
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let port = url
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.trim_end_matches('/').parse().ok())
+            .with_context(|| format!("no port in announced address {url}"))?;
+        Ok(Self {
+            child,
+            pid,
+            url,
+            port,
+            log_path,
+            pid_file,
+        })
+    }
+
+    /// Peak resident set size since start (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        proc_status_kib(self.pid, "VmHWM:")
+    }
+
+    /// Fails if the server died (for example, crashed under load).
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!(
+                "loop-server exited during the benchmark ({status}); see {}",
+                self.log_path.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("stopping loop-server")?;
+        let _ = std::fs::remove_file(&self.pid_file);
+        Ok(())
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading /proc/<pid>/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
