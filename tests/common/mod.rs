@@ -6,6 +6,9 @@
 //! every server gets a fresh database of its own unless a test shares one.
 #![allow(dead_code)]
 
+pub mod fake_push;
+pub mod hawk;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
