@@ -1,0 +1,107 @@
+//! `POST /registration` (create a device session, or update its push URLs)
+//! and `DELETE /registration` (forget this device's push URLs).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::{Authenticated, attach_session_token};
+use crate::error::{AppError, AppResult, LoopJson};
+use crate::push::validate_push_url;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/registration", post(register).delete(unregister))
+}
+
+#[derive(Deserialize)]
+struct RegistrationBody {
+    #[serde(rename = "simplePushURLs", default)]
+    simple_push_urls: Option<PushUrls>,
+    /// Older clients register one URL, for the `calls` topic.
+    #[serde(rename = "simplePushURL", default)]
+    simple_push_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PushUrls {
+    #[serde(default)]
+    calls: Option<String>,
+    #[serde(default)]
+    rooms: Option<String>,
+}
+
+/// `(topic, field name for errors, url)`
+type Registration = Vec<(&'static str, &'static str, String)>;
+
+fn requested_urls(body: RegistrationBody) -> AppResult<Registration> {
+    let mut urls = Vec::new();
+    if let Some(PushUrls { calls, rooms }) = body.simple_push_urls {
+        if let Some(url) = calls {
+            urls.push(("calls", "simplePushURLs.calls", url));
+        }
+        if let Some(url) = rooms {
+            urls.push(("rooms", "simplePushURLs.rooms", url));
+        }
+    }
+    if let Some(url) = body.simple_push_url {
+        if urls.iter().any(|(topic, ..)| *topic == "calls") {
+            return Err(AppError::invalid(
+                "simplePushURL",
+                "give the calls URL either as simplePushURL or as simplePushURLs.calls, not both",
+            ));
+        }
+        urls.push(("calls", "simplePushURL", url));
+    }
+    if urls.is_empty() {
+        return Err(AppError::missing("simplePushURLs"));
+    }
+    Ok(urls)
+}
+
+async fn register(
+    State(state): State<AppState>,
+    authenticated: Option<Authenticated>,
+    LoopJson(body): LoopJson<RegistrationBody>,
+) -> AppResult<Response> {
+    let urls = requested_urls(body)?;
+    // Every URL is checked before anything is written: a refused URL leaves
+    // neither a session nor a half-updated registration behind.
+    let mut validated = Vec::with_capacity(urls.len());
+    for (topic, field, url) in urls {
+        let url = validate_push_url(&state.config.push, field, &url).await?;
+        validated.push((topic, url));
+    }
+    let (session, new_token) = match authenticated {
+        Some(Authenticated { session }) => (session, None),
+        None => {
+            let created = state
+                .auth
+                .create_session(state.store.as_ref(), None)
+                .await?;
+            (created.session, Some(created.token_hex))
+        }
+    };
+    for (topic, url) in &validated {
+        state
+            .store
+            .set_push_url(&session.id_hmac, &session.user_id, topic, url.as_str())
+            .await?;
+    }
+    let mut response = (StatusCode::OK, Json(serde_json::json!({}))).into_response();
+    if let Some(token) = new_token {
+        attach_session_token(&mut response, &token);
+    }
+    Ok(response)
+}
+
+async fn unregister(
+    State(state): State<AppState>,
+    Authenticated { session }: Authenticated,
+) -> AppResult<StatusCode> {
+    state.store.delete_push_urls(&session.id_hmac).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,238 @@
+//! A Hawk client for the black-box tests, built on the third-party `hawk`
+//! crate (not on the server's code): derives credentials from a
+//! `Hawk-Session-Token` as Loop clients do, signs requests and checks the
+//! server's `Server-Authorization`.
+#![allow(dead_code)]
+
+use std::time::{Duration, SystemTime};
+
+use ::hawk::{Header, Key, PayloadHasher, RequestBuilder, SHA256};
+use hkdf::Hkdf;
+use sha2::Sha256;
+
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub id: String,
+    pub key: String,
+}
+
+impl Credentials {
+    /// HKDF-SHA256(token, no salt, info "identity.mozilla.com/picl/v1/sessionToken"), 64 bytes.
+    pub fn from_token(token_hex: &str) -> Self {
+        let token = hex::decode(token_hex).expect("session token is hex");
+        let mut okm = [0u8; 64];
+        Hkdf::<Sha256>::new(None, &token)
+            .expand(b"identity.mozilla.com/picl/v1/sessionToken", &mut okm)
+            .unwrap();
+        Self {
+            id: hex::encode(&okm[..32]),
+            key: hex::encode(&okm[32..]),
+        }
+    }
+
+    fn hawk(&self) -> ::hawk::Credentials {
+        ::hawk::Credentials {
+            id: self.id.clone(),
+            key: Key::new(self.key.as_bytes(), SHA256).unwrap(),
+        }
+    }
+}
+
+/// Everything needed to check the response to a signed request.
+pub struct Signed {
+    pub authorization: String,
+    header: Header,
+    method: String,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+pub struct Options<'a> {
+    pub ts: SystemTime,
+    pub nonce: Option<&'a str>,
+    /// Hash the body (`Some(content type, body)`) into the header.
+    pub payload: Option<(&'a str, &'a [u8])>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            ts: SystemTime::now(),
+            nonce: None,
+            payload: None,
+        }
+    }
+}
+
+pub fn sign(creds: &Credentials, method: &str, url: &str, options: Options<'_>) -> Signed {
+    let parsed = url::Url::parse(url).unwrap();
+    let host = parsed.host_str().unwrap().to_string();
+    let port = parsed.port_or_known_default().unwrap();
+    let path = match parsed.query() {
+        Some(query) => format!("{}?{}", parsed.path(), query),
+        None => parsed.path().to_string(),
+    };
+    let hash = options
+        .payload
+        .map(|(content_type, body)| PayloadHasher::hash(content_type, SHA256, body).unwrap());
+    let request = RequestBuilder::new(method, &host, port, &path)
+        .hash(hash.as_deref())
+        .request();
+    let nonce = options
+        .nonce
+        .map(str::to_string)
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()));
+    let header = request
+        .make_header_full(&creds.hawk(), options.ts, nonce)
+        .unwrap();
+    Signed {
+        authorization: format!("Hawk {header}"),
+        header,
+        method: method.to_string(),
+        host,
+        port,
+        path,
+    }
+}
+
+impl Signed {
+    /// Whether `Server-Authorization` authenticates this response body.
+    pub fn verify_response(
+        &self,
+        creds: &Credentials,
+        server_authorization: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> bool {
+        let Some(value) = server_authorization.strip_prefix("Hawk ") else {
+            return false;
+        };
+        let Ok(response_header) = value.parse::<Header>() else {
+            return false;
+        };
+        let hash = PayloadHasher::hash(media_type(content_type), SHA256, body).unwrap();
+        let request =
+            RequestBuilder::new(&self.method, &self.host, self.port, &self.path).request();
+        let response = request
+            .make_response_builder(&self.header)
+            .hash(&hash[..])
+            .response();
+        response.validate_header(&response_header, &creds.hawk().key)
+    }
+}
+
+fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+pub struct HawkResponse {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+    /// `Some(valid)` when the response carried `Server-Authorization`.
+    pub server_authorization_valid: Option<bool>,
+}
+
+impl HawkResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// Asserts a Loop error `{code, errno, …}`.
+    pub fn assert_error(&self, status: u16, errno: u64) {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let body = self.json();
+        assert_eq!(body["code"], status, "{body}");
+        assert_eq!(body["errno"], errno, "{body}");
+    }
+
+    /// Asserts 401/110 with `WWW-Authenticate: Hawk…`.
+    pub fn assert_unauthorized(&self) {
+        self.assert_error(401, 110);
+        let challenge = self
+            .header("www-authenticate")
+            .expect("WWW-Authenticate header");
+        assert!(challenge.starts_with("Hawk"), "{challenge}");
+        assert!(self.header("server-authorization").is_none());
+    }
+}
+
+/// Sends a signed request (JSON body hashed into the header when given).
+pub async fn send(
+    client: &reqwest::Client,
+    creds: &Credentials,
+    method: &str,
+    url: &str,
+    json: Option<&serde_json::Value>,
+) -> HawkResponse {
+    let body = json.map(|value| serde_json::to_vec(value).unwrap());
+    let options = Options {
+        payload: body.as_deref().map(|b| ("application/json", b)),
+        ..Options::default()
+    };
+    let signed = sign(creds, method, url, options);
+    send_signed(
+        client,
+        creds,
+        &signed,
+        url,
+        body.map(|b| ("application/json", b)),
+    )
+    .await
+}
+
+/// Sends a request with a prepared `Authorization` header and body.
+pub async fn send_signed(
+    client: &reqwest::Client,
+    creds: &Credentials,
+    signed: &Signed,
+    url: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> HawkResponse {
+    let method = reqwest::Method::from_bytes(signed.method.as_bytes()).unwrap();
+    let mut request = client
+        .request(method, url)
+        .header("Authorization", &signed.authorization);
+    if let Some((content_type, body)) = body {
+        request = request.header("Content-Type", content_type).body(body);
+    }
+    let response = request
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.unwrap();
+    let server_authorization_valid = headers.get("server-authorization").map(|value| {
+        let content_type = headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("");
+        signed.verify_response(creds, value.to_str().unwrap(), content_type, &body)
+    });
+    HawkResponse {
+        status,
+        headers,
+        body,
+        server_authorization_valid,
+    }
+}
