@@ -451,9 +451,9 @@ fn check_core_imports(core: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Rebuilds a module or component without its top-level custom sections
+/// Rebuilds a module or component without its custom sections
 /// (`name`, `producers`, `target_features`, ...), which carry tool versions and
-/// paths but nothing the runtime needs. Nested modules are copied verbatim.
+/// paths but nothing the runtime needs, recursively through nested modules.
 fn strip_custom_sections(wasm: &[u8], component: bool) -> Result<Vec<u8>> {
     use wasm_encoder::RawSection;
     let mut module = wasm_encoder::Module::new();
@@ -483,10 +483,11 @@ fn strip_custom_sections(wasm: &[u8], component: bool) -> Result<Vec<u8>> {
                 unchecked_range, ..
             } => {
                 let (id, _) = payload.as_section().expect("nested section");
-                comp.section(&RawSection {
-                    id,
-                    data: bytes_of(wasm, unchecked_range),
-                });
+                let nested = strip_custom_sections(
+                    bytes_of(wasm, unchecked_range),
+                    matches!(payload, wasmparser::Payload::ComponentSection { .. }),
+                )?;
+                comp.section(&RawSection { id, data: &nested });
                 // The outer parser steps over nested modules itself; only the
                 // bytes fed to it must skip them.
                 offset += bytes_of(wasm, unchecked_range).len();
