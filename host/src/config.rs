@@ -211,6 +211,10 @@ impl Default for Config {
     }
 }
 
+/// The top-level tables of [`Config`], as `LOOP_<SECTION>__…` variables name them.
+const CONFIG_SECTIONS: &[&str] =
+    &["server", "database", "auth", "call_urls", "calls", "push", "cors", "fxa", "providers", "plugins"];
+
 impl Config {
     /// Loads defaults, then `path` (if it exists), then `LOOP_*` variables.
     /// Relative paths in the file are resolved against the file's folder.
@@ -221,7 +225,16 @@ impl Config {
         } else if path != Path::new("config.toml") {
             anyhow::bail!("config file {} does not exist", path.display());
         }
-        figment = figment.merge(Env::prefixed("LOOP_").split("__"));
+        // Only `LOOP_<SECTION>__…` variables are configuration; others sharing the
+        // prefix (LOOP_LOG, LOOP_CONFIG, the test suite's LOOP_TEST_*) are not.
+        figment = figment.merge(
+            Env::prefixed("LOOP_")
+                .filter(|key| {
+                    let section = key.as_str().split("__").next().unwrap_or_default().to_ascii_lowercase();
+                    CONFIG_SECTIONS.contains(&section.as_str())
+                })
+                .split("__"),
+        );
         let mut config: Config = figment.extract().map_err(|err| {
             // figment names the key (`server.listen`) and the source in its message.
             anyhow::anyhow!("invalid configuration: {}", err.to_string().replace('\n', "; "))

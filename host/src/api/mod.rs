@@ -128,7 +128,7 @@ async fn loop_errors(request: Request, next: Next) -> Response {
     }
     let error = match status {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge(MAX_BODY_BYTES),
-        StatusCode::NOT_FOUND => AppError::NotFound("not found".into()),
+        StatusCode::NOT_FOUND => return not_found().await,
         StatusCode::UNAUTHORIZED => AppError::Unauthorized(plain_reason(response).await),
         StatusCode::FORBIDDEN => AppError::Forbidden(plain_reason(response).await),
         StatusCode::METHOD_NOT_ALLOWED => return method_not_allowed().await,
@@ -148,18 +148,25 @@ async fn plain_reason(response: Response) -> String {
     if text.is_empty() { "invalid request".into() } else { text }
 }
 
-async fn not_found() -> AppError {
-    AppError::NotFound("not found".into())
+/// No such route. Errno 105 (invalid token) is for tokens that are unknown;
+/// a path that is no resource at all is 999, as Mozilla's server answered.
+async fn not_found() -> Response {
+    undefined_error(StatusCode::NOT_FOUND, "no such resource")
 }
 
 async fn method_not_allowed() -> Response {
+    undefined_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this resource")
+}
+
+/// Loop's error body for statuses that have no errno of their own.
+fn undefined_error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({
-        "code": 405,
+        "code": status.as_u16(),
         "errno": crate::error::Errno::Undefined as u16,
-        "error": "Method Not Allowed",
-        "message": "method not allowed on this resource",
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "message": message,
     });
-    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+    (status, axum::Json(body)).into_response()
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -59,8 +59,13 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
             false
         }
     };
-    // The runtime refuses to start without its plugins, so a running server has them loaded.
-    let providers = true;
+    // Loaded plugins are healthy until several calls in a row fail.
+    let unhealthy: Vec<String> =
+        state.providers.health().into_iter().filter(|plugin| !plugin.healthy).map(|plugin| plugin.plugin).collect();
+    if !unhealthy.is_empty() {
+        tracing::warn!(plugins = ?unhealthy, "heartbeat: provider plugins failing");
+    }
+    let providers = unhealthy.is_empty();
     let push = state.push.healthy();
     let report = Heartbeat { storage, providers, push };
     let status = if storage && providers && push { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
