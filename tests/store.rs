@@ -368,12 +368,12 @@ async fn call_urls_expire_but_stay_readable_by_token() {
         );
         assert_eq!(
             store.call_urls("user-2", NOW).await.unwrap(),
-            [others.clone()],
+            vec![others.clone()],
             "{name}"
         );
         assert_eq!(
             store.call_urls("user-1", NOW + 3600).await.unwrap(),
-            [second.clone()],
+            vec![second.clone()],
             "{name}"
         );
         assert!(
@@ -548,7 +548,7 @@ async fn calls_are_listed_by_version_until_they_expire() {
         );
         assert_eq!(
             store.calls("user-2", 0, NOW).await.unwrap(),
-            [foreign.clone()],
+            vec![foreign.clone()],
             "{name}"
         );
 
@@ -693,17 +693,24 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
         let name = db.name;
         let live = populate(&store, "user-live").await;
 
-        let expired_session = session("user-old", NOW);
-        store.create_session(&expired_session).await.unwrap();
-        store
-            .set_push_url(
-                &expired_session.id_hmac,
-                "user-old",
-                "calls",
-                "https://push.test/old",
-            )
-            .await
-            .unwrap();
+        // More expired sessions (each with a push URL) than one purge batch holds.
+        let expired_sessions: Vec<Session> = (0..1200).map(|_| session("user-old", NOW)).collect();
+        for chunk in expired_sessions.chunks(100) {
+            let inserts = chunk.iter().map(|s| {
+                let store = &store;
+                async move {
+                    store.create_session(s).await?;
+                    let url = format!("https://push.test/{}", s.id_hmac);
+                    store
+                        .set_push_url(&s.id_hmac, "user-old", "calls", &url)
+                        .await
+                }
+            });
+            for inserted in futures::future::join_all(inserts).await {
+                inserted.unwrap();
+            }
+        }
+        let expired_session = &expired_sessions[0];
         let expired_url = call_url("user-live", NOW - 100, NOW);
         store.create_call_url(&expired_url).await.unwrap();
         let expired_call = call("user-live", NOW - 100, NOW - 1);
@@ -726,9 +733,9 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             }
         }
 
-        // session + its push URL + call URL + call + nonces
+        // sessions + their push URLs + call URL + call + nonces
         let purged = store.purge_expired(NOW).await.unwrap();
-        assert_eq!(purged, 1 + 1 + 1 + 1 + nonces, "{name}");
+        assert_eq!(purged, 1200 + 1200 + 1 + 1 + nonces, "{name}");
         assert_eq!(
             store.purge_expired(NOW).await.unwrap(),
             0,
@@ -853,6 +860,12 @@ async fn sqlite_uses_wal_and_creates_missing_folders() {
         .await
         .unwrap();
     assert_eq!(foreign_keys, 1);
+    // Writers queue for the lock rather than failing with SQLITE_BUSY.
+    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(busy_timeout >= 5000, "busy_timeout {busy_timeout}");
 }
 
 #[tokio::test]
@@ -946,7 +959,7 @@ async fn migrations_run_concurrently_and_repeatedly() {
     let dbs = [Db::postgres().await, Db::sqlite()];
     for db in &dbs {
         let config = config(&db.url);
-        let opens = (0..4).map(|_| store::connect(&config));
+        let opens = (0..8).map(|_| store::connect(&config));
         for opened in futures::future::join_all(opens).await {
             opened.unwrap_or_else(|err| panic!("{}: concurrent migration: {err:#}", db.name));
         }

@@ -29,6 +29,9 @@ const PURGE_BATCH: i64 = 1000;
 /// SQLITE_BUSY. Writes are short, so only a stalled disk gets anywhere near it.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
 
+/// A pooled PostgreSQL connection idle this long is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+
 /// How long a request waits for a pooled connection before getting a 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,11 +118,25 @@ impl SqlStore {
             Backend::Postgres => AnyPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                // sqlx already pings every connection on release. Pinging again
+                // on every checkout would add a round trip to each query; only
+                // a connection that sat idle (through a server restart, say)
+                // is worth checking first.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_IF_IDLE_FOR {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(any_options)
                 .await
                 .context("database.url: cannot connect to PostgreSQL")?,
         };
         migrate(&pool, backend).await?;
+        tracing::info!(backend = ?backend, max_connections = pool.options().get_max_connections(), "database ready");
         Ok(SqlStore { pool })
     }
 }
@@ -171,15 +188,16 @@ async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
         Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
         Backend::Postgres => sqlx::migrate!("migrations/postgres"),
     };
-    // A newer release may have added migrations this binary does not know;
-    // schema changes are additive, so an older binary (rolling deploy,
-    // rollback) keeps working on the newer schema.
+    // A newer release may have added migrations this binary does not know.
+    // Migrations are kept additive (new tables, indexes, columns with
+    // defaults), so an older binary (rolling deploy, rollback) keeps working
+    // on the newer schema instead of refusing to start.
     migrator.set_ignore_missing(true);
     // PostgreSQL: sqlx holds an advisory lock while migrating, so processes
     // starting together apply each migration once. SQLite has no such lock: a
     // process that lost the race fails on "table already exists", its
     // transaction rolls back, and the retry sees the migration applied.
-    let attempts = if backend == Backend::Sqlite { 3 } else { 1 };
+    let attempts = if backend == Backend::Sqlite { 5 } else { 1 };
     let mut attempt = 1;
     loop {
         match migrator.run(pool).await {
