@@ -1,0 +1,61 @@
+//! Two `loop-server` processes on one PostgreSQL database act as one service:
+//! a session, call URL or call made through one is seen through the other.
+
+mod common;
+
+use common::fake_push::FakePush;
+use common::hawk::Device;
+use common::{ServerOptions, TestServer, client, fresh_postgres_database};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn two_servers_on_one_postgres_database_are_one_service() {
+    let push = FakePush::start().await;
+    // PostgreSQL whatever LOOP_TEST_DATABASE says: sharing is the point.
+    let database_url = fresh_postgres_database().await;
+    let a = TestServer::start_with(ServerOptions {
+        extra_toml: push.config(2000),
+        database_url: Some(database_url),
+        ..Default::default()
+    })
+    .await;
+    let b = a.start_sibling();
+    assert_ne!(a.url, b.url);
+    let http = client();
+
+    // Bob registers on A and creates a call URL on A.
+    let bob_on_a = Device::register(&a.url, &push.url("bob")).await;
+    let created = bob_on_a.create_call_url(&json!({"callerId": "alice", "issuer": "Bob"})).await;
+    let token = created["callToken"].as_str().unwrap();
+
+    // Alice opens it and calls through B.
+    let info: Value = http.get(b.endpoint(&format!("/calls/{token}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["calleeFriendlyName"], "Bob");
+    let response = http
+        .post(b.endpoint(&format!("/v0/calls/{token}")))
+        .json(&json!({"callType": "audio-video"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let placed: Value = response.json().await.unwrap();
+
+    // B pinged the push URL Bob registered on A.
+    let pings = push.wait_for("bob", 1).await;
+    let version = pings[0].body.strip_prefix("version=").unwrap().to_string();
+
+    // Bob lists the call on A.
+    let calls: Value = bob_on_a.get(&format!("/calls?version={version}")).await.json().await.unwrap();
+    assert_eq!(calls["calls"].as_array().unwrap().len(), 1, "{calls}");
+    assert_eq!(calls["calls"][0]["callId"], placed["callId"]);
+    assert_eq!(calls["calls"][0]["sessionId"], placed["sessionId"]);
+    assert_eq!(calls["calls"][0]["apiKey"], placed["apiKey"]);
+
+    // His session works on B too, and a revocation on B is seen on A.
+    let bob_on_b = bob_on_a.on(&b.url);
+    let listed: Value = bob_on_b.get("/call-url").await.json().await.unwrap();
+    assert_eq!(listed[0]["callToken"], token);
+    assert_eq!(bob_on_b.delete(&format!("/call-url/{token}")).await.status(), 204);
+    let response = http.get(a.endpoint(&format!("/calls/{token}"))).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+}
