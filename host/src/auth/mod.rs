@@ -188,10 +188,10 @@ impl Auth {
     /// worth a write. A failure only shortens the session, so it is logged.
     async fn refresh(&self, store: &dyn Store, session: &Session) {
         let renewed = crate::clock::now().saturating_add(self.session_duration);
-        if renewed - session.expires_at > REFRESH_THRESHOLD_SECONDS {
-            if let Err(err) = store.touch_session(&session.id_hmac, renewed).await {
-                tracing::warn!(error = %err, "refreshing a session's expiry failed");
-            }
+        if renewed - session.expires_at > REFRESH_THRESHOLD_SECONDS
+            && let Err(err) = store.touch_session(&session.id_hmac, renewed).await
+        {
+            tracing::warn!(error = %err, "refreshing a session's expiry failed");
         }
     }
 }
