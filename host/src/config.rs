@@ -138,6 +138,9 @@ pub struct PluginLimits {
     pub max_return_bytes: usize,
     /// Largest HTTP response body handed to the plugin.
     pub max_http_response_bytes: usize,
+    /// Call setups running in this plugin at once; more wait for a free slot
+    /// (within their wall time). Sizes the instance pool.
+    pub max_concurrent_calls: u32,
 }
 
 impl Default for ServerConfig {
@@ -190,6 +193,7 @@ impl Default for PluginLimits {
             wall_ms: 5000,
             max_return_bytes: 64 * 1024,
             max_http_response_bytes: 1024 * 1024,
+            max_concurrent_calls: 64,
         }
     }
 }
@@ -317,6 +321,18 @@ impl Config {
             anyhow::ensure!(limits.memory_mib >= 1, "plugins.{name}.limits.memory_mib: must be at least 1");
             anyhow::ensure!(limits.cpu_ms >= 1, "plugins.{name}.limits.cpu_ms: must be at least 1");
             anyhow::ensure!(limits.wall_ms >= 1, "plugins.{name}.limits.wall_ms: must be at least 1");
+            anyhow::ensure!(
+                (1..=4096).contains(&limits.memory_mib),
+                "plugins.{name}.limits.memory_mib: must be between 1 and 4096"
+            );
+            anyhow::ensure!(
+                limits.max_return_bytes >= 1,
+                "plugins.{name}.limits.max_return_bytes: must be at least 1"
+            );
+            anyhow::ensure!(
+                (1..=4096).contains(&limits.max_concurrent_calls),
+                "plugins.{name}.limits.max_concurrent_calls: must be between 1 and 4096"
+            );
         }
         Ok(())
     }

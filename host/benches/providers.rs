@@ -1,0 +1,2 @@
+//! Provider runtime benchmark (being written).
+fn main() {}
