@@ -25,6 +25,11 @@ use crate::config::Config;
 /// rows have expired at once, so request writers keep flowing.
 const PURGE_BATCH: i64 = 1000;
 
+/// Pause between purge batches on SQLite. Writers waiting for the lock poll
+/// it from SQLite's busy handler; back-to-back batches would leave them no
+/// gap to get in and a big purge could starve them into SQLITE_BUSY.
+const SQLITE_PURGE_PAUSE: Duration = Duration::from_millis(10);
+
 /// How long a SQLite writer waits for the write lock before failing with
 /// SQLITE_BUSY. Writes are short, so only a stalled disk gets anywhere near it.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
@@ -56,6 +61,7 @@ impl Backend {
 /// The `Store` over an `Any` pool.
 pub struct SqlStore {
     pool: AnyPool,
+    backend: Backend,
 }
 
 impl SqlStore {
@@ -137,7 +143,7 @@ impl SqlStore {
         };
         migrate(&pool, backend).await?;
         tracing::info!(backend = ?backend, max_connections = pool.options().get_max_connections(), "database ready");
-        Ok(SqlStore { pool })
+        Ok(SqlStore { pool, backend })
     }
 }
 
@@ -262,6 +268,14 @@ fn call_from_row(row: &AnyRow) -> Result<Call, sqlx::Error> {
 }
 
 impl SqlStore {
+    async fn pause_between_batches(&self) {
+        match self.backend {
+            Backend::Sqlite => tokio::time::sleep(SQLITE_PURGE_PAUSE).await,
+            // Row locks: a batch never blocks writers of live rows.
+            Backend::Postgres => tokio::task::yield_now().await,
+        }
+    }
+
     /// Runs `sql` (which deletes at most `PURGE_BATCH` rows expired at `now`)
     /// until a batch comes back short; returns the total.
     async fn purge_in_batches(&self, sql: &str, now: Timestamp) -> Result<u64, sqlx::Error> {
@@ -277,12 +291,16 @@ impl SqlStore {
             if deleted < PURGE_BATCH as u64 {
                 return Ok(total);
             }
-            // Let queued writers take the lock between batches.
-            tokio::task::yield_now().await;
+            self.pause_between_batches().await;
         }
     }
 
     /// Expired sessions go together with their push URLs, batch by batch.
+    ///
+    /// Both statements select the same batch: SQLite runs them on one
+    /// snapshot, and on PostgreSQL an expired session only changes if it is
+    /// touched in the instant between them, costing that device its push URL
+    /// until it registers again.
     async fn purge_sessions(&self, now: Timestamp) -> Result<u64, sqlx::Error> {
         const EXPIRED: &str = "SELECT id_hmac FROM sessions WHERE expires_at <= $1 LIMIT $2";
         let mut total = 0;
@@ -309,7 +327,7 @@ impl SqlStore {
             if sessions < PURGE_BATCH as u64 {
                 return Ok(total);
             }
-            tokio::task::yield_now().await;
+            self.pause_between_batches().await;
         }
     }
 }
