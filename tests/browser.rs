@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::fake_push::FakePush;
+use futures::FutureExt;
 use common::hawk::Device;
 use common::{ServerOptions, TestServer};
 use serde_json::{Value, json};
@@ -168,25 +169,32 @@ async fn alice_calls_bob_from_the_link_in_chromium() {
     let profile = tempfile::tempdir().unwrap();
     let browser = driver.new_session(profile.path()).await;
 
-    browser.goto(&call_url).await;
-    assert_eq!(browser.text("h1").await, "Do you want to call Bob <Builder>?");
-    browser.click("#call").await;
-    let status = browser.wait_for_text("#status", |text| text.starts_with("Call placed") || text.contains("could not")).await;
-    assert_eq!(status, "Call placed. Waiting for Bob <Builder> to answer.");
+    // Whatever happens, end the browser session: a panic would leave Chromium running.
+    let outcome = std::panic::AssertUnwindSafe(async {
+        browser.goto(&call_url).await;
+        assert_eq!(browser.text("h1").await, "Do you want to call Bob <Builder>?");
+        browser.click("#call").await;
+        let status = browser.wait_for_text("#status", |text| text.starts_with("Call placed") || text.contains("could not")).await;
+        assert_eq!(status, "Call placed. Waiting for Bob <Builder> to answer.");
 
-    // The call reached Bob: his device was pinged and lists it.
-    push.wait_for("bob", 1).await;
-    let calls: Value = bob.get("/calls?version=0").await.json().await.unwrap();
-    assert_eq!(calls["calls"].as_array().unwrap().len(), 1, "{calls}");
-    assert_eq!(calls["calls"][0]["callType"], "audio-video");
-    assert_eq!(calls["calls"][0]["callerId"], "alice");
+        // The call reached Bob: his device was pinged and lists it.
+        push.wait_for("bob", 1).await;
+        let calls: Value = bob.get("/calls?version=0").await.json().await.unwrap();
+        assert_eq!(calls["calls"].as_array().unwrap().len(), 1, "{calls}");
+        assert_eq!(calls["calls"][0]["callType"], "audio-video");
+        assert_eq!(calls["calls"][0]["callerId"], "alice");
 
-    // A revoked link shows a readable page, not JSON.
-    let token = created["callToken"].as_str().unwrap();
-    assert_eq!(bob.delete(&format!("/call-url/{token}")).await.status(), 204);
-    browser.goto(&call_url).await;
-    assert_eq!(browser.title().await, "This link does not work");
-    assert_eq!(browser.text("h1").await, "This link does not work");
-
+        // A revoked link shows a readable page, not JSON.
+        let token = created["callToken"].as_str().unwrap();
+        assert_eq!(bob.delete(&format!("/call-url/{token}")).await.status(), 204);
+        browser.goto(&call_url).await;
+        assert_eq!(browser.title().await, "This link does not work");
+        assert_eq!(browser.text("h1").await, "This link does not work");
+    })
+    .catch_unwind()
+    .await;
     browser.quit().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
