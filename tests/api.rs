@@ -11,7 +11,11 @@ use common::{ServerOptions, TestServer, client};
 use serde_json::{Value, json};
 
 async fn start_with_push(push: &FakePush, timeout_ms: u64) -> TestServer {
-    TestServer::start_with(ServerOptions { extra_toml: push.config(timeout_ms), ..Default::default() }).await
+    TestServer::start_with(ServerOptions {
+        extra_toml: push.config(timeout_ms),
+        ..Default::default()
+    })
+    .await
 }
 
 /// The server's log without terminal colour codes.
@@ -33,7 +37,10 @@ fn strip_ansi(text: &str) -> String {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// The loopback provider's token: `v1.<payload>.<mac>`, payload = role:u8 |
@@ -67,17 +74,27 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
 
     // 2. Bob asks for a call URL for Alice.
     let created = bob
-        .create_call_url(&json!({"callerId": "alice@example.com", "issuer": "Bob", "subject": "Dinner?"}))
+        .create_call_url(
+            &json!({"callerId": "alice@example.com", "issuer": "Bob", "subject": "Dinner?"}),
+        )
         .await;
     let token = created["callToken"].as_str().unwrap().to_string();
     assert!(token.len() >= 11, "at least 64 bits of base64: {token}");
-    assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "URL-safe: {token}");
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "URL-safe: {token}"
+    );
     // 3. The URL Bob hands out.
     let call_url = created["callUrl"].as_str().unwrap();
     assert_eq!(call_url, format!("{}/c/{token}", server.url));
     let expires_at = created["expiresAt"].as_i64().unwrap();
     let thirty_days = 720 * 3600;
-    assert!((expires_at - now() - thirty_days).abs() < 120, "default TTL is 720 h: {expires_at}");
+    assert!(
+        (expires_at - now() - thirty_days).abs() < 120,
+        "default TTL is 720 h: {expires_at}"
+    );
 
     // Bob sees it in his list.
     let listed: Value = bob.get("/call-url").await.json().await.unwrap();
@@ -90,7 +107,11 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
     assert_eq!(listed[0]["expiresAt"], expires_at);
 
     // 4. Alice opens it: the server says who she would call.
-    let response = http.get(server.endpoint(&format!("/calls/{token}"))).send().await.unwrap();
+    let response = http
+        .get(server.endpoint(&format!("/calls/{token}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let info: Value = response.json().await.unwrap();
     assert_eq!(info["calleeFriendlyName"], "Bob");
@@ -107,17 +128,38 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let placed: Value = response.json().await.unwrap();
-    for field in ["callId", "websocketToken", "sessionId", "sessionToken", "apiKey", "progressURL"] {
-        assert!(placed[field].as_str().is_some_and(|v| !v.is_empty()), "{field} in {placed}");
+    for field in [
+        "callId",
+        "websocketToken",
+        "sessionId",
+        "sessionToken",
+        "apiKey",
+        "progressURL",
+    ] {
+        assert!(
+            placed[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field} in {placed}"
+        );
     }
     let port = server.url.rsplit(':').next().unwrap();
-    assert_eq!(placed["progressURL"], format!("ws://127.0.0.1:{port}/websocket"));
+    assert_eq!(
+        placed["progressURL"],
+        format!("ws://127.0.0.1:{port}/websocket")
+    );
 
     let pings = push.wait_for("bob-laptop", 1).await;
     assert_eq!(pings.len(), 1);
-    let version: i64 = pings[0].body.strip_prefix("version=").expect("form body version=<ts>").parse().unwrap();
+    let version: i64 = pings[0]
+        .body
+        .strip_prefix("version=")
+        .expect("form body version=<ts>")
+        .parse()
+        .unwrap();
     assert!((version - now()).abs() < 120);
-    assert_eq!(pings[0].content_type.as_deref(), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        pings[0].content_type.as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
 
     // 10. Bob lists his incoming calls since that version.
     let response = bob.get(&format!("/calls?version={version}")).await;
@@ -137,7 +179,10 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
     assert_eq!(call["callUrl"], call_url);
     assert_eq!(call["callToken"], token);
     assert_eq!(call["urlCreationDate"], url_creation_date);
-    assert_ne!(call["sessionToken"], placed["sessionToken"], "each side has its own token");
+    assert_ne!(
+        call["sessionToken"], placed["sessionToken"],
+        "each side has its own token"
+    );
 
     // Both tokens grant the same provider session, to the two different sides.
     let (alice_session, alice_identity) = loopback_grant(placed["sessionToken"].as_str().unwrap());
@@ -148,7 +193,12 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
     assert_ne!(bob_identity, alice_identity);
 
     // A later version no longer lists it; /v0 serves the same API.
-    let later: Value = bob.get(&format!("/v0/calls?version={}", version + 1)).await.json().await.unwrap();
+    let later: Value = bob
+        .get(&format!("/v0/calls?version={}", version + 1))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(later["calls"].as_array().unwrap().len(), 0);
     let again: Value = bob.get("/v0/calls?version=0").await.json().await.unwrap();
     assert_eq!(again["calls"].as_array().unwrap().len(), 1);
@@ -159,13 +209,18 @@ async fn call_urls_can_be_updated_and_revoked_by_their_owner() {
     let push = FakePush::start().await;
     let server = start_with_push(&push, 2000).await;
     let bob = Device::register(&server.url, &push.url("bob")).await;
-    let created = bob.create_call_url(&json!({"callerId": "alice", "expiresIn": 2})).await;
+    let created = bob
+        .create_call_url(&json!({"callerId": "alice", "expiresIn": 2}))
+        .await;
     let token = created["callToken"].as_str().unwrap();
     let expires_at = created["expiresAt"].as_i64().unwrap();
     assert!((expires_at - now() - 2 * 3600).abs() < 120);
 
     let response = bob
-        .put(&format!("/call-url/{token}"), &json!({"callerId": "carol", "issuer": "Robert", "expiresIn": 5}))
+        .put(
+            &format!("/call-url/{token}"),
+            &json!({"callerId": "carol", "issuer": "Robert", "expiresIn": 5}),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let updated: Value = response.json().await.unwrap();
@@ -175,14 +230,25 @@ async fn call_urls_can_be_updated_and_revoked_by_their_owner() {
     assert_eq!(listed[0]["callerId"], "carol");
     assert_eq!(listed[0]["issuer"], "Robert");
     assert_eq!(listed[0]["expiresAt"], new_expiry);
-    let info: Value = client().get(server.endpoint(&format!("/calls/{token}"))).send().await.unwrap().json().await.unwrap();
+    let info: Value = client()
+        .get(server.endpoint(&format!("/calls/{token}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["calleeFriendlyName"], "Robert");
 
     let response = bob.delete(&format!("/call-url/{token}")).await;
     assert_eq!(response.status(), 204);
     let listed: Value = bob.get("/call-url").await.json().await.unwrap();
     assert_eq!(listed, json!([]));
-    let response = client().get(server.endpoint(&format!("/calls/{token}"))).send().await.unwrap();
+    let response = client()
+        .get(server.endpoint(&format!("/calls/{token}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["errno"], 105);
@@ -200,27 +266,52 @@ async fn service_endpoints() {
     for root in ["/", "/v0", "/v0/"] {
         let response = http.get(server.endpoint(root)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{root}");
-        let stamp: i64 = response.headers()["timestamp"].to_str().unwrap().parse().unwrap();
+        let stamp: i64 = response.headers()["timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((stamp - now()).abs() < 120);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["name"], "loop-server");
         assert_eq!(body["endpoint"], server.url);
         for field in ["description", "version", "homepage"] {
-            assert!(body[field].as_str().is_some_and(|v| !v.is_empty()), "{field} in {body}");
+            assert!(
+                body[field].as_str().is_some_and(|v| !v.is_empty()),
+                "{field} in {body}"
+            );
         }
     }
 
-    let response = http.get(server.endpoint("/__heartbeat__")).send().await.unwrap();
+    let response = http
+        .get(server.endpoint("/__heartbeat__"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({"storage": true, "providers": true, "push": true}));
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"storage": true, "providers": true, "push": true})
+    );
 
-    let response = http.get(server.endpoint("/__lbheartbeat__")).send().await.unwrap();
+    let response = http
+        .get(server.endpoint("/__lbheartbeat__"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap(), json!({}));
 
-    let response = http.get(server.endpoint("/v0/push-server-config")).send().await.unwrap();
+    let response = http
+        .get(server.endpoint("/v0/push-server-config"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({"pushServerURI": "wss://push.test.invalid/"}));
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"pushServerURI": "wss://push.test.invalid/"})
+    );
 }
 
 #[tokio::test]
@@ -235,23 +326,54 @@ async fn cors_follows_the_allowed_origins() {
         .request(reqwest::Method::OPTIONS, server.endpoint("/registration"))
         .header("origin", "https://hello.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization, content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
         .send()
         .await
         .unwrap();
     assert!(preflight.status().is_success());
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://hello.example");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://hello.example"
+    );
     assert!(preflight.headers().contains_key("timestamp"));
 
-    let response = http.get(server.endpoint("/")).header("origin", "https://hello.example").send().await.unwrap();
-    assert_eq!(response.headers()["access-control-allow-origin"], "https://hello.example");
-    let exposed = response.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
-    for header in ["hawk-session-token", "server-authorization", "timestamp", "retry-after"] {
+    let response = http
+        .get(server.endpoint("/"))
+        .header("origin", "https://hello.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://hello.example"
+    );
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for header in [
+        "hawk-session-token",
+        "server-authorization",
+        "timestamp",
+        "retry-after",
+    ] {
         assert!(exposed.contains(header), "{header} exposed: {exposed}");
     }
 
-    let response = http.get(server.endpoint("/")).header("origin", "https://evil.example").send().await.unwrap();
-    assert!(!response.headers().contains_key("access-control-allow-origin"));
+    let response = http
+        .get(server.endpoint("/"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
 }
 
 #[tokio::test]
@@ -264,11 +386,20 @@ async fn pings_reach_every_device_and_a_hanging_push_server_does_not_hold_the_ca
     // Three callees (anonymous devices are users of their own): one whose push
     // server answers, one whose push server hangs, one whose push server fails.
     let laptop = Device::register(&server.url, &push.url("laptop")).await;
-    let token = laptop.create_call_url(&json!({"callerId": "alice"})).await["callToken"].as_str().unwrap().to_string();
+    let token = laptop.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let phone = Device::register(&server.url, &push.hanging_url("phone")).await;
-    let phone_token = phone.create_call_url(&json!({"callerId": "alice"})).await["callToken"].as_str().unwrap().to_string();
+    let phone_token = phone.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let tablet = Device::register(&server.url, &push.failing_url("tablet")).await;
-    let tablet_token = tablet.create_call_url(&json!({"callerId": "alice"})).await["callToken"].as_str().unwrap().to_string();
+    let tablet_token = tablet.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let started = std::time::Instant::now();
     let mut placed = Vec::new();
@@ -290,7 +421,11 @@ async fn pings_reach_every_device_and_a_hanging_push_server_does_not_hold_the_ca
     push.wait_for("tablet", 1).await;
 
     // Every call is listed to its callee whatever happened to the ping.
-    for (device, call) in [(&laptop, &placed[0]), (&phone, &placed[1]), (&tablet, &placed[2])] {
+    for (device, call) in [
+        (&laptop, &placed[0]),
+        (&phone, &placed[1]),
+        (&tablet, &placed[2]),
+    ] {
         let calls: Value = device.get("/calls?version=0").await.json().await.unwrap();
         assert_eq!(calls["calls"][0]["callId"], call["callId"]);
         assert_eq!(calls["calls"][0]["callType"], "audio");
@@ -299,7 +434,10 @@ async fn pings_reach_every_device_and_a_hanging_push_server_does_not_hold_the_ca
     // The failures are logged (by origin, never the capability URL) and counted.
     let logs = strip_ansi(&server.logs());
     assert!(logs.contains("push failed: timed out"), "{logs}");
-    assert!(logs.contains("push failed: refused by the push server"), "{logs}");
+    assert!(
+        logs.contains("push failed: refused by the push server"),
+        "{logs}"
+    );
     assert!(logs.contains("callee notified sent=1 failed=0"), "{logs}");
     assert!(logs.contains("callee notified sent=0 failed=1"), "{logs}");
     assert!(!logs.contains("/hang/phone"), "push URLs are not logged");
@@ -310,7 +448,10 @@ async fn a_device_without_push_url_still_gets_its_calls_listed() {
     let push = FakePush::start().await;
     let server = start_with_push(&push, 2000).await;
     let bob = Device::register(&server.url, &push.url("bob")).await;
-    let token = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"].as_str().unwrap().to_string();
+    let token = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(bob.delete("/registration").await.status(), 204);
     let response = client()
         .post(server.endpoint(&format!("/v0/calls/{token}")))

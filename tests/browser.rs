@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::fake_push::FakePush;
-use futures::FutureExt;
 use common::hawk::Device;
 use common::{ServerOptions, TestServer};
+use futures::FutureExt;
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -30,8 +30,15 @@ struct ChromeDriver {
 
 impl ChromeDriver {
     async fn start() -> ChromeDriver {
-        assert!(std::path::Path::new(CHROMEDRIVER).exists(), "{CHROMEDRIVER} is required (Debian chromium-driver)");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(
+            std::path::Path::new(CHROMEDRIVER).exists(),
+            "{CHROMEDRIVER} is required (Debian chromium-driver)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
@@ -39,16 +46,28 @@ impl ChromeDriver {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn chromedriver");
-        let driver = ChromeDriver { child, url: format!("http://127.0.0.1:{port}"), http: common::client() };
+        let driver = ChromeDriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: common::client(),
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(response) = driver.http.get(format!("{}/status", driver.url)).send().await {
+            if let Ok(response) = driver
+                .http
+                .get(format!("{}/status", driver.url))
+                .send()
+                .await
+            {
                 let status: Value = response.json().await.unwrap_or_default();
                 if status["value"]["ready"] == true {
                     return driver;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "chromedriver did not become ready");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -87,8 +106,13 @@ impl ChromeDriver {
                 "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
             }}
         });
-        let value = self.command(reqwest::Method::POST, "/session", Some(capabilities)).await;
-        Session { driver: self, id: value["sessionId"].as_str().unwrap().to_string() }
+        let value = self
+            .command(reqwest::Method::POST, "/session", Some(capabilities))
+            .await;
+        Session {
+            driver: self,
+            id: value["sessionId"].as_str().unwrap().to_string(),
+        }
     }
 }
 
@@ -106,7 +130,13 @@ struct Session<'a> {
 
 impl Session<'_> {
     async fn goto(&self, url: &str) {
-        self.driver.command(reqwest::Method::POST, &format!("/session/{}/url", self.id), Some(json!({"url": url}))).await;
+        self.driver
+            .command(
+                reqwest::Method::POST,
+                &format!("/session/{}/url", self.id),
+                Some(json!({"url": url})),
+            )
+            .await;
     }
 
     async fn find(&self, css: &str) -> String {
@@ -118,25 +148,47 @@ impl Session<'_> {
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        value[ELEMENT_KEY].as_str().unwrap_or_else(|| panic!("element {css}: {value}")).to_string()
+        value[ELEMENT_KEY]
+            .as_str()
+            .unwrap_or_else(|| panic!("element {css}: {value}"))
+            .to_string()
     }
 
     async fn text(&self, css: &str) -> String {
         let element = self.find(css).await;
-        let value =
-            self.driver.command(reqwest::Method::GET, &format!("/session/{}/element/{element}/text", self.id), None).await;
+        let value = self
+            .driver
+            .command(
+                reqwest::Method::GET,
+                &format!("/session/{}/element/{element}/text", self.id),
+                None,
+            )
+            .await;
         value.as_str().unwrap().to_string()
     }
 
     async fn click(&self, css: &str) {
         let element = self.find(css).await;
         self.driver
-            .command(reqwest::Method::POST, &format!("/session/{}/element/{element}/click", self.id), Some(json!({})))
+            .command(
+                reqwest::Method::POST,
+                &format!("/session/{}/element/{element}/click", self.id),
+                Some(json!({})),
+            )
             .await;
     }
 
     async fn title(&self) -> String {
-        self.driver.command(reqwest::Method::GET, &format!("/session/{}/title", self.id), None).await.as_str().unwrap().into()
+        self.driver
+            .command(
+                reqwest::Method::GET,
+                &format!("/session/{}/title", self.id),
+                None,
+            )
+            .await
+            .as_str()
+            .unwrap()
+            .into()
     }
 
     /// Polls the text of `css` until `done` accepts it; panics after 30 s.
@@ -147,22 +199,37 @@ impl Session<'_> {
             if done(&text) {
                 return text;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{css} still says {text:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} still says {text:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn quit(self) {
-        self.driver.command(reqwest::Method::DELETE, &format!("/session/{}", self.id), None).await;
+        self.driver
+            .command(
+                reqwest::Method::DELETE,
+                &format!("/session/{}", self.id),
+                None,
+            )
+            .await;
     }
 }
 
 #[tokio::test]
 async fn alice_calls_bob_from_the_link_in_chromium() {
     let push = FakePush::start().await;
-    let server = TestServer::start_with(ServerOptions { extra_toml: push.config(2000), ..Default::default() }).await;
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: push.config(2000),
+        ..Default::default()
+    })
+    .await;
     let bob = Device::register(&server.url, &push.url("bob")).await;
-    let created = bob.create_call_url(&json!({"callerId": "alice", "issuer": "Bob <Builder>"})).await;
+    let created = bob
+        .create_call_url(&json!({"callerId": "alice", "issuer": "Bob <Builder>"}))
+        .await;
     let call_url = created["callUrl"].as_str().unwrap().to_string();
 
     let driver = ChromeDriver::start().await;
@@ -172,9 +239,16 @@ async fn alice_calls_bob_from_the_link_in_chromium() {
     // Whatever happens, end the browser session: a panic would leave Chromium running.
     let outcome = std::panic::AssertUnwindSafe(async {
         browser.goto(&call_url).await;
-        assert_eq!(browser.text("h1").await, "Do you want to call Bob <Builder>?");
+        assert_eq!(
+            browser.text("h1").await,
+            "Do you want to call Bob <Builder>?"
+        );
         browser.click("#call").await;
-        let status = browser.wait_for_text("#status", |text| text.starts_with("Call placed") || text.contains("could not")).await;
+        let status = browser
+            .wait_for_text("#status", |text| {
+                text.starts_with("Call placed") || text.contains("could not")
+            })
+            .await;
         assert_eq!(status, "Call placed. Waiting for Bob <Builder> to answer.");
 
         // The call reached Bob: his device was pinged and lists it.
@@ -186,7 +260,10 @@ async fn alice_calls_bob_from_the_link_in_chromium() {
 
         // A revoked link shows a readable page, not JSON.
         let token = created["callToken"].as_str().unwrap();
-        assert_eq!(bob.delete(&format!("/call-url/{token}")).await.status(), 204);
+        assert_eq!(
+            bob.delete(&format!("/call-url/{token}")).await.status(),
+            204
+        );
         browser.goto(&call_url).await;
         assert_eq!(browser.title().await, "This link does not work");
         assert_eq!(browser.text("h1").await, "This link does not work");

@@ -18,13 +18,22 @@ async fn acknowledged_writes_survive_kill_9() {
     let http = client();
 
     let bob = Device::register(&server.url, &push.url("bob")).await;
-    let created = bob.create_call_url(&json!({"callerId": "alice", "issuer": "Bob", "subject": "Lunch"})).await;
+    let created = bob
+        .create_call_url(&json!({"callerId": "alice", "issuer": "Bob", "subject": "Lunch"}))
+        .await;
     let token = created["callToken"].as_str().unwrap().to_string();
-    let updated = bob.put(&format!("/call-url/{token}"), &json!({"issuer": "Robert"})).await;
+    let updated = bob
+        .put(&format!("/call-url/{token}"), &json!({"issuer": "Robert"}))
+        .await;
     assert_eq!(updated.status(), 200);
     let revoked = bob.create_call_url(&json!({"callerId": "eve"})).await;
     let revoked_token = revoked["callToken"].as_str().unwrap().to_string();
-    assert_eq!(bob.delete(&format!("/call-url/{revoked_token}")).await.status(), 204);
+    assert_eq!(
+        bob.delete(&format!("/call-url/{revoked_token}"))
+            .await
+            .status(),
+        204
+    );
     let response = http
         .post(server.endpoint(&format!("/calls/{token}")))
         .json(&json!({"callType": "audio"}))
@@ -47,7 +56,11 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(listed[0]["callToken"], token);
     assert_eq!(listed[0]["issuer"], "Robert");
     assert_eq!(listed[0]["subject"], "Lunch");
-    let response = http.get(server.endpoint(&format!("/calls/{revoked_token}"))).send().await.unwrap();
+    let response = http
+        .get(server.endpoint(&format!("/calls/{revoked_token}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     let calls: Value = bob.get("/calls?version=0").await.json().await.unwrap();
     assert_eq!(calls["calls"][0]["callId"], placed["callId"]);

@@ -13,14 +13,29 @@ use sqlx::Connection;
 /// Checks Loop's error shape and returns the body.
 async fn assert_error(response: Response, status: u16, errno: u16) -> Value {
     assert_eq!(response.status(), status, "status of {}", response.url());
-    assert!(response.headers().contains_key("timestamp"), "Timestamp header on errors");
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("application/json"), "{content_type}");
+    assert!(
+        response.headers().contains_key("timestamp"),
+        "Timestamp header on errors"
+    );
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], status, "{body}");
     assert_eq!(body["errno"], errno, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     body
 }
 
@@ -48,20 +63,36 @@ async fn setup(extra_toml: &str) -> Setup {
         extra_toml: format!("{}{extra_toml}", push.config(2000)),
         database_url: Some(database_url.clone()),
         dir: Some(dir),
-        env: vec![("LOOP_DATABASE__PURGE_INTERVAL_SECONDS".into(), "86400".into())],
+        env: vec![(
+            "LOOP_DATABASE__PURGE_INTERVAL_SECONDS".into(),
+            "86400".into(),
+        )],
         ..Default::default()
     })
     .await;
     let bob = Device::register(&server.url, &push.url("bob")).await;
-    let created = bob.create_call_url(&json!({"callerId": "alice", "issuer": "Bob"})).await;
+    let created = bob
+        .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
+        .await;
     let token = created["callToken"].as_str().unwrap().to_string();
-    Setup { server, database_url, _push: push, bob, token, _dir: tempdir }
+    Setup {
+        server,
+        database_url,
+        _push: push,
+        bob,
+        token,
+        _dir: tempdir,
+    }
 }
 
 /// Moves a call URL's expiry into the past, straight in the database: the API
 /// rightly refuses TTLs under an hour.
 async fn expire_call_url(database_url: &str, token: &str) {
-    let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 10;
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 10;
     let affected = if database_url.starts_with("postgres") {
         let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
         sqlx::query("UPDATE call_urls SET expires_at = $1 WHERE token = $2")
@@ -98,7 +129,10 @@ async fn chunked_post(base: &str, path: &str, size: usize) -> (u16, String) {
     let chunk = vec![b' '; 1024];
     for _ in 0..size / 1024 {
         // The server may answer and close before reading everything.
-        if stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_err()
+        if stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .is_err()
             || stream.write_all(&chunk).await.is_err()
             || stream.write_all(b"\r\n").await.is_err()
         {
@@ -109,8 +143,15 @@ async fn chunked_post(base: &str, path: &str, size: usize) -> (u16, String) {
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
     let response = String::from_utf8_lossy(&response).to_string();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
     // The body may itself be chunked: keep the JSON object only.
     let body = match (body.find('{'), body.rfind('}')) {
         (Some(start), Some(end)) => body[start..=end].to_string(),
@@ -130,12 +171,16 @@ async fn bodies_that_are_too_large_malformed_or_not_json() {
     let response = http.post(&call).json(&big).send().await.unwrap();
     assert_error(response, 413, 113).await;
     // ...and streamed without one (chunked), written by hand on a raw socket.
-    let (status, body) = chunked_post(&s.server.url, &format!("/calls/{}", s.token), 40 * 1024).await;
+    let (status, body) =
+        chunked_post(&s.server.url, &format!("/calls/{}", s.token), 40 * 1024).await;
     assert_eq!(status, 413, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["errno"], 113);
     // Also on an authenticated route, where the Hawk layer sees the body first.
-    let response = s.bob.post("/call-url", &json!({"callerId": "x".repeat(20 * 1024)})).await;
+    let response = s
+        .bob
+        .post("/call-url", &json!({"callerId": "x".repeat(20 * 1024)}))
+        .await;
     assert_error(response, 413, 113).await;
 
     // 400/106: malformed JSON.
@@ -149,8 +194,13 @@ async fn bodies_that_are_too_large_malformed_or_not_json() {
     assert_error(response, 400, 106).await;
 
     // 406/106: not JSON at all.
-    let response =
-        http.post(&call).header("content-type", "text/plain").body("callType=audio").send().await.unwrap();
+    let response = http
+        .post(&call)
+        .header("content-type", "text/plain")
+        .body("callType=audio")
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 406, 106).await;
     let response = http.post(&call).send().await.unwrap();
     assert_error(response, 406, 106).await;
@@ -166,7 +216,10 @@ async fn invalid_and_missing_parameters_name_the_field() {
     for (body, field) in [
         (json!({"callType": 5}), "callType"),
         (json!({"callType": "video"}), "callType"),
-        (json!({"callType": "audio", "subject": "s".repeat(125)}), "subject"),
+        (
+            json!({"callType": "audio", "subject": "s".repeat(125)}),
+            "subject",
+        ),
         (json!({"callType": "audio", "channel": ["a"]}), "channel"),
         (json!(["audio"]), "body"),
     ] {
@@ -174,11 +227,21 @@ async fn invalid_and_missing_parameters_name_the_field() {
         let error = assert_error(response, 400, 107).await;
         assert!(message(&error).contains(field), "{field} named in {error}");
     }
-    let response = http.post(&call).json(&json!({"subject": "hi", "unknown": true})).send().await.unwrap();
+    let response = http
+        .post(&call)
+        .json(&json!({"subject": "hi", "unknown": true}))
+        .send()
+        .await
+        .unwrap();
     let error = assert_error(response, 400, 108).await;
     assert!(message(&error).contains("callType"), "{error}");
     // Unknown fields are ignored.
-    let response = http.post(&call).json(&json!({"callType": "audio", "unknown": {"x": 1}})).send().await.unwrap();
+    let response = http
+        .post(&call)
+        .json(&json!({"callType": "audio", "unknown": {"x": 1}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
 
     // POST /call-url
@@ -186,8 +249,14 @@ async fn invalid_and_missing_parameters_name_the_field() {
         (json!({"callerId": 7}), "callerId"),
         (json!({"callerId": "c".repeat(256)}), "callerId"),
         (json!({"callerId": ""}), "callerId"),
-        (json!({"callerId": "a", "issuer": "i".repeat(256)}), "issuer"),
-        (json!({"callerId": "a", "subject": "s".repeat(125)}), "subject"),
+        (
+            json!({"callerId": "a", "issuer": "i".repeat(256)}),
+            "issuer",
+        ),
+        (
+            json!({"callerId": "a", "subject": "s".repeat(125)}),
+            "subject",
+        ),
         (json!({"callerId": "a", "expiresIn": 0}), "expiresIn"),
         (json!({"callerId": "a", "expiresIn": 721}), "expiresIn"),
         (json!({"callerId": "a", "expiresIn": "soon"}), "expiresIn"),
@@ -203,12 +272,21 @@ async fn invalid_and_missing_parameters_name_the_field() {
     // The longest accepted values pass.
     let response = s
         .bob
-        .post("/call-url", &json!({"callerId": "c".repeat(255), "subject": "é".repeat(124), "expiresIn": 720}))
+        .post(
+            "/call-url",
+            &json!({"callerId": "c".repeat(255), "subject": "é".repeat(124), "expiresIn": 720}),
+        )
         .await;
     assert_eq!(response.status(), 200);
 
     // PUT /call-url/{token}
-    let response = s.bob.put(&format!("/call-url/{}", s.token), &json!({"expiresIn": 9999})).await;
+    let response = s
+        .bob
+        .put(
+            &format!("/call-url/{}", s.token),
+            &json!({"expiresIn": 9999}),
+        )
+        .await;
     let error = assert_error(response, 400, 107).await;
     assert!(message(&error).contains("expiresIn"), "{error}");
 
@@ -227,25 +305,75 @@ async fn unknown_revoked_expired_and_foreign_call_urls() {
     let http = client();
 
     // 404/105: unknown tokens, including ones that cannot be tokens at all.
-    for token in ["AAAAAAAAAAAAAAAAAAAAAA", "not%20a%20token", &"x".repeat(500)] {
-        let response = http.get(s.server.endpoint(&format!("/calls/{token}"))).send().await.unwrap();
+    for token in [
+        "AAAAAAAAAAAAAAAAAAAAAA",
+        "not%20a%20token",
+        &"x".repeat(500),
+    ] {
+        let response = http
+            .get(s.server.endpoint(&format!("/calls/{token}")))
+            .send()
+            .await
+            .unwrap();
         assert_error(response, 404, 105).await;
-        let response =
-            http.post(s.server.endpoint(&format!("/calls/{token}"))).json(&json!({"callType": "audio"})).send().await.unwrap();
+        let response = http
+            .post(s.server.endpoint(&format!("/calls/{token}")))
+            .json(&json!({"callType": "audio"}))
+            .send()
+            .await
+            .unwrap();
         assert_error(response, 404, 105).await;
         assert_error(s.bob.delete(&format!("/call-url/{token}")).await, 404, 105).await;
-        assert_error(s.bob.put(&format!("/call-url/{token}"), &json!({"issuer": "x"})).await, 404, 105).await;
+        assert_error(
+            s.bob
+                .put(&format!("/call-url/{token}"), &json!({"issuer": "x"}))
+                .await,
+            404,
+            105,
+        )
+        .await;
     }
 
     // 403/110: Carol cannot touch Bob's URL.
-    let carol = Device::register_with(&s.server.url, json!({"simplePushURL": s._push.url("carol")})).await;
-    assert_error(carol.delete(&format!("/call-url/{}", s.token)).await, 403, 110).await;
-    assert_error(carol.put(&format!("/call-url/{}", s.token), &json!({"issuer": "Carol"})).await, 403, 110).await;
-    let info = http.get(s.server.endpoint(&format!("/calls/{}", s.token))).send().await.unwrap();
-    assert_eq!(info.json::<Value>().await.unwrap()["calleeFriendlyName"], "Bob", "unchanged");
+    let carol = Device::register_with(
+        &s.server.url,
+        json!({"simplePushURL": s._push.url("carol")}),
+    )
+    .await;
+    assert_error(
+        carol.delete(&format!("/call-url/{}", s.token)).await,
+        403,
+        110,
+    )
+    .await;
+    assert_error(
+        carol
+            .put(
+                &format!("/call-url/{}", s.token),
+                &json!({"issuer": "Carol"}),
+            )
+            .await,
+        403,
+        110,
+    )
+    .await;
+    let info = http
+        .get(s.server.endpoint(&format!("/calls/{}", s.token)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        info.json::<Value>().await.unwrap()["calleeFriendlyName"],
+        "Bob",
+        "unchanged"
+    );
 
     // 401/110: no credentials, or a session the server does not know.
-    let response = http.get(s.server.endpoint("/call-url")).send().await.unwrap();
+    let response = http
+        .get(s.server.endpoint("/call-url"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["www-authenticate"], "Hawk");
     assert_error(response, 401, 110).await;
     let stranger = Device::from_token(&s.server.url, &"ab".repeat(32));
@@ -253,7 +381,11 @@ async fn unknown_revoked_expired_and_foreign_call_urls() {
 
     // 410/111: expired.
     expire_call_url(&s.database_url, &s.token).await;
-    let response = http.get(s.server.endpoint(&format!("/calls/{}", s.token))).send().await.unwrap();
+    let response = http
+        .get(s.server.endpoint(&format!("/calls/{}", s.token)))
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 410, 111).await;
     let response = http
         .post(s.server.endpoint(&format!("/v0/calls/{}", s.token)))
@@ -262,12 +394,29 @@ async fn unknown_revoked_expired_and_foreign_call_urls() {
         .await
         .unwrap();
     assert_error(response, 410, 111).await;
-    assert_error(s.bob.put(&format!("/call-url/{}", s.token), &json!({"issuer": "x"})).await, 410, 111).await;
+    assert_error(
+        s.bob
+            .put(&format!("/call-url/{}", s.token), &json!({"issuer": "x"}))
+            .await,
+        410,
+        111,
+    )
+    .await;
     let listed: Value = s.bob.get("/call-url").await.json().await.unwrap();
     assert_eq!(listed, json!([]), "expired URLs are not listed");
     // The owner can still revoke it; then it is unknown.
-    assert_eq!(s.bob.delete(&format!("/call-url/{}", s.token)).await.status(), 204);
-    let response = http.get(s.server.endpoint(&format!("/calls/{}", s.token))).send().await.unwrap();
+    assert_eq!(
+        s.bob
+            .delete(&format!("/call-url/{}", s.token))
+            .await
+            .status(),
+        204
+    );
+    let response = http
+        .get(s.server.endpoint(&format!("/calls/{}", s.token)))
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 404, 105).await;
 }
 
@@ -275,10 +424,42 @@ async fn unknown_revoked_expired_and_foreign_call_urls() {
 async fn unknown_routes_and_methods() {
     let s = setup("").await;
     let http = client();
-    assert_error(http.get(s.server.endpoint("/no/such/route")).send().await.unwrap(), 404, 999).await;
-    assert_error(http.get(s.server.endpoint("/v0/nothing")).send().await.unwrap(), 404, 999).await;
-    assert_error(http.delete(s.server.endpoint("/__heartbeat__")).send().await.unwrap(), 405, 999).await;
-    assert_error(http.patch(s.server.endpoint(&format!("/calls/{}", s.token))).send().await.unwrap(), 405, 999).await;
+    assert_error(
+        http.get(s.server.endpoint("/no/such/route"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        999,
+    )
+    .await;
+    assert_error(
+        http.get(s.server.endpoint("/v0/nothing"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        999,
+    )
+    .await;
+    assert_error(
+        http.delete(s.server.endpoint("/__heartbeat__"))
+            .send()
+            .await
+            .unwrap(),
+        405,
+        999,
+    )
+    .await;
+    assert_error(
+        http.patch(s.server.endpoint(&format!("/calls/{}", s.token)))
+            .send()
+            .await
+            .unwrap(),
+        405,
+        999,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -292,8 +473,17 @@ async fn provider_failures_are_503_with_retry_after() {
     let http = client();
     let call = s.server.endpoint(&format!("/calls/{}", s.token));
     for _ in 0..3 {
-        let response = http.post(&call).json(&json!({"callType": "audio", "channel": "broken"})).send().await.unwrap();
-        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let response = http
+            .post(&call)
+            .json(&json!({"callType": "audio", "channel": "broken"}))
+            .send()
+            .await
+            .unwrap();
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(retry_after > 0);
         assert_error(response, 503, 201).await;
     }
@@ -301,10 +491,22 @@ async fn provider_failures_are_503_with_retry_after() {
     assert_eq!(calls["calls"], json!([]), "a failed setup stores no call");
 
     // The heartbeat names the failing part; the default provider still works.
-    let response = http.get(s.server.endpoint("/__heartbeat__")).send().await.unwrap();
+    let response = http
+        .get(s.server.endpoint("/__heartbeat__"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 503);
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({"storage": true, "providers": false, "push": true}));
-    let response = http.post(&call).json(&json!({"callType": "audio"})).send().await.unwrap();
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"storage": true, "providers": false, "push": true})
+    );
+    let response = http
+        .post(&call)
+        .json(&json!({"callType": "audio"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
 }
 
@@ -320,10 +522,25 @@ async fn call_pages_escape_user_data_and_explain_dead_links() {
     for path in [format!("/c/{evil_token}"), format!("/v0/c/{evil_token}")] {
         let response = http.get(s.server.endpoint(&path)).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-        assert!(response.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert!(
+            response.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("script-src 'self'")
+        );
         let page = response.text().await.unwrap();
-        assert!(page.contains("Do you want to call &lt;script&gt;alert(1)&lt;/script&gt;&quot;Bob&quot;?"), "{page}");
+        assert!(
+            page.contains(
+                "Do you want to call &lt;script&gt;alert(1)&lt;/script&gt;&quot;Bob&quot;?"
+            ),
+            "{page}"
+        );
         assert!(page.contains("&lt;b&gt;hi&lt;/b&gt;"));
         assert!(!page.contains("<script>alert"), "{page}");
     }
@@ -335,18 +552,58 @@ async fn call_pages_escape_user_data_and_explain_dead_links() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.text().await.unwrap().contains("Do you want to call Bob?"));
-    let script = http.get(s.server.endpoint("/static/call.js")).send().await.unwrap();
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("Do you want to call Bob?")
+    );
+    let script = http
+        .get(s.server.endpoint("/static/call.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(script.status(), 200);
-    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
 
     // Dead links get a readable page with the API's status, not JSON.
-    let response = http.get(s.server.endpoint("/c/AAAAAAAAAAAAAAAAAAAAAA")).send().await.unwrap();
+    let response = http
+        .get(s.server.endpoint("/c/AAAAAAAAAAAAAAAAAAAAAA"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert!(response.text().await.unwrap().contains("This link does not work"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("This link does not work")
+    );
     expire_call_url(&s.database_url, &s.token).await;
-    let response = http.get(s.server.endpoint(&format!("/c/{}", s.token))).send().await.unwrap();
+    let response = http
+        .get(s.server.endpoint(&format!("/c/{}", s.token)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 410);
-    assert!(response.text().await.unwrap().contains("This link has expired"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("This link has expired")
+    );
 }

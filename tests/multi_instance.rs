@@ -25,11 +25,20 @@ async fn two_servers_on_one_postgres_database_are_one_service() {
 
     // Bob registers on A and creates a call URL on A.
     let bob_on_a = Device::register(&a.url, &push.url("bob")).await;
-    let created = bob_on_a.create_call_url(&json!({"callerId": "alice", "issuer": "Bob"})).await;
+    let created = bob_on_a
+        .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
+        .await;
     let token = created["callToken"].as_str().unwrap();
 
     // Alice opens it and calls through B.
-    let info: Value = http.get(b.endpoint(&format!("/calls/{token}"))).send().await.unwrap().json().await.unwrap();
+    let info: Value = http
+        .get(b.endpoint(&format!("/calls/{token}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["calleeFriendlyName"], "Bob");
     let response = http
         .post(b.endpoint(&format!("/v0/calls/{token}")))
@@ -45,7 +54,12 @@ async fn two_servers_on_one_postgres_database_are_one_service() {
     let version = pings[0].body.strip_prefix("version=").unwrap().to_string();
 
     // Bob lists the call on A.
-    let calls: Value = bob_on_a.get(&format!("/calls?version={version}")).await.json().await.unwrap();
+    let calls: Value = bob_on_a
+        .get(&format!("/calls?version={version}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(calls["calls"].as_array().unwrap().len(), 1, "{calls}");
     assert_eq!(calls["calls"][0]["callId"], placed["callId"]);
     assert_eq!(calls["calls"][0]["sessionId"], placed["sessionId"]);
@@ -55,7 +69,17 @@ async fn two_servers_on_one_postgres_database_are_one_service() {
     let bob_on_b = bob_on_a.on(&b.url);
     let listed: Value = bob_on_b.get("/call-url").await.json().await.unwrap();
     assert_eq!(listed[0]["callToken"], token);
-    assert_eq!(bob_on_b.delete(&format!("/call-url/{token}")).await.status(), 204);
-    let response = http.get(a.endpoint(&format!("/calls/{token}"))).send().await.unwrap();
+    assert_eq!(
+        bob_on_b
+            .delete(&format!("/call-url/{token}"))
+            .await
+            .status(),
+        204
+    );
+    let response = http
+        .get(a.endpoint(&format!("/calls/{token}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
 }

@@ -38,13 +38,19 @@ pub struct FakePush {
 impl FakePush {
     pub async fn start() -> FakePush {
         let recorder = Arc::new(Recorder::default());
-        let app = Router::new().route("/{kind}/{device}", put(record)).with_state(recorder.clone());
+        let app = Router::new()
+            .route("/{kind}/{device}", put(record))
+            .with_state(recorder.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        FakePush { origin, recorder, server }
+        FakePush {
+            origin,
+            recorder,
+            server,
+        }
     }
 
     /// The push URL of `device` that answers 200.
@@ -62,7 +68,10 @@ impl FakePush {
 
     /// `[push]` config that trusts this fake server.
     pub fn config(&self, timeout_ms: u64) -> String {
-        format!("[push]\nallowed_origins = [{:?}]\ntimeout_ms = {timeout_ms}\n\n", self.origin)
+        format!(
+            "[push]\nallowed_origins = [{:?}]\ntimeout_ms = {timeout_ms}\n\n",
+            self.origin
+        )
     }
 
     pub fn pings(&self) -> Vec<Ping> {
@@ -70,7 +79,10 @@ impl FakePush {
     }
 
     pub fn pings_for(&self, device: &str) -> Vec<Ping> {
-        self.pings().into_iter().filter(|ping| ping.device == device).collect()
+        self.pings()
+            .into_iter()
+            .filter(|ping| ping.device == device)
+            .collect()
     }
 
     /// Waits until `device` has had `count` pings; panics after 20 s.
@@ -83,7 +95,11 @@ impl FakePush {
                 return pings;
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!("{device} got {} pings, expected {count}: {:?}", pings.len(), self.pings());
+                panic!(
+                    "{device} got {} pings, expected {count}: {:?}",
+                    pings.len(),
+                    self.pings()
+                );
             }
         }
     }
@@ -101,8 +117,16 @@ async fn record(
     headers: axum::http::HeaderMap,
     body: String,
 ) -> StatusCode {
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
-    recorder.pings.lock().unwrap().push(Ping { kind: kind.clone(), device, content_type, body });
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    recorder.pings.lock().unwrap().push(Ping {
+        kind: kind.clone(),
+        device,
+        content_type,
+        body,
+    });
     recorder.arrived.notify_waiters();
     match kind.as_str() {
         "fail" => StatusCode::INTERNAL_SERVER_ERROR,

@@ -81,7 +81,9 @@ async fn create(
     Authenticated { session }: Authenticated,
     LoopJson(body): LoopJson<CreateCallUrl>,
 ) -> AppResult<Json<CreatedCallUrl>> {
-    let caller_id = body.caller_id.ok_or_else(|| AppError::missing("callerId"))?;
+    let caller_id = body
+        .caller_id
+        .ok_or_else(|| AppError::missing("callerId"))?;
     check_text("callerId", &caller_id, MAX_IDENTITY_CHARS, false)?;
     let issuer = optional_text("issuer", body.issuer, MAX_IDENTITY_CHARS)?;
     let subject = optional_text("subject", body.subject, MAX_SUBJECT_CHARS)?;
@@ -108,8 +110,14 @@ async fn create(
     }))
 }
 
-async fn list(State(state): State<AppState>, Authenticated { session }: Authenticated) -> AppResult<Json<Vec<ListedCallUrl>>> {
-    let urls = state.store.call_urls(&session.user_id, crate::clock::now()).await?;
+async fn list(
+    State(state): State<AppState>,
+    Authenticated { session }: Authenticated,
+) -> AppResult<Json<Vec<ListedCallUrl>>> {
+    let urls = state
+        .store
+        .call_urls(&session.user_id, crate::clock::now())
+        .await?;
     Ok(Json(
         urls.into_iter()
             .map(|url| ListedCallUrl {
@@ -148,7 +156,11 @@ async fn update(
         },
     };
     let expires_at = update.expires_at.unwrap_or(existing.expires_at);
-    if !state.store.update_call_url(&token, &session.user_id, &update).await? {
+    if !state
+        .store
+        .update_call_url(&token, &session.user_id, &update)
+        .await?
+    {
         // Revoked (or purged) between the read and the write.
         return Err(unknown_call_url());
     }
@@ -161,7 +173,11 @@ async fn revoke(
     Path(token): Path<String>,
 ) -> AppResult<StatusCode> {
     owned_call_url(&state, &token, &session.user_id).await?;
-    if !state.store.delete_call_url(&token, &session.user_id).await? {
+    if !state
+        .store
+        .delete_call_url(&token, &session.user_id)
+        .await?
+    {
         return Err(unknown_call_url());
     }
     Ok(StatusCode::NO_CONTENT)
@@ -170,9 +186,13 @@ async fn revoke(
 /// The call URL behind `token` if `user_id` owns it: 404/105 when unknown,
 /// 403/110 when someone else's.
 async fn owned_call_url(state: &AppState, token: &str, user_id: &str) -> AppResult<CallUrl> {
-    let url = find_call_url(state, token).await?.ok_or_else(unknown_call_url)?;
+    let url = find_call_url(state, token)
+        .await?
+        .ok_or_else(unknown_call_url)?;
     if url.user_id != user_id {
-        return Err(AppError::Forbidden("this call URL belongs to someone else".into()));
+        return Err(AppError::Forbidden(
+            "this call URL belongs to someone else".into(),
+        ));
     }
     Ok(url)
 }
@@ -181,7 +201,9 @@ async fn owned_call_url(state: &AppState, token: &str, user_id: &str) -> AppResu
 pub(crate) async fn find_call_url(state: &AppState, token: &str) -> AppResult<Option<CallUrl>> {
     let plausible = !token.is_empty()
         && token.len() <= MAX_TOKEN_CHARS
-        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !plausible {
         return Ok(None);
     }
@@ -191,7 +213,9 @@ pub(crate) async fn find_call_url(state: &AppState, token: &str) -> AppResult<Op
 /// The call URL behind `token`, if it can still be called: 404/105 when unknown
 /// or revoked, 410/111 when expired.
 pub(crate) async fn live_call_url(state: &AppState, token: &str) -> AppResult<CallUrl> {
-    let url = find_call_url(state, token).await?.ok_or_else(unknown_call_url)?;
+    let url = find_call_url(state, token)
+        .await?
+        .ok_or_else(unknown_call_url)?;
     if url.expires_at <= crate::clock::now() {
         return Err(AppError::Expired("this call URL has expired".into()));
     }
@@ -215,7 +239,10 @@ pub(crate) fn call_url_for(state: &AppState, token: &str) -> String {
 fn check_ttl(state: &AppState, hours: u64) -> AppResult<u64> {
     let max = state.config.call_urls.max_ttl_hours;
     if hours == 0 || hours > max {
-        return Err(AppError::invalid("expiresIn", format!("must be between 1 and {max} hours")));
+        return Err(AppError::invalid(
+            "expiresIn",
+            format!("must be between 1 and {max} hours"),
+        ));
     }
     Ok(hours)
 }
@@ -225,20 +252,35 @@ fn hours_to_seconds(hours: u64) -> i64 {
 }
 
 /// Length and content checks shared by call URLs and calls; errors name the field.
-pub(crate) fn check_text(field: &str, value: &str, max_chars: usize, allow_empty: bool) -> AppResult<()> {
+pub(crate) fn check_text(
+    field: &str,
+    value: &str,
+    max_chars: usize,
+    allow_empty: bool,
+) -> AppResult<()> {
     if !allow_empty && value.trim().is_empty() {
         return Err(AppError::invalid(field, "must not be empty"));
     }
     if value.chars().count() > max_chars {
-        return Err(AppError::invalid(field, format!("must be at most {max_chars} characters")));
+        return Err(AppError::invalid(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
     }
     if value.chars().any(|c| c.is_control()) {
-        return Err(AppError::invalid(field, "must not contain control characters"));
+        return Err(AppError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
 
-pub(crate) fn optional_text(field: &str, value: Option<String>, max_chars: usize) -> AppResult<Option<String>> {
+pub(crate) fn optional_text(
+    field: &str,
+    value: Option<String>,
+    max_chars: usize,
+) -> AppResult<Option<String>> {
     match value {
         Some(value) => {
             check_text(field, &value, max_chars, true)?;

@@ -96,7 +96,11 @@ struct IncomingCall {
 }
 
 /// `GET /calls/{token}`: who Alice would call. Browsers get the call page.
-async fn show(State(state): State<AppState>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+async fn show(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if super::pages::wants_html(&headers) {
         return super::pages::call_page(&state, &token).await;
     }
@@ -121,9 +125,15 @@ async fn place(
         None => return Err(AppError::missing("callType")),
         Some("audio") => CallType::Audio,
         Some("audio-video") => CallType::AudioVideo,
-        Some(_) => return Err(AppError::invalid("callType", "must be \"audio\" or \"audio-video\"")),
+        Some(_) => {
+            return Err(AppError::invalid(
+                "callType",
+                "must be \"audio\" or \"audio-video\"",
+            ));
+        }
     };
-    let channel = optional_text("channel", body.channel, MAX_CHANNEL_CHARS)?.filter(|c| !c.is_empty());
+    let channel =
+        optional_text("channel", body.channel, MAX_CHANNEL_CHARS)?.filter(|c| !c.is_empty());
     let subject = optional_text("subject", body.subject, MAX_SUBJECT_CHARS)?;
     // Validated again at call time: the URL may have been revoked or have
     // expired since Alice opened it.
@@ -175,7 +185,11 @@ async fn place(
     match state.store.push_urls(&url.user_id, "calls").await {
         Ok(urls) => {
             let outcome = state.push.notify(urls, call.created_at).await;
-            tracing::debug!(sent = outcome.sent, failed = outcome.failed, "callee notified");
+            tracing::debug!(
+                sent = outcome.sent,
+                failed = outcome.failed,
+                "callee notified"
+            );
         }
         Err(err) => tracing::warn!(error = %err, "could not read the callee's push URLs"),
     }
@@ -196,12 +210,17 @@ async fn list(
     Authenticated { session }: Authenticated,
     Query(query): Query<HashMap<String, String>>,
 ) -> AppResult<Json<IncomingCalls>> {
-    let version = query.get("version").ok_or_else(|| AppError::missing("version"))?;
+    let version = query
+        .get("version")
+        .ok_or_else(|| AppError::missing("version"))?;
     let version: Timestamp = version
         .trim()
         .parse()
         .map_err(|_| AppError::invalid("version", "must be an integer timestamp"))?;
-    let calls = state.store.calls(&session.user_id, version, crate::clock::now()).await?;
+    let calls = state
+        .store
+        .calls(&session.user_id, version, crate::clock::now())
+        .await?;
     Ok(Json(IncomingCalls {
         calls: calls
             .into_iter()
@@ -253,8 +272,17 @@ mod tests {
 
     #[test]
     fn progress_url_follows_the_public_scheme_and_path() {
-        assert_eq!(progress_url("http://127.0.0.1:5000"), "ws://127.0.0.1:5000/websocket");
-        assert_eq!(progress_url("https://loop.example.com"), "wss://loop.example.com/websocket");
-        assert_eq!(progress_url("https://example.com/loop/"), "wss://example.com/loop/websocket");
+        assert_eq!(
+            progress_url("http://127.0.0.1:5000"),
+            "ws://127.0.0.1:5000/websocket"
+        );
+        assert_eq!(
+            progress_url("https://loop.example.com"),
+            "wss://loop.example.com/websocket"
+        );
+        assert_eq!(
+            progress_url("https://example.com/loop/"),
+            "wss://example.com/loop/websocket"
+        );
     }
 }

@@ -34,7 +34,12 @@ use crate::error::AppError;
 pub const TIMESTAMP_HEADER: &str = "timestamp";
 
 /// Headers browsers may read from our responses.
-const EXPOSED_HEADERS: [&str; 4] = ["hawk-session-token", "server-authorization", "timestamp", "retry-after"];
+const EXPOSED_HEADERS: [&str; 4] = [
+    "hawk-session-token",
+    "server-authorization",
+    "timestamp",
+    "retry-after",
+];
 
 /// The whole HTTP surface, wired with its middleware.
 pub fn router(state: AppState) -> Router {
@@ -55,7 +60,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Innermost first: auth sees requests already bounded in size; panics
         // anywhere below become a JSON 500; tracing sees the matched route.
-        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::hawk_middleware))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::hawk_middleware,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
@@ -78,7 +86,11 @@ pub(crate) fn random_token(bytes: usize) -> String {
 /// Tokens in paths are capabilities, so spans carry the route template
 /// (`/calls/{token}`), never the raw path or the query string.
 fn request_span(request: &Request<Body>) -> tracing::Span {
-    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("<unmatched>");
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .unwrap_or("<unmatched>");
     tracing::info_span!("request", method = %request.method(), route = %route)
 }
 
@@ -94,7 +106,14 @@ fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(origin)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
         .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
         .max_age(Duration::from_secs(3600))
@@ -102,9 +121,10 @@ fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
 
 async fn timestamp_header(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert(HeaderName::from_static(TIMESTAMP_HEADER), HeaderValue::from(crate::clock::now()));
+    response.headers_mut().insert(
+        HeaderName::from_static(TIMESTAMP_HEADER),
+        HeaderValue::from(crate::clock::now()),
+    );
     response
 }
 
@@ -135,17 +155,28 @@ async fn loop_errors(request: Request, next: Next) -> Response {
         StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::NOT_ACCEPTABLE => {
             AppError::NotAcceptable("expected Content-Type: application/json".into())
         }
-        status if status.is_client_error() => AppError::invalid("request", plain_reason(response).await),
-        _ => AppError::Internal(anyhow::anyhow!("{status} from a layer: {}", plain_reason(response).await)),
+        status if status.is_client_error() => {
+            AppError::invalid("request", plain_reason(response).await)
+        }
+        _ => AppError::Internal(anyhow::anyhow!(
+            "{status} from a layer: {}",
+            plain_reason(response).await
+        )),
     };
     error.into_response()
 }
 
 /// The text of a plain rejection (axum's path/query messages name the part).
 async fn plain_reason(response: Response) -> String {
-    let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap_or_default();
+    let body = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .unwrap_or_default();
     let text = String::from_utf8_lossy(&body).trim().to_string();
-    if text.is_empty() { "invalid request".into() } else { text }
+    if text.is_empty() {
+        "invalid request".into()
+    } else {
+        text
+    }
 }
 
 /// No such route. Errno 105 (invalid token) is for tokens that are unknown;
@@ -155,7 +186,10 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    undefined_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this resource")
+    undefined_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this resource",
+    )
 }
 
 /// Loop's error body for statuses that have no errno of their own.

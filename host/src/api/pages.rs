@@ -75,16 +75,30 @@ pub async fn call_page(state: &AppState, token: &str) -> Response {
 /// The API error as a page: same status and headers (`Retry-After`), readable body.
 fn error_page(err: AppError) -> Response {
     let (title, text) = match &err {
-        AppError::NotFound(_) => ("This link does not work", "This call link is not valid, or it has been revoked."),
-        AppError::Expired(_) => ("This link has expired", "Ask the person who sent it for a new one."),
-        AppError::Backend(_) => ("Please try again", "The service is busy right now. Try again in a moment."),
+        AppError::NotFound(_) => (
+            "This link does not work",
+            "This call link is not valid, or it has been revoked.",
+        ),
+        AppError::Expired(_) => (
+            "This link has expired",
+            "Ask the person who sent it for a new one.",
+        ),
+        AppError::Backend(_) => (
+            "Please try again",
+            "The service is busy right now. Try again in a moment.",
+        ),
         _ => ("Something went wrong", "The call link could not be opened."),
     };
     let json = err.into_response();
     let status = json.status();
-    let mut page = html_response(status, title, &format!("<h1>{}</h1>\n<p>{}</p>", escape(title), escape(text)));
+    let mut page = html_response(
+        status,
+        title,
+        &format!("<h1>{}</h1>\n<p>{}</p>", escape(title), escape(text)),
+    );
     if let Some(retry_after) = json.headers().get(header::RETRY_AFTER) {
-        page.headers_mut().insert(header::RETRY_AFTER, retry_after.clone());
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after.clone());
     }
     page
 }
@@ -99,10 +113,19 @@ fn html_response(status: StatusCode, title: &str, body: &str) -> Response {
     );
     let mut response = (status, Html(document)).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     // The URL holds a capability: keep it out of Referer headers and shared caches.
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -148,7 +171,10 @@ mod tests {
 
     #[test]
     fn escape_neutralises_markup_and_attribute_breakouts() {
-        assert_eq!(escape("<script>\"x\" & 'y'</script>"), "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;");
+        assert_eq!(
+            escape("<script>\"x\" & 'y'</script>"),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+        );
         assert_eq!(escape("Bob"), "Bob");
     }
 }

@@ -25,12 +25,15 @@ pub fn routes() -> Router<AppState> {
 }
 
 pub async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let homepage = [option_env!("CARGO_PKG_HOMEPAGE"), option_env!("CARGO_PKG_REPOSITORY")]
-        .into_iter()
-        .flatten()
-        .find(|value| !value.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| state.public_url.to_string());
+    let homepage = [
+        option_env!("CARGO_PKG_HOMEPAGE"),
+        option_env!("CARGO_PKG_REPOSITORY"),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|value| !value.is_empty())
+    .map(str::to_string)
+    .unwrap_or_else(|| state.public_url.to_string());
     Json(json!({
         "name": env!("CARGO_PKG_NAME"),
         "description": env!("CARGO_PKG_DESCRIPTION"),
@@ -60,15 +63,28 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
         }
     };
     // Loaded plugins are healthy until several calls in a row fail.
-    let unhealthy: Vec<String> =
-        state.providers.health().into_iter().filter(|plugin| !plugin.healthy).map(|plugin| plugin.plugin).collect();
+    let unhealthy: Vec<String> = state
+        .providers
+        .health()
+        .into_iter()
+        .filter(|plugin| !plugin.healthy)
+        .map(|plugin| plugin.plugin)
+        .collect();
     if !unhealthy.is_empty() {
         tracing::warn!(plugins = ?unhealthy, "heartbeat: provider plugins failing");
     }
     let providers = unhealthy.is_empty();
     let push = state.push.healthy();
-    let report = Heartbeat { storage, providers, push };
-    let status = if storage && providers && push { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let report = Heartbeat {
+        storage,
+        providers,
+        push,
+    };
+    let status = if storage && providers && push {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(report)).into_response()
 }
 

@@ -90,8 +90,13 @@ impl Push {
             let results = join_all(pings).await;
             let sent = results.iter().filter(|ok| **ok).count() as u64;
             counters.sent.fetch_add(sent, Ordering::Relaxed);
-            counters.failed.fetch_add(results.len() as u64 - sent, Ordering::Relaxed);
-            PushStats { sent, failed: results.len() as u64 - sent }
+            counters
+                .failed
+                .fetch_add(results.len() as u64 - sent, Ordering::Relaxed);
+            PushStats {
+                sent,
+                failed: results.len() as u64 - sent,
+            }
         });
         // Each ping is bounded by the same timeout; the margin covers scheduling only.
         match tokio::time::timeout(timeout + Duration::from_millis(50), task).await {
@@ -99,10 +104,16 @@ impl Push {
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "push task failed");
                 self.counters.failed.fetch_add(count, Ordering::Relaxed);
-                PushStats { sent: 0, failed: count }
+                PushStats {
+                    sent: 0,
+                    failed: count,
+                }
             }
             // The task still finishes and counts its own results.
-            Err(_) => PushStats { sent: 0, failed: count },
+            Err(_) => PushStats {
+                sent: 0,
+                failed: count,
+            },
         }
     }
 }
@@ -112,7 +123,10 @@ async fn ping(http: &reqwest::Client, url: &str, version: i64, timeout: Duration
     let origin = origin(url);
     let result = http
         .put(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
         .body(format!("version={version}"))
         .timeout(timeout)
         .send()
