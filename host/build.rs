@@ -8,7 +8,9 @@ mod build_bindings;
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-changed=src/providers/build_bindings.rs");
-    let manifest_dir = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let manifest_dir =
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
-    build_bindings::generate(&manifest_dir, &out_dir).expect("generating the provider plugin bindings from wit/");
+    build_bindings::generate(&manifest_dir, &out_dir)
+        .expect("generating the provider plugin bindings from wit/");
 }

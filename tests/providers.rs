@@ -28,7 +28,10 @@ fn plugin(component: PathBuf) -> PluginConfig {
 }
 
 fn loopback() -> PluginConfig {
-    PluginConfig { generated_secrets: vec!["secret".into()], ..plugin(common::loopback_wasm()) }
+    PluginConfig {
+        generated_secrets: vec!["secret".into()],
+        ..plugin(common::loopback_wasm())
+    }
 }
 
 fn config(data_dir: &Path, plugins: Vec<(&str, PluginConfig)>) -> Config {
@@ -41,7 +44,10 @@ fn config(data_dir: &Path, plugins: Vec<(&str, PluginConfig)>) -> Config {
 }
 
 async fn load(config: &Config) -> anyhow::Result<ProviderRuntime> {
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), http).await
 }
 
@@ -75,26 +81,49 @@ async fn loopback_issues_sessions_and_tokens_that_verify() {
     assert_eq!(info.name, "loopback");
     assert!(info.verifies_tokens);
 
-    let setup = runtime.setup_call("loopback", call("call-1")).await.unwrap();
-    assert!(setup.session_id.len() >= 20, "session id {:?} is too short to be unguessable", setup.session_id);
+    let setup = runtime
+        .setup_call("loopback", call("call-1"))
+        .await
+        .unwrap();
+    assert!(
+        setup.session_id.len() >= 20,
+        "session id {:?} is too short to be unguessable",
+        setup.session_id
+    );
     assert_eq!(setup.api_key, "loopback");
     assert_ne!(setup.caller_token, setup.callee_token);
 
     let now = loop_server::clock::now() as u64;
-    let grant = runtime.verify_token("loopback", &setup.caller_token, &setup.session_id).await.unwrap();
+    let grant = runtime
+        .verify_token("loopback", &setup.caller_token, &setup.session_id)
+        .await
+        .unwrap();
     assert_eq!(grant.session_id, setup.session_id);
     assert_eq!(grant.identity, "alice@example.com");
     assert_eq!(grant.role, Role::Publisher);
-    assert!((now + 3590..=now + 3610).contains(&grant.expires_at), "expires_at {}", grant.expires_at);
-    let grant = runtime.verify_token("loopback", &setup.callee_token, &setup.session_id).await.unwrap();
+    assert!(
+        (now + 3590..=now + 3610).contains(&grant.expires_at),
+        "expires_at {}",
+        grant.expires_at
+    );
+    let grant = runtime
+        .verify_token("loopback", &setup.callee_token, &setup.session_id)
+        .await
+        .unwrap();
     assert_eq!(grant.identity, "bob@example.com");
 
     // Fresh instance per call: two calls never share a session id.
-    let other = runtime.setup_call("loopback", call("call-2")).await.unwrap();
+    let other = runtime
+        .setup_call("loopback", call("call-2"))
+        .await
+        .unwrap();
     assert_ne!(other.session_id, setup.session_id);
 
     // A token for another session is refused.
-    let err = runtime.verify_token("loopback", &setup.caller_token, &other.session_id).await.unwrap_err();
+    let err = runtime
+        .verify_token("loopback", &setup.caller_token, &other.session_id)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
 
     // Any tampered character is refused.
@@ -103,40 +132,78 @@ async fn loopback_issues_sessions_and_tokens_that_verify() {
         let mut bytes = token.clone().into_bytes();
         bytes[position] = if bytes[position] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
-        let err = runtime.verify_token("loopback", &tampered, &setup.session_id).await.unwrap_err();
-        assert!(matches!(err, ProviderError::Rejected { .. }), "tampered at {position}: {err:?}");
+        let err = runtime
+            .verify_token("loopback", &tampered, &setup.session_id)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProviderError::Rejected { .. }),
+            "tampered at {position}: {err:?}"
+        );
     }
-    let err = runtime.verify_token("loopback", "garbage", &setup.session_id).await.unwrap_err();
+    let err = runtime
+        .verify_token("loopback", "garbage", &setup.session_id)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
 
     // An expired token is refused.
-    let short = CallSetupRequest { token_lifetime_seconds: 1, ..call("call-3") };
+    let short = CallSetupRequest {
+        token_lifetime_seconds: 1,
+        ..call("call-3")
+    };
     let setup3 = runtime.setup_call("loopback", short).await.unwrap();
-    runtime.verify_token("loopback", &setup3.caller_token, &setup3.session_id).await.unwrap();
+    runtime
+        .verify_token("loopback", &setup3.caller_token, &setup3.session_id)
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let err = runtime.verify_token("loopback", &setup3.caller_token, &setup3.session_id).await.unwrap_err();
+    let err = runtime
+        .verify_token("loopback", &setup3.caller_token, &setup3.session_id)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
 
     // The generated secret is kept in the data dir: a restart verifies old tokens.
     assert!(dir.path().join("secrets/plugin-loopback-secret").exists());
     drop(runtime);
     let restarted = load(&config).await.unwrap();
-    restarted.verify_token("loopback", &setup.caller_token, &setup.session_id).await.unwrap();
+    restarted
+        .verify_token("loopback", &setup.caller_token, &setup.session_id)
+        .await
+        .unwrap();
 
     // A different secret does not verify them.
     let other_dir = tempfile::tempdir().unwrap();
-    let stranger = load(&self::config(other_dir.path(), vec![("loopback", loopback())])).await.unwrap();
-    let err = stranger.verify_token("loopback", &setup.caller_token, &setup.session_id).await.unwrap_err();
+    let stranger = load(&self::config(
+        other_dir.path(),
+        vec![("loopback", loopback())],
+    ))
+    .await
+    .unwrap();
+    let err = stranger
+        .verify_token("loopback", &setup.caller_token, &setup.session_id)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
 }
 
 #[tokio::test]
 async fn loopback_without_a_secret_is_misconfigured() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), vec![("loopback", plugin(common::loopback_wasm()))]);
+    let config = config(
+        dir.path(),
+        vec![("loopback", plugin(common::loopback_wasm()))],
+    );
     let runtime = load(&config).await.unwrap();
-    let err = runtime.setup_call("loopback", call("call-1")).await.unwrap_err();
-    assert!(matches!(err, ProviderError::Misconfigured { .. }), "{err:?}");
+    let err = runtime
+        .setup_call("loopback", call("call-1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Misconfigured { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("secret"), "{err}");
 }
 
@@ -147,14 +214,21 @@ async fn hostile_call_fails(runtime: &Arc<ProviderRuntime>, hostile: &str) -> Pr
         let runtime = runtime.clone();
         well_behaved.push(tokio::spawn(async move {
             for j in 0..10 {
-                runtime.setup_call("loopback", call(&format!("good-{i}-{j}"))).await.unwrap();
+                runtime
+                    .setup_call("loopback", call(&format!("good-{i}-{j}")))
+                    .await
+                    .unwrap();
                 tokio::task::yield_now().await;
             }
         }));
     }
-    let err = runtime.setup_call(hostile, call("hostile")).await.unwrap_err();
+    let err = runtime
+        .setup_call(hostile, call("hostile"))
+        .await
+        .unwrap_err();
     for task in well_behaved {
-        task.await.expect("loopback calls keep succeeding next to a hostile plugin");
+        task.await
+            .expect("loopback calls keep succeeding next to a hostile plugin");
     }
     err
 }
@@ -178,19 +252,30 @@ async fn hostile_plugins_give_provider_errors_while_others_keep_working() {
     let runtime = Arc::new(load(&config).await.unwrap());
 
     let err = hostile_call_fails(&runtime, "spin").await;
-    assert!(plugin_message(&err).contains("CPU budget of 100 ms"), "{err}");
+    assert!(
+        plugin_message(&err).contains("CPU budget of 100 ms"),
+        "{err}"
+    );
     let err = hostile_call_fails(&runtime, "hog").await;
-    assert!(plugin_message(&err).contains("memory limit of 16 MiB"), "{err}");
+    assert!(
+        plugin_message(&err).contains("memory limit of 16 MiB"),
+        "{err}"
+    );
     let err = hostile_call_fails(&runtime, "trap").await;
     assert!(plugin_message(&err).contains("unreachable"), "{err}");
     let err = hostile_call_fails(&runtime, "huge").await;
-    assert!(plugin_message(&err).contains("session id of 10485760 bytes"), "{err}");
+    assert!(
+        plugin_message(&err).contains("session id of 10485760 bytes"),
+        "{err}"
+    );
 
     // Clients see 503 / errno 201 with Retry-After.
     let response = AppError::from(err).into_response();
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
-    let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["errno"], 201);
 
@@ -212,12 +297,21 @@ async fn a_tight_cpu_budget_and_wall_time_are_enforced() {
     let mut slow = plugin(test_plugin("spin"));
     slow.limits.cpu_ms = 10_000;
     slow.limits.wall_ms = 50;
-    let config = config(dir.path(), vec![("loopback", loopback()), ("spin", spin), ("slow", slow)]);
+    let config = config(
+        dir.path(),
+        vec![("loopback", loopback()), ("spin", spin), ("slow", slow)],
+    );
     let runtime = load(&config).await.unwrap();
     let err = runtime.setup_call("spin", call("c")).await.unwrap_err();
-    assert!(plugin_message(&err).contains("CPU budget of 20 ms"), "{err}");
+    assert!(
+        plugin_message(&err).contains("CPU budget of 20 ms"),
+        "{err}"
+    );
     let err = runtime.setup_call("slow", call("c")).await.unwrap_err();
-    assert!(plugin_message(&err).contains("wall-time budget of 50 ms"), "{err}");
+    assert!(
+        plugin_message(&err).contains("wall-time budget of 50 ms"),
+        "{err}"
+    );
 }
 
 /// A real HTTP server on 127.0.0.1 standing in for a vendor API; counts the
@@ -265,7 +359,12 @@ async fn http_reaches_only_allowed_origins() {
     other_port.settings.insert("target".into(), target);
     let config = config(
         dir.path(),
-        vec![("loopback", loopback()), ("allowed", allowed), ("denied", denied), ("other-port", other_port)],
+        vec![
+            ("loopback", loopback()),
+            ("allowed", allowed),
+            ("denied", denied),
+            ("other-port", other_port),
+        ],
     );
     let runtime = load(&config).await.unwrap();
 
@@ -273,16 +372,26 @@ async fn http_reaches_only_allowed_origins() {
         let err = runtime.setup_call(name, call("c")).await.unwrap_err();
         match &err {
             ProviderError::Unavailable { message, .. } => {
-                assert!(message.contains("denied") && message.contains("allowed_hosts"), "{message}")
+                assert!(
+                    message.contains("denied") && message.contains("allowed_hosts"),
+                    "{message}"
+                )
             }
             other => panic!("{name}: expected the host's denial, got {other:?}"),
         }
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "a denied request must not reach the server");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a denied request must not reach the server"
+    );
 
     // snoop's create-session succeeds with the body; its issue-token then refuses.
     let err = runtime.setup_call("allowed", call("c")).await.unwrap_err();
-    assert!(matches!(&err, ProviderError::Rejected { message, .. } if message.contains("issues no tokens")), "{err:?}");
+    assert!(
+        matches!(&err, ProviderError::Rejected { message, .. } if message.contains("issues no tokens")),
+        "{err:?}"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
@@ -292,15 +401,24 @@ async fn vendor_plugin_creates_sessions_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let mut vendor = plugin(test_plugin("vendor"));
     vendor.allowed_hosts = vec![origin.clone()];
-    vendor.settings.insert("api_url".into(), toml::Value::String(origin));
+    vendor
+        .settings
+        .insert("api_url".into(), toml::Value::String(origin));
     vendor.settings.insert("api_key".into(), "key-1".into());
     vendor.generated_secrets = vec!["api_secret".into()];
-    let config = config(dir.path(), vec![("loopback", loopback()), ("vendor", vendor)]);
+    let config = config(
+        dir.path(),
+        vec![("loopback", loopback()), ("vendor", vendor)],
+    );
     let runtime = load(&config).await.unwrap();
     let setup = runtime.setup_call("vendor", call("c")).await.unwrap();
     assert_eq!(setup.session_id, "vendor-session-1");
     assert_eq!(setup.api_key, "key-1");
-    assert!(setup.caller_token.starts_with("vt1."), "{}", setup.caller_token);
+    assert!(
+        setup.caller_token.starts_with("vt1."),
+        "{}",
+        setup.caller_token
+    );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -310,24 +428,53 @@ async fn plugins_see_their_own_settings_and_never_another_plugins() {
     let mut a = plugin(test_plugin("settings-echo"));
     a.settings.insert("color".into(), "red".into());
     a.settings.insert("count".into(), toml::Value::Integer(42));
-    a.settings.insert("enabled".into(), toml::Value::Boolean(true));
+    a.settings
+        .insert("enabled".into(), toml::Value::Boolean(true));
     a.generated_secrets = vec!["key".into()];
     let mut b = plugin(test_plugin("settings-echo"));
     b.settings.insert("color".into(), "blue".into());
     b.settings.insert("only_b".into(), "b-secret".into());
     b.generated_secrets = vec!["key".into()];
-    let config = config(dir.path(), vec![("loopback", loopback()), ("echo-a", a), ("echo-b", b)]);
+    let config = config(
+        dir.path(),
+        vec![("loopback", loopback()), ("echo-a", a), ("echo-b", b)],
+    );
     let runtime = load(&config).await.unwrap();
 
-    let ask = |caller: &str, callee: &str| CallSetupRequest { caller: caller.into(), callee: callee.into(), ..call("c") };
-    let seen_a = runtime.setup_call("echo-a", ask("color", "color")).await.unwrap().session_id;
-    let seen_b = runtime.setup_call("echo-b", ask("color", "color")).await.unwrap().session_id;
+    let ask = |caller: &str, callee: &str| CallSetupRequest {
+        caller: caller.into(),
+        callee: callee.into(),
+        ..call("c")
+    };
+    let seen_a = runtime
+        .setup_call("echo-a", ask("color", "color"))
+        .await
+        .unwrap()
+        .session_id;
+    let seen_b = runtime
+        .setup_call("echo-b", ask("color", "color"))
+        .await
+        .unwrap()
+        .session_id;
     let parse = |seen: &str| -> std::collections::BTreeMap<String, String> {
-        seen.split(';').map(|kv| kv.split_once('=').unwrap()).map(|(k, v)| (k.into(), v.into())).collect()
+        seen.split(';')
+            .map(|kv| kv.split_once('=').unwrap())
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
     };
     let (a, b) = (parse(&seen_a), parse(&seen_b));
-    assert_eq!(a.keys().collect::<Vec<_>>(), ["color", "count", "enabled", "key"]);
-    assert_eq!((a["color"].as_str(), a["count"].as_str(), a["enabled"].as_str()), ("red", "42", "true"));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        ["color", "count", "enabled", "key"]
+    );
+    assert_eq!(
+        (
+            a["color"].as_str(),
+            a["count"].as_str(),
+            a["enabled"].as_str()
+        ),
+        ("red", "42", "true")
+    );
     assert_eq!(b.keys().collect::<Vec<_>>(), ["color", "key", "only_b"]);
     assert_eq!(b["color"], "blue");
     // Each gets its own generated secret, and neither sees loopback's.
@@ -336,13 +483,22 @@ async fn plugins_see_their_own_settings_and_never_another_plugins() {
     assert!(!seen_a.contains("secret=") && !seen_b.contains("secret="));
 
     // Asking by name does not reach another table either.
-    let err = runtime.setup_call("echo-a", ask("color", "only_b")).await.unwrap_err();
+    let err = runtime
+        .setup_call("echo-a", ask("color", "only_b"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
-    let err = runtime.setup_call("echo-a", ask("color", "secret")).await.unwrap_err();
+    let err = runtime
+        .setup_call("echo-a", ask("color", "secret"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
     let ok = ask("color", "count");
     let setup = runtime.setup_call("echo-a", ok).await.unwrap();
-    assert_eq!((setup.caller_token.as_str(), setup.callee_token.as_str()), ("red", "42"));
+    assert_eq!(
+        (setup.caller_token.as_str(), setup.callee_token.as_str()),
+        ("red", "42")
+    );
 }
 
 #[tokio::test]
@@ -370,7 +526,10 @@ async fn a_warm_compile_cache_restart_does_not_recompile() {
     }
     drop(warm);
     let repaired = load(&config).await.unwrap();
-    assert_eq!((repaired.stats().compiled, repaired.stats().cache_hits), (2, 0));
+    assert_eq!(
+        (repaired.stats().compiled, repaired.stats().cache_hits),
+        (2, 0)
+    );
     repaired.setup_call("loopback", call("c")).await.unwrap();
 }
 
@@ -424,13 +583,31 @@ fn write_component(dir: &Path, name: &str, wat: &str) -> PathBuf {
 async fn components_that_do_not_implement_the_world_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("no-exports", NO_EXPORTS, vec!["does not export loop:provider/provider@0.1.0", "imports wasi:cli/environment@0.2.0"]),
-        ("missing", MISSING_FUNCTIONS, vec!["lacks the function(s) create-session, issue-token, verify-token"]),
-        ("wrong", WRONG_SIGNATURES, vec!["loop:provider/provider@0.1.0#describe has the wrong signature"]),
+        (
+            "no-exports",
+            NO_EXPORTS,
+            vec![
+                "does not export loop:provider/provider@0.1.0",
+                "imports wasi:cli/environment@0.2.0",
+            ],
+        ),
+        (
+            "missing",
+            MISSING_FUNCTIONS,
+            vec!["lacks the function(s) create-session, issue-token, verify-token"],
+        ),
+        (
+            "wrong",
+            WRONG_SIGNATURES,
+            vec!["loop:provider/provider@0.1.0#describe has the wrong signature"],
+        ),
     ];
     for (name, wat, expected) in cases {
         let path = write_component(dir.path(), name, wat);
-        let config = config(dir.path(), vec![("loopback", loopback()), (name, plugin(path))]);
+        let config = config(
+            dir.path(),
+            vec![("loopback", loopback()), (name, plugin(path))],
+        );
         let err = format!("{:#}", load(&config).await.err().expect("refused"));
         assert!(err.contains(&format!("plugins.{name}")), "{err}");
         for expected in expected {
@@ -440,9 +617,15 @@ async fn components_that_do_not_implement_the_world_are_refused() {
     // Not a component at all.
     let path = dir.path().join("junk.wasm");
     std::fs::write(&path, b"\0asm junk").unwrap();
-    let config = config(dir.path(), vec![("loopback", loopback()), ("junk", plugin(path))]);
+    let config = config(
+        dir.path(),
+        vec![("loopback", loopback()), ("junk", plugin(path))],
+    );
     let err = format!("{:#}", load(&config).await.err().expect("refused"));
-    assert!(err.contains("plugins.junk.component") && err.contains("not a valid component"), "{err}");
+    assert!(
+        err.contains("plugins.junk.component") && err.contains("not a valid component"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -457,18 +640,36 @@ fn plugins_check_validates_and_lists_imports_and_exports() {
     };
     let output = run(&common::loopback_wasm());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("loop:provider/crypto@0.1.0: hmac-sha256, random-bytes"), "{stdout}");
-    assert!(stdout.contains("loop:provider/provider@0.1.0: describe, create-session, issue-token, verify-token"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("loop:provider/crypto@0.1.0: hmac-sha256, random-bytes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "loop:provider/provider@0.1.0: describe, create-session, issue-token, verify-token"
+        ),
+        "{stdout}"
+    );
     assert!(stdout.contains("provider: loopback"), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     let output = run(&write_component(dir.path(), "missing", MISSING_FUNCTIONS));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("lacks the function(s) create-session"), "{stderr}");
+    assert!(
+        stderr.contains("lacks the function(s) create-session"),
+        "{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("loop:provider/provider@0.1.0: describe"), "{stdout}");
+    assert!(
+        stdout.contains("loop:provider/provider@0.1.0: describe"),
+        "{stdout}"
+    );
 
     let output = run(&dir.path().join("absent.wasm"));
     assert!(!output.status.success());

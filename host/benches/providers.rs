@@ -1,2 +1,165 @@
-//! Provider runtime benchmark (being written).
-fn main() {}
+//! Provider runtime benchmark: one Loop call setup on the loopback plugin
+//! (fresh instance + create-session + 2 × issue-token), on one thread and on
+//! two, and the start-up time of a runtime with three plugins and a warm
+//! compile cache.
+//!
+//! `cargo bench -p loop-server --bench providers`
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loop_server::config::{Config, PluginConfig, PluginLimits};
+use loop_server::providers::{CallSetupRequest, CallType, ProviderRuntime};
+use loop_server::secrets::Secrets;
+
+const WARMUP_CALLS: usize = 2_000;
+const MEASURED_CALLS: usize = 20_000;
+const STARTUPS: usize = 15;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn plugin(component: PathBuf, generated_secrets: &[&str]) -> PluginConfig {
+    PluginConfig {
+        component,
+        allowed_hosts: Vec::new(),
+        limits: PluginLimits::default(),
+        generated_secrets: generated_secrets.iter().map(|s| s.to_string()).collect(),
+        settings: toml::Table::new(),
+    }
+}
+
+fn config(data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.data_dir = data_dir.to_path_buf();
+    let root = workspace();
+    config.plugins.insert(
+        "loopback".into(),
+        plugin(root.join("plugins/loopback/loopback.wasm"), &["secret"]),
+    );
+    let test_plugin = |name: &str| root.join(format!("tests/plugins/{name}/{name}.wasm"));
+    config.plugins.insert(
+        "vendor".into(),
+        plugin(test_plugin("vendor"), &["api_key", "api_secret"]),
+    );
+    config.plugins.insert(
+        "settings-echo".into(),
+        plugin(test_plugin("settings-echo"), &[]),
+    );
+    config
+}
+
+async fn load(config: &Config) -> ProviderRuntime {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), http)
+        .await
+        .unwrap()
+}
+
+fn request(i: usize) -> CallSetupRequest {
+    CallSetupRequest {
+        call_id: format!("call-{i}"),
+        call_type: CallType::AudioVideo,
+        caller: "alice@example.com".into(),
+        callee: "bob@example.com".into(),
+        channel: None,
+        caller_display_name: "Alice".into(),
+        callee_display_name: "Bob".into(),
+        token_lifetime_seconds: 3600,
+    }
+}
+
+async fn calls(runtime: &ProviderRuntime, count: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count {
+        let req = request(i);
+        let started = Instant::now();
+        runtime.setup_call("loopback", req).await.unwrap();
+        times.push(started.elapsed());
+    }
+    times
+}
+
+fn report(label: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    println!(
+        "{label:<44} n={:<6} median {:>8.1} µs   p99 {:>8.1} µs",
+        times.len(),
+        pct(0.5).as_secs_f64() * 1e6,
+        pct(0.99).as_secs_f64() * 1e6
+    );
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+
+    // Start-up: the first load compiles and fills the cache; the rest are warm.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cold = Instant::now();
+    let runtime = rt.block_on(load(&config));
+    println!(
+        "cold start-up (compile 3 plugins)             {:>8.1} ms",
+        cold.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(runtime.stats().compiled, 3);
+    drop(runtime);
+    let mut startups = Vec::new();
+    for _ in 0..STARTUPS {
+        let started = Instant::now();
+        let runtime = rt.block_on(load(&config));
+        startups.push(started.elapsed());
+        assert_eq!(runtime.stats().cache_hits, 3);
+    }
+    startups.sort();
+    println!(
+        "warm start-up (3 plugins, cached)  n={STARTUPS:<3}      median {:>8.1} ms   max {:>8.1} ms",
+        startups[STARTUPS / 2].as_secs_f64() * 1e3,
+        startups[STARTUPS - 1].as_secs_f64() * 1e3
+    );
+
+    // One thread.
+    let runtime = Arc::new(rt.block_on(load(&config)));
+    rt.block_on(calls(&runtime, WARMUP_CALLS));
+    report(
+        "call setup, 1 thread",
+        rt.block_on(calls(&runtime, MEASURED_CALLS)),
+    );
+    drop(rt);
+
+    // Two threads calling at once.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let times = rt.block_on(async {
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let runtime = runtime.clone();
+                tokio::spawn(async move {
+                    calls(&runtime, WARMUP_CALLS / 2).await;
+                    calls(&runtime, MEASURED_CALLS / 2).await
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all
+    });
+    report("call setup, 2 threads in parallel", times);
+}

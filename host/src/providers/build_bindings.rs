@@ -33,8 +33,10 @@ pub fn generate(manifest_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
             FunctionFilter::Name("loop:provider/http.send".into()),
             FunctionFlags::ASYNC | FunctionFlags::TRAPPABLE,
         );
-        opts.imports.push(FunctionFilter::Default, FunctionFlags::TRAPPABLE);
-        opts.exports.push(FunctionFilter::Default, FunctionFlags::ASYNC);
+        opts.imports
+            .push(FunctionFilter::Default, FunctionFlags::TRAPPABLE);
+        opts.exports
+            .push(FunctionFilter::Default, FunctionFlags::ASYNC);
 
         let source = escape_keyword_namespace(&opts.generate(&mut resolve, world)?);
         std::fs::write(out_dir.join(file), source)?;
@@ -50,7 +52,8 @@ fn escape_keyword_namespace(source: &str) -> String {
     let mut i = 0;
     while i < source.len() {
         let rest = &source[i..];
-        let at_word_start = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        let at_word_start =
+            i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
         if at_word_start && rest.starts_with("loop") {
             let after = rest[4..].trim_start();
             let follows_mod = out.trim_end().ends_with("mod");

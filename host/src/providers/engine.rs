@@ -103,7 +103,10 @@ impl EpochTicker {
                 }
             })
             .context("starting the plugin epoch thread")?;
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -137,12 +140,20 @@ impl CompileCache {
         // Includes wasmtime's exact crate version (its `module_version`).
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let engine_key = hex::encode(&hasher.0.finalize()[..12]);
-        Self { dir: data_dir.join("plugin-cache"), engine_key }
+        Self {
+            dir: data_dir.join("plugin-cache"),
+            engine_key,
+        }
     }
 
     /// The component for `bytes`: from the cache when a compatible compiled
     /// copy exists, else compiled now and stored for the next start.
-    pub(crate) fn load(&self, engine: &Engine, bytes: &[u8], source: &Path) -> anyhow::Result<(Component, Origin)> {
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        source: &Path,
+    ) -> anyhow::Result<(Component, Origin)> {
         let digest = hex::encode(Sha256::digest(bytes));
         let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_key));
         // Read into memory rather than mapping the file: another process
@@ -160,9 +171,9 @@ impl CompileCache {
                 ),
             }
         }
-        let compiled = engine
-            .precompile_component(bytes)
-            .map_err(|err| wasm_error(err).context(format!("{} is not a valid component", source.display())))?;
+        let compiled = engine.precompile_component(bytes).map_err(|err| {
+            wasm_error(err).context(format!("{} is not a valid component", source.display()))
+        })?;
         if let Err(err) = self.store(&path, &compiled) {
             // The cache only saves time; a read-only data dir must not stop the server.
             tracing::warn!(path = %path.display(), error = %err, "cannot write the plugin compile cache");
@@ -173,7 +184,8 @@ impl CompileCache {
     }
 
     fn store(&self, path: &Path, compiled: &[u8]) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
         // Write then rename, so a concurrent start never maps a half-written file.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, compiled).with_context(|| format!("writing {}", tmp.display()))?;

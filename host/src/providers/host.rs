@@ -74,7 +74,11 @@ impl CallState {
             plugin,
             stop: None,
             wall_deadline,
-            cpu: CpuMeter { budget, started: Instant::now(), host_wait: Duration::ZERO },
+            cpu: CpuMeter {
+                budget,
+                started: Instant::now(),
+                host_wait: Duration::ZERO,
+            },
             log_lines: 0,
         }
     }
@@ -108,7 +112,8 @@ impl CallState {
     // ---- crypto ----
 
     pub fn hmac_sha1(&self, key: &[u8], data: &[u8]) -> Vec<u8> {
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        let mut mac =
+            Hmac::<sha1::Sha1>::new_from_slice(key).expect("HMAC accepts keys of any length");
         mac.update(data);
         mac.finalize().into_bytes().to_vec()
     }
@@ -126,7 +131,9 @@ impl CallState {
     pub fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
         if len > MAX_RANDOM_BYTES {
             self.stop = Some(HostStop::RandomTooLarge);
-            wasmtime::bail!("random-bytes: asked for {len} bytes, at most {MAX_RANDOM_BYTES} allowed");
+            wasmtime::bail!(
+                "random-bytes: asked for {len} bytes, at most {MAX_RANDOM_BYTES} allowed"
+            );
         }
         let mut bytes = vec![0u8; len as usize];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -152,11 +159,21 @@ impl CallState {
         }
         let message = sanitize_log(message);
         match level {
-            tracing::Level::ERROR => tracing::error!(target: "loop_server::plugin", plugin, "{message}"),
-            tracing::Level::WARN => tracing::warn!(target: "loop_server::plugin", plugin, "{message}"),
-            tracing::Level::INFO => tracing::info!(target: "loop_server::plugin", plugin, "{message}"),
-            tracing::Level::DEBUG => tracing::debug!(target: "loop_server::plugin", plugin, "{message}"),
-            tracing::Level::TRACE => tracing::trace!(target: "loop_server::plugin", plugin, "{message}"),
+            tracing::Level::ERROR => {
+                tracing::error!(target: "loop_server::plugin", plugin, "{message}")
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(target: "loop_server::plugin", plugin, "{message}")
+            }
+            tracing::Level::INFO => {
+                tracing::info!(target: "loop_server::plugin", plugin, "{message}")
+            }
+            tracing::Level::DEBUG => {
+                tracing::debug!(target: "loop_server::plugin", plugin, "{message}")
+            }
+            tracing::Level::TRACE => {
+                tracing::trace!(target: "loop_server::plugin", plugin, "{message}")
+            }
         }
     }
 
@@ -189,10 +206,15 @@ impl CallState {
         let url = url::Url::parse(&request.url)
             .map_err(|err| HttpFailure::InvalidRequest(format!("not an absolute URL: {err}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(HttpFailure::Denied(format!("scheme {} is not http(s)", url.scheme())));
+            return Err(HttpFailure::Denied(format!(
+                "scheme {} is not http(s)",
+                url.scheme()
+            )));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(HttpFailure::InvalidRequest("credentials in the URL are not allowed".into()));
+            return Err(HttpFailure::InvalidRequest(
+                "credentials in the URL are not allowed".into(),
+            ));
         }
         let origin = url.origin();
         if !self.plugin.allowed_origins.contains(&origin) {
@@ -217,7 +239,9 @@ impl CallState {
             // The origin check above is the plugin's boundary; a Host header
             // would let it address another virtual host behind that origin.
             if name == http::header::HOST {
-                return Err(HttpFailure::InvalidRequest("the Host header is set by the host".into()));
+                return Err(HttpFailure::InvalidRequest(
+                    "the Host header is set by the host".into(),
+                ));
             }
             let value = http::HeaderValue::from_str(value)
                 .map_err(|_| HttpFailure::InvalidRequest(format!("bad value for header {name}")))?;
@@ -231,7 +255,10 @@ impl CallState {
             // The shared client never follows redirects: a 3xx goes back to the
             // plugin as is, so a redirect cannot lead it outside its origins.
             let mut response = builder.send().await.map_err(transport_failure)?;
-            if response.content_length().is_some_and(|len| len > max as u64) {
+            if response
+                .content_length()
+                .is_some_and(|len| len > max as u64)
+            {
                 return Err(HttpFailure::TooLarge);
             }
             let status = response.status().as_u16();
@@ -252,9 +279,15 @@ impl CallState {
             if size + body.len() > max {
                 return Err(HttpFailure::TooLarge);
             }
-            Ok(HttpResponse { status, headers, body })
+            Ok(HttpResponse {
+                status,
+                headers,
+                body,
+            })
         };
-        let result = tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(HttpFailure::Timeout));
+        let result = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(HttpFailure::Timeout));
         if let Ok(response) = &result {
             tracing::debug!(
                 plugin = %self.plugin.name,
@@ -316,7 +349,12 @@ pub(crate) enum HttpFailure {
 }
 
 impl ResourceLimiter for CallState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let limit = self.plugin.limits.memory_mib.saturating_mul(1024 * 1024);
         if desired as u64 > limit {
             // A trap rather than a failed `memory.grow`: the plugin hit the
@@ -331,7 +369,12 @@ impl ResourceLimiter for CallState {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }

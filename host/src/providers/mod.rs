@@ -16,8 +16,8 @@ mod since_v0_1_0;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -292,7 +292,11 @@ impl Plugin {
         Duration::from_millis(self.limits().wall_ms)
     }
 
-    async fn instantiate(&self, engine: &Engine, wall_deadline: Instant) -> Result<Call<'_>, Failure> {
+    async fn instantiate(
+        &self,
+        engine: &Engine,
+        wall_deadline: Instant,
+    ) -> Result<Call<'_>, Failure> {
         let mut store = Store::new(engine, CallState::new(self.context.clone(), wall_deadline));
         store.limiter(|state| state);
         store.epoch_deadline_callback(|mut ctx| ctx.data_mut().on_epoch_deadline());
@@ -300,16 +304,27 @@ impl Plugin {
         let deadline = store.data_mut().start_export_call();
         store.set_epoch_deadline(deadline);
         let instance = match &self.pre {
-            VersionedPre::V0_1(pre) => pre.instantiate(&mut store).await.map(VersionedInstance::V0_1),
+            VersionedPre::V0_1(pre) => pre
+                .instantiate(&mut store)
+                .await
+                .map(VersionedInstance::V0_1),
         };
         match instance {
-            Ok(instance) => Ok(Call { plugin: self, store, instance }),
+            Ok(instance) => Ok(Call {
+                plugin: self,
+                store,
+                instance,
+            }),
             Err(err) => Err(classify(&store, err)),
         }
     }
 
     fn check_size(&self, what: &'static str, len: usize) -> Result<(), Failure> {
-        if len > self.limits().max_return_bytes { Err(Failure::Oversized { what, len }) } else { Ok(()) }
+        if len > self.limits().max_return_bytes {
+            Err(Failure::Oversized { what, len })
+        } else {
+            Ok(())
+        }
     }
 
     /// Records the outcome of one call and turns a failure into the caller's error.
@@ -325,35 +340,46 @@ impl Plugin {
         let provider = self.name().to_owned();
         let limits = self.limits();
         let error = match failure {
-            Failure::Guest(GuestError::Misconfigured(message)) => {
-                ProviderError::Misconfigured { provider, message: truncate(message) }
-            }
-            Failure::Guest(GuestError::Unavailable(message)) => {
-                ProviderError::Unavailable { provider, message: truncate(message) }
-            }
-            Failure::Guest(GuestError::Rejected(message)) => {
-                ProviderError::Rejected { provider, message: truncate(message) }
-            }
-            Failure::Stopped(HostStop::Cpu) => {
-                ProviderError::Plugin { provider, message: format!("exceeded its CPU budget of {} ms", limits.cpu_ms) }
-            }
+            Failure::Guest(GuestError::Misconfigured(message)) => ProviderError::Misconfigured {
+                provider,
+                message: truncate(message),
+            },
+            Failure::Guest(GuestError::Unavailable(message)) => ProviderError::Unavailable {
+                provider,
+                message: truncate(message),
+            },
+            Failure::Guest(GuestError::Rejected(message)) => ProviderError::Rejected {
+                provider,
+                message: truncate(message),
+            },
+            Failure::Stopped(HostStop::Cpu) => ProviderError::Plugin {
+                provider,
+                message: format!("exceeded its CPU budget of {} ms", limits.cpu_ms),
+            },
             Failure::Stopped(HostStop::Memory) => ProviderError::Plugin {
                 provider,
                 message: format!("exceeded its memory limit of {} MiB", limits.memory_mib),
             },
-            Failure::Stopped(HostStop::RandomTooLarge) => {
-                ProviderError::Plugin { provider, message: "asked for more than 1024 random bytes".into() }
-            }
+            Failure::Stopped(HostStop::RandomTooLarge) => ProviderError::Plugin {
+                provider,
+                message: "asked for more than 1024 random bytes".into(),
+            },
             Failure::WallTime => ProviderError::Plugin {
                 provider,
                 message: format!("exceeded its wall-time budget of {} ms", limits.wall_ms),
             },
             Failure::Oversized { what, len } => ProviderError::Plugin {
                 provider,
-                message: format!("returned a {what} of {len} bytes, more than the {} allowed", limits.max_return_bytes),
+                message: format!(
+                    "returned a {what} of {len} bytes, more than the {} allowed",
+                    limits.max_return_bytes
+                ),
             },
             Failure::Invalid(message) => ProviderError::Plugin { provider, message },
-            Failure::Wasm(message) => ProviderError::Plugin { provider, message: truncate(message) },
+            Failure::Wasm(message) => ProviderError::Plugin {
+                provider,
+                message: truncate(message),
+            },
         };
         // A rejected token is the client's fault, not the plugin's.
         if matches!(error, ProviderError::Rejected { .. }) {
@@ -376,10 +402,17 @@ impl Call<'_> {
 
     async fn describe(&mut self) -> Result<ProviderInfo, Failure> {
         self.start_export_call();
-        let info = self.instance.describe(&mut self.store).await.map_err(|err| classify(&self.store, err))?;
-        self.plugin.check_size("describe name", info.name.len() + info.version.len())?;
+        let info = self
+            .instance
+            .describe(&mut self.store)
+            .await
+            .map_err(|err| classify(&self.store, err))?;
+        self.plugin
+            .check_size("describe name", info.name.len() + info.version.len())?;
         if info.name.trim().is_empty() {
-            return Err(Failure::Invalid("describe returned an empty provider name".into()));
+            return Err(Failure::Invalid(
+                "describe returned an empty provider name".into(),
+            ));
         }
         check_text("provider name", &info.name)?;
         check_text("provider version", &info.version)?;
@@ -394,10 +427,13 @@ impl Call<'_> {
             .await
             .map_err(|err| classify(&self.store, err))?
             .map_err(Failure::Guest)?;
-        self.plugin.check_size("session id", session.session_id.len())?;
+        self.plugin
+            .check_size("session id", session.session_id.len())?;
         self.plugin.check_size("api key", session.api_key.len())?;
         if session.session_id.is_empty() {
-            return Err(Failure::Invalid("create-session returned an empty session id".into()));
+            return Err(Failure::Invalid(
+                "create-session returned an empty session id".into(),
+            ));
         }
         check_text("session id", &session.session_id)?;
         check_text("api key", &session.api_key)?;
@@ -414,7 +450,9 @@ impl Call<'_> {
             .map_err(Failure::Guest)?;
         self.plugin.check_size("token", token.len())?;
         if token.is_empty() {
-            return Err(Failure::Invalid("issue-token returned an empty token".into()));
+            return Err(Failure::Invalid(
+                "issue-token returned an empty token".into(),
+            ));
         }
         check_text("token", &token)?;
         Ok(token)
@@ -428,13 +466,18 @@ impl Call<'_> {
             .await
             .map_err(|err| classify(&self.store, err))?
             .map_err(Failure::Guest)?;
-        self.plugin.check_size("grant", grant.session_id.len() + grant.identity.len())?;
+        self.plugin
+            .check_size("grant", grant.session_id.len() + grant.identity.len())?;
         // The host, not the plugin, has the last word on what a token is for.
         if grant.session_id != session_id {
-            return Err(Failure::Guest(GuestError::Rejected("the token belongs to another session".into())));
+            return Err(Failure::Guest(GuestError::Rejected(
+                "the token belongs to another session".into(),
+            )));
         }
         if grant.expires_at < crate::clock::now().max(0) as u64 {
-            return Err(Failure::Guest(GuestError::Rejected("the token has expired".into())));
+            return Err(Failure::Guest(GuestError::Rejected(
+                "the token has expired".into(),
+            )));
         }
         Ok(grant)
     }
@@ -452,7 +495,9 @@ fn classify(store: &Store<CallState>, err: wasmtime::Error) -> Failure {
 /// Values handed to clients and logs: no control characters.
 fn check_text(what: &str, value: &str) -> Result<(), Failure> {
     if value.chars().any(char::is_control) {
-        return Err(Failure::Invalid(format!("returned a {what} with control characters")));
+        return Err(Failure::Invalid(format!(
+            "returned a {what} with control characters"
+        )));
     }
     Ok(())
 }
@@ -466,7 +511,10 @@ fn truncate(mut message: String) -> String {
         message.truncate(end);
         message.push('…');
     }
-    message.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect()
+    message
+        .chars()
+        .map(|ch| if ch.is_control() { ' ' } else { ch })
+        .collect()
 }
 
 pub struct ProviderRuntime {
@@ -482,11 +530,26 @@ pub struct ProviderRuntime {
 impl ProviderRuntime {
     /// Compiles (or loads from the compile cache), links and describes every
     /// configured plugin. Fails, naming the plugin, if any cannot be used.
-    pub async fn load(config: &Config, secrets: &Secrets, http: reqwest::Client) -> anyhow::Result<Self> {
+    pub async fn load(
+        config: &Config,
+        secrets: &Secrets,
+        http: reqwest::Client,
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let pool = PoolSize {
-            concurrent_instances: config.plugins.values().map(|p| p.limits.max_concurrent_calls).sum(),
-            max_memory_bytes: config.plugins.values().map(|p| p.limits.memory_mib).max().unwrap_or(16) * 1024 * 1024,
+            concurrent_instances: config
+                .plugins
+                .values()
+                .map(|p| p.limits.max_concurrent_calls)
+                .sum(),
+            max_memory_bytes: config
+                .plugins
+                .values()
+                .map(|p| p.limits.memory_mib)
+                .max()
+                .unwrap_or(16)
+                * 1024
+                * 1024,
         };
         let engine = engine::build_engine(&pool)?;
         let ticker = EpochTicker::start(&engine)?;
@@ -500,9 +563,9 @@ impl ProviderRuntime {
         let mut plugins = BTreeMap::new();
         for (name, plugin_config) in &config.plugins {
             let path = &plugin_config.component;
-            let bytes = tokio::fs::read(path)
-                .await
-                .with_context(|| format!("plugins.{name}.component: cannot read {}", path.display()))?;
+            let bytes = tokio::fs::read(path).await.with_context(|| {
+                format!("plugins.{name}.component: cannot read {}", path.display())
+            })?;
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
             let component = match components.get(&digest) {
                 Some(component) => component.clone(),
@@ -529,8 +592,12 @@ impl ProviderRuntime {
                 }
             };
             let context = plugin_context(name, plugin_config, secrets, http.clone())?;
-            let pre = link(&engine, &linker, &component)
-                .with_context(|| format!("plugins.{name}: {} is not a loop:provider plugin", path.display()))?;
+            let pre = link(&engine, &linker, &component).with_context(|| {
+                format!(
+                    "plugins.{name}: {} is not a loop:provider plugin",
+                    path.display()
+                )
+            })?;
             let mut plugin = Plugin::new(context, pre);
             plugin.info = describe(&engine, &plugin)
                 .await
@@ -550,7 +617,10 @@ impl ProviderRuntime {
             config.providers.default
         );
         for (channel, plugin) in &config.providers.channels {
-            anyhow::ensure!(plugins.contains_key(plugin), "providers.channels.{channel}: no [plugins.{plugin}] table");
+            anyhow::ensure!(
+                plugins.contains_key(plugin),
+                "providers.channels.{channel}: no [plugins.{plugin}] table"
+            );
         }
         tracing::info!(
             plugins = plugins.len(),
@@ -571,16 +641,26 @@ impl ProviderRuntime {
 
     /// The plugin that serves calls from `channel`.
     pub fn provider_for(&self, channel: Option<&str>) -> &str {
-        channel.and_then(|channel| self.channels.get(channel)).unwrap_or(&self.default)
+        channel
+            .and_then(|channel| self.channels.get(channel))
+            .unwrap_or(&self.default)
     }
 
     /// Creates a provider session and one token per side, in one fresh instance.
-    pub async fn setup_call(&self, provider: &str, request: CallSetupRequest) -> Result<CallSetup, ProviderError> {
+    pub async fn setup_call(
+        &self,
+        provider: &str,
+        request: CallSetupRequest,
+    ) -> Result<CallSetup, ProviderError> {
         let plugin = self.plugin(provider)?;
         let wall = plugin.wall_time();
         let wall_deadline = Instant::now() + wall;
         let work = async {
-            let _slot = plugin.slots.acquire().await.map_err(|_| Failure::WallTime)?;
+            let _slot = plugin
+                .slots
+                .acquire()
+                .await
+                .map_err(|_| Failure::WallTime)?;
             let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
             let session = call
                 .create_session(&SessionRequest {
@@ -609,15 +689,27 @@ impl ProviderRuntime {
                     lifetime_seconds: request.token_lifetime_seconds,
                 })
                 .await?;
-            Ok(CallSetup { session_id: session.session_id, api_key: session.api_key, caller_token, callee_token })
+            Ok(CallSetup {
+                session_id: session.session_id,
+                api_key: session.api_key,
+                caller_token,
+                callee_token,
+            })
         };
-        let result = tokio::time::timeout(wall, work).await.unwrap_or(Err(Failure::WallTime));
+        let result = tokio::time::timeout(wall, work)
+            .await
+            .unwrap_or(Err(Failure::WallTime));
         plugin.finish("setup-call", result)
     }
 
     /// Checks a token for `session_id` through the provider that issued it.
     /// A forged, expired or other-session token is `ProviderError::Rejected`.
-    pub async fn verify_token(&self, provider: &str, token: &str, session_id: &str) -> Result<Grant, ProviderError> {
+    pub async fn verify_token(
+        &self,
+        provider: &str,
+        token: &str,
+        session_id: &str,
+    ) -> Result<Grant, ProviderError> {
         let plugin = self.plugin(provider)?;
         if !plugin.info.verifies_tokens {
             return Err(ProviderError::Rejected {
@@ -626,16 +718,25 @@ impl ProviderRuntime {
             });
         }
         if token.len() > MAX_VERIFY_TOKEN_BYTES || session_id.len() > MAX_VERIFY_TOKEN_BYTES {
-            return Err(ProviderError::Rejected { provider: provider.to_owned(), message: "token too long".into() });
+            return Err(ProviderError::Rejected {
+                provider: provider.to_owned(),
+                message: "token too long".into(),
+            });
         }
         let wall = plugin.wall_time();
         let wall_deadline = Instant::now() + wall;
         let work = async {
-            let _slot = plugin.slots.acquire().await.map_err(|_| Failure::WallTime)?;
+            let _slot = plugin
+                .slots
+                .acquire()
+                .await
+                .map_err(|_| Failure::WallTime)?;
             let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
             call.verify_token(token, session_id).await
         };
-        let result = tokio::time::timeout(wall, work).await.unwrap_or(Err(Failure::WallTime));
+        let result = tokio::time::timeout(wall, work)
+            .await
+            .unwrap_or(Err(Failure::WallTime));
         plugin.finish("verify-token", result)
     }
 
@@ -673,7 +774,9 @@ impl ProviderRuntime {
     }
 
     fn plugin(&self, name: &str) -> Result<&Plugin, ProviderError> {
-        self.plugins.get(name).ok_or_else(|| ProviderError::Unknown(name.to_owned()))
+        self.plugins
+            .get(name)
+            .ok_or_else(|| ProviderError::Unknown(name.to_owned()))
     }
 }
 
@@ -683,7 +786,9 @@ async fn describe(engine: &Engine, plugin: &Plugin) -> Result<ProviderInfo, Prov
         let mut call = plugin.instantiate(engine, Instant::now() + wall).await?;
         call.describe().await
     };
-    let result = tokio::time::timeout(wall, work).await.unwrap_or(Err(Failure::WallTime));
+    let result = tokio::time::timeout(wall, work)
+        .await
+        .unwrap_or(Err(Failure::WallTime));
     plugin.finish("describe", result)
 }
 
@@ -720,17 +825,33 @@ fn plugin_context(
                 .with_context(|| format!("plugins.{name}.allowed_hosts: {host:?} is not an origin"))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(PluginContext { name: name.to_owned(), settings, allowed_origins, limits: config.limits.clone(), http })
+    Ok(PluginContext {
+        name: name.to_owned(),
+        settings,
+        allowed_origins,
+        limits: config.limits.clone(),
+        http,
+    })
 }
 
 /// Checks the component against a supported world and links it.
-fn link(engine: &Engine, linker: &Linker<CallState>, component: &Component) -> anyhow::Result<VersionedPre> {
+fn link(
+    engine: &Engine,
+    linker: &Linker<CallState>,
+    component: &Component,
+) -> anyhow::Result<VersionedPre> {
     let component_type = component.component_type();
     // Every problem at once, so a vendor fixes them in one round.
     let mut problems = Vec::new();
-    let exports: Vec<&str> = component_type.exports(engine).map(|(name, _)| name).collect();
+    let exports: Vec<&str> = component_type
+        .exports(engine)
+        .map(|(name, _)| name)
+        .collect();
     if !exports.contains(&since_v0_1_0::EXPORT) {
-        match exports.iter().find(|name| name.starts_with("loop:provider/provider@")) {
+        match exports
+            .iter()
+            .find(|name| name.starts_with("loop:provider/provider@"))
+        {
             Some(other) => problems.push(format!(
                 "it exports {other}, a version this server does not support (supported: {})",
                 since_v0_1_0::EXPORT
@@ -738,17 +859,29 @@ fn link(engine: &Engine, linker: &Linker<CallState>, component: &Component) -> a
             None => problems.push(format!(
                 "it does not export {} (its exports: {})",
                 since_v0_1_0::EXPORT,
-                if exports.is_empty() { "none".to_owned() } else { exports.join(", ") }
+                if exports.is_empty() {
+                    "none".to_owned()
+                } else {
+                    exports.join(", ")
+                }
             )),
         }
-    } else if let Some(ComponentItem::ComponentInstance(export)) =
-        component_type.get_export(engine, since_v0_1_0::EXPORT).map(|item| item.ty)
+    } else if let Some(ComponentItem::ComponentInstance(export)) = component_type
+        .get_export(engine, since_v0_1_0::EXPORT)
+        .map(|item| item.ty)
     {
         let present: Vec<&str> = export.exports(engine).map(|(name, _)| name).collect();
-        let missing: Vec<&str> =
-            since_v0_1_0::EXPORT_FUNCTIONS.iter().copied().filter(|name| !present.contains(name)).collect();
+        let missing: Vec<&str> = since_v0_1_0::EXPORT_FUNCTIONS
+            .iter()
+            .copied()
+            .filter(|name| !present.contains(name))
+            .collect();
         if !missing.is_empty() {
-            problems.push(format!("its export {} lacks the function(s) {}", since_v0_1_0::EXPORT, missing.join(", ")));
+            problems.push(format!(
+                "its export {} lacks the function(s) {}",
+                since_v0_1_0::EXPORT,
+                missing.join(", ")
+            ));
         }
     }
     for (name, _) in component_type.imports(engine) {
@@ -760,9 +893,9 @@ fn link(engine: &Engine, linker: &Linker<CallState>, component: &Component) -> a
         }
     }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
-    let pre = linker
-        .instantiate_pre(component)
-        .map_err(|err| wasm_error(err).context("its imports do not match the loop:provider@0.1.0 world"))?;
+    let pre = linker.instantiate_pre(component).map_err(|err| {
+        wasm_error(err).context("its imports do not match the loop:provider@0.1.0 world")
+    })?;
     Ok(VersionedPre::V0_1(since_v0_1_0::Pre::new(pre)?))
 }
 
@@ -772,7 +905,9 @@ pub fn check_component(path: &Path) -> anyhow::Result<()> {
     let path = path.to_path_buf();
     // Our caller may already be inside a tokio runtime; describe needs its own.
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(check_component_inner(&path))
     })
     .join()
@@ -787,8 +922,12 @@ async fn check_component_inner(path: &PathBuf) -> anyhow::Result<()> {
         max_memory_bytes: limits.memory_mib * 1024 * 1024,
     })?;
     let _ticker = EpochTicker::start(&engine)?;
-    let component = Component::new(&engine, &bytes)
-        .map_err(|err| wasm_error(err).context(format!("{} is not a valid WebAssembly component", path.display())))?;
+    let component = Component::new(&engine, &bytes).map_err(|err| {
+        wasm_error(err).context(format!(
+            "{} is not a valid WebAssembly component",
+            path.display()
+        ))
+    })?;
     println!("{}: {} bytes", path.display(), bytes.len());
     let component_type = component.component_type();
     println!("imports:");
@@ -801,18 +940,26 @@ async fn check_component_inner(path: &PathBuf) -> anyhow::Result<()> {
     }
     let mut linker = Linker::new(&engine);
     since_v0_1_0::add_to_linker(&mut linker)?;
-    let pre = link(&engine, &linker, &component)
-        .with_context(|| format!("{} does not implement the loop:provider@0.1.0 world", path.display()))?;
+    let pre = link(&engine, &linker, &component).with_context(|| {
+        format!(
+            "{} does not implement the loop:provider@0.1.0 world",
+            path.display()
+        )
+    })?;
     // Described with no settings, no HTTP and default limits, as a first run would.
     let context = PluginContext {
         name: "check".into(),
         settings: BTreeMap::new(),
         allowed_origins: Vec::new(),
         limits,
-        http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?,
     };
     let plugin = Plugin::new(context, pre);
-    let info = describe(&engine, &plugin).await.map_err(|err| anyhow::anyhow!("describe failed: {err}"))?;
+    let info = describe(&engine, &plugin)
+        .await
+        .map_err(|err| anyhow::anyhow!("describe failed: {err}"))?;
     println!("world: loop:provider/plugin@0.1.0");
     println!(
         "provider: {} {} (call types: {:?}; roles: {:?}; verifies tokens: {})",
@@ -830,7 +977,11 @@ fn item_functions(engine: &Engine, item: &ComponentItem) -> String {
                 .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
                 .map(|(name, _)| name)
                 .collect();
-            if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", names.join(", "))
+            }
         }
         ComponentItem::ComponentFunc(_) => " (function)".into(),
         _ => String::new(),
