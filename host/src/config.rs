@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -198,22 +198,6 @@ impl Default for PluginLimits {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            database: DatabaseConfig::default(),
-            auth: AuthConfig::default(),
-            call_urls: CallUrlsConfig::default(),
-            calls: CallsConfig::default(),
-            push: PushConfig::default(),
-            cors: CorsConfig::default(),
-            fxa: FxaConfig::default(),
-            providers: ProvidersConfig::default(),
-            plugins: BTreeMap::new(),
-        }
-    }
-}
 
 /// The top-level tables of [`Config`], as `LOOP_<SECTION>__…` variables name them.
 const CONFIG_SECTIONS: &[&str] =
