@@ -51,27 +51,36 @@ pub fn router(state: AppState) -> Router {
         .merge(calls::routes())
         .merge(pages::routes());
 
-    Router::new()
+    let routes = Router::new()
         .merge(api.clone())
         .nest("/v0", api)
         // `nest` maps the nested `/` to `/v0` only; clients also ask for `/v0/`.
         .route("/v0/", get(service::root))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Innermost first: auth sees requests already bounded in size; panics
-        // anywhere below become a JSON 500; tracing sees the matched route.
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::hawk_middleware,
-        ))
+        ));
+    with_middleware(routes, &state.config.cors.allowed_origins).with_state(state)
+}
+
+/// The layers every route shares, outside authentication. Innermost first: the
+/// auth layer (added by the caller) sees bodies already bounded in size; panics
+/// anywhere below become a JSON 500; tracing sees the matched route; CORS and
+/// the `Timestamp` header apply to every response, errors and preflights too.
+fn with_middleware<S>(routes: Router<S>, cors_origins: &[String]) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(loop_errors))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(cors_layer(&state.config.cors.allowed_origins))
+        .layer(cors_layer(cors_origins))
         .layer(middleware::from_fn(timestamp_header))
-        .with_state(state)
 }
 
 /// A fresh random token of `bytes` bytes, URL-safe base64 without padding.
@@ -210,4 +219,92 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     AppError::Internal(anyhow::anyhow!("handler panicked: {detail}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::Path;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::{get, post};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::error::LoopJson;
+
+    fn app() -> Router {
+        let routes = Router::new()
+            .route("/boom", get(boom))
+            .route(
+                "/echo",
+                post(
+                    |LoopJson(value): LoopJson<serde_json::Value>| async move { axum::Json(value) },
+                ),
+            )
+            .route(
+                "/number/{n}",
+                get(|Path(n): Path<u32>| async move { n.to_string() }),
+            )
+            .fallback(not_found);
+        with_middleware(routes, &[])
+    }
+
+    async fn call(
+        request: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let response = app().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_slice(&body).unwrap_or_default(),
+        )
+    }
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_json_500() {
+        let request = Request::get("/boom").body(Body::empty()).unwrap();
+        let (status, headers, body) = call(request).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["errno"], 999);
+        assert_eq!(body["code"], 500);
+        assert!(
+            !body["message"].as_str().unwrap().contains("boom"),
+            "panic details are logged, not shown"
+        );
+        assert!(headers.contains_key(TIMESTAMP_HEADER));
+    }
+
+    #[tokio::test]
+    async fn layer_rejections_become_loop_errors() {
+        let request = Request::get("/number/not-a-number")
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = call(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errno"], 107);
+
+        let request = Request::post("/echo")
+            .header("content-type", "application/json")
+            .header("content-length", (MAX_BODY_BYTES + 1).to_string())
+            .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
+            .unwrap();
+        let (status, _, body) = call(request).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["errno"], 113);
+
+        let request = Request::get("/nowhere").body(Body::empty()).unwrap();
+        let (status, headers, body) = call(request).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["errno"], 999);
+        assert!(headers.contains_key(TIMESTAMP_HEADER));
+    }
 }
