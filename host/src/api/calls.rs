@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -101,10 +101,20 @@ async fn show(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if super::pages::wants_html(&headers) {
-        return super::pages::call_page(&state, &token).await;
-    }
-    match live_call_url(&state, &token).await {
+    let mut response = if super::pages::wants_html(&headers) {
+        super::pages::call_page(&state, &token).await
+    } else {
+        call_url_info(&state, &token).await
+    };
+    // The same URL answers JSON or HTML: caches must key on Accept.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    response
+}
+
+async fn call_url_info(state: &AppState, token: &str) -> Response {
+    match live_call_url(state, token).await {
         Ok(url) => Json(CallUrlInfo {
             callee_friendly_name: url.issuer,
             url_creation_date: url.created_at,

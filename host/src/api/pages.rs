@@ -26,12 +26,20 @@ pub fn routes() -> Router<AppState> {
         .route("/static/call.css", get(stylesheet))
 }
 
-/// True when the client prefers a page to JSON (a browser navigating).
+/// True when the client prefers a page to JSON: a browser navigating lists
+/// `text/html` first; API clients ask for JSON or anything.
 pub fn wants_html(headers: &HeaderMap) -> bool {
-    headers
+    let Some(accept) = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"))
+    else {
+        return false;
+    };
+    match (accept.find("text/html"), accept.find("application/json")) {
+        (Some(html), Some(json)) => html < json,
+        (Some(_), None) => true,
+        _ => false,
+    }
 }
 
 async fn page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
@@ -167,7 +175,24 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    use super::{escape, wants_html};
+
+    #[test]
+    fn browsers_get_pages_and_api_clients_json() {
+        let accept = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_static(value));
+            headers
+        };
+        assert!(wants_html(&accept(
+            "text/html,application/xhtml+xml,*/*;q=0.8"
+        )));
+        assert!(!wants_html(&accept("application/json, text/html")));
+        assert!(!wants_html(&accept("*/*")));
+        assert!(!wants_html(&HeaderMap::new()));
+    }
 
     #[test]
     fn escape_neutralises_markup_and_attribute_breakouts() {
