@@ -18,24 +18,6 @@ async fn start_with_push(push: &FakePush, timeout_ms: u64) -> TestServer {
     .await
 }
 
-/// The server's log without terminal colour codes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -432,7 +414,7 @@ async fn pings_reach_every_device_and_a_hanging_push_server_does_not_hold_the_ca
     }
 
     // The failures are logged (by origin, never the capability URL) and counted.
-    let logs = strip_ansi(&server.logs());
+    let logs = server.logs();
     assert!(logs.contains("push failed: timed out"), "{logs}");
     assert!(
         logs.contains("push failed: refused by the push server"),
