@@ -171,6 +171,29 @@ mod tests {
     }
 
     #[test]
+    fn headers_verify_with_the_derived_key_and_not_another() {
+        let session = HawkSession::from_token(&"5a".repeat(32)).unwrap();
+        let body = br#"{"callerId":"alice@example.com"}"#.to_vec();
+        let request = SignedRequest {
+            method: "POST".into(),
+            host: "127.0.0.1".into(),
+            port: 5000,
+            path: "/call-url".into(),
+            payload: Some(("application/json".into(), body.clone())),
+        };
+        let value = Signer::new(&session, request).unwrap().make_now().unwrap();
+        let header: hawk::Header = value.strip_prefix("Hawk ").unwrap().parse().unwrap();
+        let hash = PayloadHasher::hash("application/json", DigestAlgorithm::Sha256, &body).unwrap();
+        let server_view = RequestBuilder::new("POST", "127.0.0.1", 5000, "/call-url")
+            .hash(&hash[..])
+            .request();
+        let skew = std::time::Duration::from_secs(60);
+        assert!(server_view.validate_header(&header, &session.credentials().unwrap().key, skew));
+        let other = HawkSession::from_token(&"5b".repeat(32)).unwrap();
+        assert!(!server_view.validate_header(&header, &other.credentials().unwrap().key, skew));
+    }
+
+    #[test]
     fn signed_files_never_repeat_a_nonce() {
         let session = HawkSession::from_token(&"01".repeat(32)).unwrap();
         let request = SignedRequest {

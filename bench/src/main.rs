@@ -5,6 +5,7 @@
 //! wrk (`bench/wrk/loop.lua`) and reports throughput, latency and peak RSS.
 //! `sign` and `seed` expose the two building blocks for manual runs.
 
+mod cpu;
 mod fixtures;
 mod hawk_sign;
 mod report;
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Benchmark every route on each backend (what `scripts/bench` runs).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Pre-sign Hawk Authorization values for a manual `wrk -s bench/wrk/loop.lua` run.
     Sign(SignArgs),
     /// Bulk-insert sessions and call URLs into a migrated Loop database.
@@ -106,7 +107,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::Sign(args) => sign(args).map(|()| true),
         Command::Seed(args) => {
             let counts = seed::SeedCounts {

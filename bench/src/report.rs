@@ -99,7 +99,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
@@ -122,6 +122,19 @@ impl RouteResult {
 
     pub fn p99_ms(&self) -> f64 {
         median(self.runs.iter().map(|run| run.p99_us / 1000.0).collect())
+    }
+
+    pub fn server_cpu_us(&self) -> f64 {
+        median(
+            self.runs
+                .iter()
+                .map(WrkResult::server_cpu_us_per_request)
+                .collect(),
+        )
+    }
+
+    pub fn other_cores(&self) -> f64 {
+        median(self.runs.iter().map(WrkResult::other_cores).collect())
     }
 
     pub fn completed(&self) -> u64 {
@@ -258,15 +271,15 @@ pub fn markdown(phases: &[PhaseResult]) -> String {
         if baseline.is_some() {
             let _ = writeln!(
                 out,
-                "| route | req/s | p50 | p99 | empty-DB req/s | ratio | within 20% |"
+                "| route | req/s | p50 | p99 | empty-DB req/s | ratio | within 20% | server CPU/req | other procs |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|");
         } else {
             let _ = writeln!(
                 out,
-                "| route | req/s | p50 | p99 | target | original (req/s, p99) | verdict |"
+                "| route | req/s | p50 | p99 | target | original (req/s, p99) | verdict | server CPU/req | other procs |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---|---|---|");
+            let _ = writeln!(out, "|---|---:|---:|---:|---|---|---|---:|---:|");
         }
         for route in &phase.routes {
             let (rps, p50, p99) = (
@@ -275,6 +288,11 @@ pub fn markdown(phases: &[PhaseResult]) -> String {
                 ms(route.p99_ms()),
             );
             let label = route.route.label();
+            let cpu = format!(
+                "{:.0} µs | {:.2} cores",
+                route.server_cpu_us(),
+                route.other_cores()
+            );
             match baseline.and_then(|b| b.route(route.route)) {
                 Some(empty) => {
                     let ratio = route.rps() / empty.rps();
@@ -287,14 +305,14 @@ pub fn markdown(phases: &[PhaseResult]) -> String {
                     };
                     let _ = writeln!(
                         out,
-                        "| {label} | {rps} | {p50} | {p99} | {} | {ratio:.2} | {verdict} |",
+                        "| {label} | {rps} | {p50} | {p99} | {} | {ratio:.2} | {verdict} | {cpu} |",
                         thousands(empty.rps())
                     );
                 }
                 None if baseline.is_some() => {
                     let _ = writeln!(
                         out,
-                        "| {label} | {rps} | {p50} | {p99} | n/a | n/a | {} |",
+                        "| {label} | {rps} | {p50} | {p99} | n/a | n/a | {} | {cpu} |",
                         route.verdict()
                     );
                 }
@@ -314,7 +332,7 @@ pub fn markdown(phases: &[PhaseResult]) -> String {
                     };
                     let _ = writeln!(
                         out,
-                        "| {label} | {rps} | {p50} | {p99} | {target} | {original} | {} |",
+                        "| {label} | {rps} | {p50} | {p99} | {target} | {original} | {} | {cpu} |",
                         route.verdict()
                     );
                 }
@@ -332,7 +350,8 @@ pub fn markdown(phases: &[PhaseResult]) -> String {
         );
         let _ = writeln!(
             out,
-            "Push pings received by the sink: {} for {} calls placed{}.",
+            "Push pings received by the sink during the measured `POST /calls/{{token}}` runs: {} for {} calls \
+             completed (wrk does not count the calls still in flight when a run stops){}.",
             thousands(phase.pushes as f64),
             thousands(phase.calls_placed() as f64),
             if phase.malformed_pushes > 0 {

@@ -302,7 +302,8 @@ impl Phase<'_> {
         let fixtures = fixtures::prepare(&api, self.sink)
             .await
             .context("creating the fixtures through the API")?;
-        let (pings_before, malformed_before) = (self.sink.pings(), self.sink.malformed());
+        let malformed_before = self.sink.malformed();
+        let mut pushes = 0;
         let registration_body = Api::registration_body(&self.sink.url("bench"));
         let logs = dir.join("wrk");
         std::fs::create_dir_all(&logs)?;
@@ -315,6 +316,7 @@ impl Phase<'_> {
                 let warm = wrk::run(
                     &self.plan.settings,
                     &server.url,
+                    server.pid,
                     &load,
                     self.plan.warmup_s,
                     dir,
@@ -326,6 +328,12 @@ impl Phase<'_> {
                 }
                 server.ensure_running()?;
             }
+            // Pings of measured calls only: let the warm-up's pings land first.
+            let counts_pushes = route == Route::PlaceCall;
+            if counts_pushes {
+                tokio::time::sleep(PUSH_SETTLE).await;
+            }
+            let pings_before = self.sink.pings();
             let mut runs = Vec::new();
             for i in 0..self.plan.runs {
                 let load = route_load(route, &api, &fixtures, &registration_body)?;
@@ -333,6 +341,7 @@ impl Phase<'_> {
                 let result = wrk::run(
                     &self.plan.settings,
                     &server.url,
+                    server.pid,
                     &load,
                     self.plan.duration_s,
                     dir,
@@ -341,13 +350,17 @@ impl Phase<'_> {
                 .await?;
                 server.ensure_running()?;
                 eprintln!(
-                    "[{name}] {:<28} run {}/{}: {:>9} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
+                    "[{name}] {:<28} run {}/{}: {:>9} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  \
+                     server CPU {:>5.0} µs/req  wrk+sink {:.2} cores  others {:.2} cores{}",
                     route.label(),
                     i + 1,
                     self.plan.runs,
                     report::thousands(result.requests_per_second()),
                     result.p50_us / 1000.0,
                     result.p99_us / 1000.0,
+                    result.server_cpu_us_per_request(),
+                    result.harness_cores(),
+                    result.other_cores(),
                     result
                         .failure()
                         .map(|why| format!("  FAILED: {why}"))
@@ -355,22 +368,28 @@ impl Phase<'_> {
                 );
                 runs.push(result);
             }
+            if counts_pushes {
+                tokio::time::sleep(PUSH_SETTLE).await;
+                pushes += self.sink.pings() - pings_before;
+            }
             routes.push(RouteResult { route, runs });
         }
         let peak_rss_kib = server.peak_rss_kib()?;
-        // Pushes run concurrently with the calls: let the last ones land.
-        tokio::time::sleep(Duration::from_millis(500)).await;
         Ok(PhaseResult {
             backend: self.backend,
             dataset: self.dataset,
             seed,
             routes,
             peak_rss_kib,
-            pushes: self.sink.pings() - pings_before,
+            pushes,
             malformed_pushes: self.sink.malformed() - malformed_before,
         })
     }
 }
+
+/// Pushes run concurrently with the calls, bounded by `push.timeout_ms`; on
+/// loopback they land well within this.
+const PUSH_SETTLE: Duration = Duration::from_millis(500);
 
 fn server_log_path(dir: &Path) -> PathBuf {
     dir.join("server.log")

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::hawk_sign::{Signer, write_signed_files};
 
 #[derive(Debug, Clone)]
@@ -42,11 +43,33 @@ pub struct WrkResult {
     pub p99_us: f64,
     /// Requests sent unsigned because the pre-signed headers ran out.
     pub exhausted: u64,
+    /// Measured around the wrk process, not reported by it.
+    #[serde(skip)]
+    pub cpu: CpuUse,
 }
 
 impl WrkResult {
     pub fn requests_per_second(&self) -> f64 {
-        self.requests as f64 / (self.duration_us.max(1) as f64 / 1e6)
+        self.requests as f64 / self.seconds()
+    }
+
+    fn seconds(&self) -> f64 {
+        self.duration_us.max(1) as f64 / 1e6
+    }
+
+    /// Server CPU time per completed request, in microseconds.
+    pub fn server_cpu_us_per_request(&self) -> f64 {
+        self.cpu.server_s * 1e6 / self.requests.max(1) as f64
+    }
+
+    /// Cores kept busy by wrk and the push sink.
+    pub fn harness_cores(&self) -> f64 {
+        self.cpu.harness_s / self.seconds()
+    }
+
+    /// Cores kept busy by processes other than the server and the harness.
+    pub fn other_cores(&self) -> f64 {
+        self.cpu.other_s / self.seconds()
     }
 
     /// Why this run does not count, if it does not.
@@ -86,6 +109,7 @@ impl WrkResult {
 pub async fn run(
     settings: &LoadSettings,
     base_url: &str,
+    server_pid: u32,
     route: &RouteLoad<'_>,
     duration_s: u64,
     scratch: &Path,
@@ -126,10 +150,12 @@ pub async fn run(
         })?;
         command.env("LOOP_BENCH_SIGNED", &prefix);
     }
+    let before = CpuSnapshot::take(server_pid)?;
     let output = command
         .output()
         .await
         .context("running wrk (is it installed?)")?;
+    let cpu = CpuSnapshot::take(server_pid)?.since(&before);
     for file in signed_files {
         let _ = std::fs::remove_file(file);
     }
@@ -151,5 +177,8 @@ pub async fn run(
                 log.display()
             )
         })?;
-    serde_json::from_str(line).with_context(|| format!("parsing wrk's result line {line}"))
+    let mut result: WrkResult =
+        serde_json::from_str(line).with_context(|| format!("parsing wrk's result line {line}"))?;
+    result.cpu = cpu;
+    Ok(result)
 }
