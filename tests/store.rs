@@ -21,6 +21,7 @@ struct Db {
     name: &'static str,
     url: String,
     _dir: Option<TempDir>,
+    _postgres: Option<common::PostgresDatabase>,
 }
 
 impl Db {
@@ -31,14 +32,17 @@ impl Db {
             name: "sqlite",
             url,
             _dir: Some(dir),
+            _postgres: None,
         }
     }
 
     async fn postgres() -> Db {
+        let database = common::fresh_postgres_database().await;
         Db {
             name: "postgres",
-            url: common::fresh_postgres_database().await,
+            url: database.url.clone(),
             _dir: None,
+            _postgres: Some(database),
         }
     }
 
@@ -711,8 +715,12 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             }
         }
         let expired_session = &expired_sessions[0];
-        let expired_url = call_url("user-live", NOW - 100, NOW);
+        // Long expired: purged. Recently expired: kept so its link still says "expired".
+        let retention = loop_server::store::sql::EXPIRED_CALL_URL_RETENTION_SECONDS;
+        let expired_url = call_url("user-live", NOW - retention - 100, NOW - retention);
         store.create_call_url(&expired_url).await.unwrap();
+        let recently_expired_url = call_url("user-live", NOW - 100, NOW - 1);
+        store.create_call_url(&recently_expired_url).await.unwrap();
         let expired_call = call("user-live", NOW - 100, NOW - 1);
         store.create_call(&expired_call).await.unwrap();
         // More expired nonces than one purge batch holds.
@@ -746,6 +754,11 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             store.call_url(&expired_url.token).await.unwrap(),
             None,
             "{name}"
+        );
+        assert_eq!(
+            store.call_url(&recently_expired_url.token).await.unwrap(),
+            Some(recently_expired_url.clone()),
+            "{name}: a recently expired call URL is kept for its 410"
         );
         assert!(
             store

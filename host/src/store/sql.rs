@@ -30,6 +30,11 @@ const PURGE_BATCH: i64 = 1000;
 /// gap to get in and a big purge could starve them into SQLITE_BUSY.
 const SQLITE_PURGE_PAUSE: Duration = Duration::from_millis(10);
 
+/// Expired call URLs are kept this long before the purge deletes them, so that
+/// someone opening an old link is told it expired (410) rather than that it
+/// never existed (404).
+pub const EXPIRED_CALL_URL_RETENTION_SECONDS: Timestamp = 30 * 24 * 3600;
+
 /// How long a SQLite writer waits for the write lock before failing with
 /// SQLITE_BUSY. Writes are short, so only a stalled disk gets anywhere near it.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
@@ -578,7 +583,7 @@ impl Store for SqlStore {
         total += self
             .purge_in_batches(
                 "DELETE FROM call_urls WHERE token IN (SELECT token FROM call_urls WHERE expires_at <= $1 LIMIT $2)",
-                now,
+                now - EXPIRED_CALL_URL_RETENTION_SECONDS,
             )
             .await?;
         total += self
