@@ -49,8 +49,12 @@ impl Server {
             Some(_) => config.public_url().into(),
             None => format!("http://{local_addr}").into(),
         };
-        std::fs::create_dir_all(&config.server.data_dir)
-            .with_context(|| format!("server.data_dir: cannot create {}", config.server.data_dir.display()))?;
+        std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+            format!(
+                "server.data_dir: cannot create {}",
+                config.server.data_dir.display()
+            )
+        })?;
         let secrets = Secrets::new(&config.server.data_dir);
         let http = crate::push::http_client(&config)?;
         let store = crate::store::connect(&config).await?;
@@ -67,11 +71,17 @@ impl Server {
             http,
         };
         let router = crate::api::router(state.clone());
-        Ok(Self { listener, router, state })
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -84,9 +94,13 @@ impl Server {
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
         tracing::info!(addr = %self.local_addr(), public_url = %self.state.public_url, "serving");
-        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
         purge.abort();
         Ok(())
     }
@@ -98,7 +112,9 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = async {
-        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             signal.recv().await;
         }
     };

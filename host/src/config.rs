@@ -145,43 +145,67 @@ pub struct PluginLimits {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: ([127, 0, 0, 1], 5000).into(), public_url: None, data_dir: PathBuf::from("data") }
+        Self {
+            listen: ([127, 0, 0, 1], 5000).into(),
+            public_url: None,
+            data_dir: PathBuf::from("data"),
+        }
     }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: None, max_connections: 16, purge_interval_seconds: 60 }
+        Self {
+            url: None,
+            max_connections: 16,
+            purge_interval_seconds: 60,
+        }
     }
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { hawk_session_duration: 30 * 24 * 3600, hawk_clock_skew_seconds: 60 }
+        Self {
+            hawk_session_duration: 30 * 24 * 3600,
+            hawk_clock_skew_seconds: 60,
+        }
     }
 }
 
 impl Default for CallUrlsConfig {
     fn default() -> Self {
-        Self { web_app_url: "{public_url}/c/{token}".into(), default_ttl_hours: 720, max_ttl_hours: 720 }
+        Self {
+            web_app_url: "{public_url}/c/{token}".into(),
+            default_ttl_hours: 720,
+            max_ttl_hours: 720,
+        }
     }
 }
 
 impl Default for CallsConfig {
     fn default() -> Self {
-        Self { duration_seconds: 60 }
+        Self {
+            duration_seconds: 60,
+        }
     }
 }
 
 impl Default for PushConfig {
     fn default() -> Self {
-        Self { allowed_origins: Vec::new(), timeout_ms: 2000, server_uri: "wss://push.services.mozilla.com/".into() }
+        Self {
+            allowed_origins: Vec::new(),
+            timeout_ms: 2000,
+            server_uri: "wss://push.services.mozilla.com/".into(),
+        }
     }
 }
 
 impl Default for ProvidersConfig {
     fn default() -> Self {
-        Self { default: "loopback".into(), channels: BTreeMap::new() }
+        Self {
+            default: "loopback".into(),
+            channels: BTreeMap::new(),
+        }
     }
 }
 
@@ -198,10 +222,19 @@ impl Default for PluginLimits {
     }
 }
 
-
 /// The top-level tables of [`Config`], as `LOOP_<SECTION>__…` variables name them.
-const CONFIG_SECTIONS: &[&str] =
-    &["server", "database", "auth", "call_urls", "calls", "push", "cors", "fxa", "providers", "plugins"];
+const CONFIG_SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "auth",
+    "call_urls",
+    "calls",
+    "push",
+    "cors",
+    "fxa",
+    "providers",
+    "plugins",
+];
 
 impl Config {
     /// Loads defaults, then `path` (if it exists), then `LOOP_*` variables.
@@ -218,16 +251,27 @@ impl Config {
         figment = figment.merge(
             Env::prefixed("LOOP_")
                 .filter(|key| {
-                    let section = key.as_str().split("__").next().unwrap_or_default().to_ascii_lowercase();
+                    let section = key
+                        .as_str()
+                        .split("__")
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
                     CONFIG_SECTIONS.contains(&section.as_str())
                 })
                 .split("__"),
         );
         let mut config: Config = figment.extract().map_err(|err| {
             // figment names the key (`server.listen`) and the source in its message.
-            anyhow::anyhow!("invalid configuration: {}", err.to_string().replace('\n', "; "))
+            anyhow::anyhow!(
+                "invalid configuration: {}",
+                err.to_string().replace('\n', "; ")
+            )
         })?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)
@@ -255,24 +299,39 @@ impl Config {
         }
         if let Some(url) = &self.database.url {
             anyhow::ensure!(
-                url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                url.starts_with("sqlite:")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://"),
                 "database.url: must start with sqlite: or postgres://"
             );
         }
-        anyhow::ensure!(self.database.max_connections > 0, "database.max_connections: must be at least 1");
+        anyhow::ensure!(
+            self.database.max_connections > 0,
+            "database.max_connections: must be at least 1"
+        );
         anyhow::ensure!(
             self.call_urls.web_app_url.contains("{token}"),
             "call_urls.web_app_url: must contain {{token}}"
         );
-        anyhow::ensure!(self.call_urls.max_ttl_hours > 0, "call_urls.max_ttl_hours: must be at least 1");
+        anyhow::ensure!(
+            self.call_urls.max_ttl_hours > 0,
+            "call_urls.max_ttl_hours: must be at least 1"
+        );
         anyhow::ensure!(
             (1..=self.call_urls.max_ttl_hours).contains(&self.call_urls.default_ttl_hours),
             "call_urls.default_ttl_hours: must be between 1 and call_urls.max_ttl_hours"
         );
-        anyhow::ensure!(self.calls.duration_seconds > 0, "calls.duration_seconds: must be at least 1");
-        anyhow::ensure!(self.auth.hawk_session_duration > 0, "auth.hawk_session_duration: must be at least 1");
+        anyhow::ensure!(
+            self.calls.duration_seconds > 0,
+            "calls.duration_seconds: must be at least 1"
+        );
+        anyhow::ensure!(
+            self.auth.hawk_session_duration > 0,
+            "auth.hawk_session_duration: must be at least 1"
+        );
         for origin in &self.push.allowed_origins {
-            let parsed = url::Url::parse(origin).with_context(|| format!("push.allowed_origins: {origin:?} is not a URL"))?;
+            let parsed = url::Url::parse(origin)
+                .with_context(|| format!("push.allowed_origins: {origin:?} is not a URL"))?;
             anyhow::ensure!(
                 matches!(parsed.scheme(), "http" | "https"),
                 "push.allowed_origins: {origin:?} must be http(s)"
@@ -294,17 +353,29 @@ impl Config {
         }
         for (name, plugin) in &self.plugins {
             for host in &plugin.allowed_hosts {
-                let parsed = url::Url::parse(host)
-                    .with_context(|| format!("plugins.{name}.allowed_hosts: {host:?} is not an origin like https://host"))?;
+                let parsed = url::Url::parse(host).with_context(|| {
+                    format!(
+                        "plugins.{name}.allowed_hosts: {host:?} is not an origin like https://host"
+                    )
+                })?;
                 anyhow::ensure!(
                     matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some(),
                     "plugins.{name}.allowed_hosts: {host:?} must be an http(s) origin"
                 );
             }
             let limits = &plugin.limits;
-            anyhow::ensure!(limits.memory_mib >= 1, "plugins.{name}.limits.memory_mib: must be at least 1");
-            anyhow::ensure!(limits.cpu_ms >= 1, "plugins.{name}.limits.cpu_ms: must be at least 1");
-            anyhow::ensure!(limits.wall_ms >= 1, "plugins.{name}.limits.wall_ms: must be at least 1");
+            anyhow::ensure!(
+                limits.memory_mib >= 1,
+                "plugins.{name}.limits.memory_mib: must be at least 1"
+            );
+            anyhow::ensure!(
+                limits.cpu_ms >= 1,
+                "plugins.{name}.limits.cpu_ms: must be at least 1"
+            );
+            anyhow::ensure!(
+                limits.wall_ms >= 1,
+                "plugins.{name}.limits.wall_ms: must be at least 1"
+            );
             anyhow::ensure!(
                 (1..=4096).contains(&limits.memory_mib),
                 "plugins.{name}.limits.memory_mib: must be between 1 and 4096"
@@ -332,7 +403,10 @@ impl Config {
     pub fn database_url(&self) -> String {
         match &self.database.url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", self.server.data_dir.join("loop.db").display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.server.data_dir.join("loop.db").display()
+            ),
         }
     }
 }

@@ -75,7 +75,10 @@ struct ErrorBody<'a> {
 
 impl AppError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidParameter { field: field.into(), reason: reason.into() }
+        Self::InvalidParameter {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn missing(field: impl Into<String>) -> Self {
@@ -171,10 +174,14 @@ fn json_rejection(rejection: JsonRejection) -> AppError {
     match rejection {
         JsonRejection::JsonDataError(err) => {
             // serde's message reads like "field: invalid type ..."; keep its path.
-            let detail = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_else(|| err.body_text());
+            let detail = std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| err.body_text());
             data_error(&detail)
         }
-        JsonRejection::JsonSyntaxError(err) => AppError::BadJson(format!("malformed JSON: {}", err.body_text())),
+        JsonRejection::JsonSyntaxError(err) => {
+            AppError::BadJson(format!("malformed JSON: {}", err.body_text()))
+        }
         JsonRejection::MissingJsonContentType(_) => {
             AppError::NotAcceptable("expected Content-Type: application/json".into())
         }
@@ -197,7 +204,11 @@ fn data_error(detail: &str) -> AppError {
     let message = message.split(" at line ").next().unwrap_or(message);
     if let Some(rest) = message.strip_prefix("missing field `") {
         let name = rest.split('`').next().unwrap_or(rest);
-        let field = if path == "." { name.to_string() } else { format!("{path}.{name}") };
+        let field = if path == "." {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
         return AppError::missing(field);
     }
     let field = if path == "." { "body" } else { path };
@@ -212,15 +223,23 @@ mod tests {
 
     #[test]
     fn data_errors_name_the_field() {
-        let err = data_error("callerId: invalid type: integer `5`, expected a string at line 1 column 14");
+        let err = data_error(
+            "callerId: invalid type: integer `5`, expected a string at line 1 column 14",
+        );
         assert_eq!(err.errno(), Errno::InvalidParameters);
-        assert_eq!(err.to_string(), "callerId: invalid type: integer `5`, expected a string");
+        assert_eq!(
+            err.to_string(),
+            "callerId: invalid type: integer `5`, expected a string"
+        );
         let err = data_error("missing field `callType` at line 1 column 2");
         assert_eq!(err.errno(), Errno::MissingParameters);
         assert_eq!(err.to_string(), "missing callType");
         let err = data_error("simplePushURLs: missing field `calls` at line 1 column 20");
         assert_eq!(err.to_string(), "missing simplePushURLs.calls");
         let err = data_error("invalid type: sequence, expected struct X at line 1 column 0");
-        assert_eq!(err.to_string(), "body: invalid type: sequence, expected struct X");
+        assert_eq!(
+            err.to_string(),
+            "body: invalid type: sequence, expected struct X"
+        );
     }
 }

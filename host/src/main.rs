@@ -12,7 +12,13 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "loop-server", version, about = "Loop: one-click WebRTC calls")]
 struct Cli {
     /// Configuration file; `LOOP_*` environment variables override it.
-    #[arg(long, short, global = true, default_value = "config.toml", env = "LOOP_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config.toml",
+        env = "LOOP_CONFIG"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -38,7 +44,9 @@ enum PluginsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("LOOP_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("LOOP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal, not for log files and collectors.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -56,9 +64,9 @@ fn main() -> ExitCode {
                 let config = Config::load(&cli.config)?;
                 Server::build(config).await?.run().await
             }
-            Command::Plugins { command: PluginsCommand::Check { component } } => {
-                loop_server::providers::check_component(&component)
-            }
+            Command::Plugins {
+                command: PluginsCommand::Check { component },
+            } => loop_server::providers::check_component(&component),
         }
     });
     match result {

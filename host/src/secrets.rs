@@ -14,24 +14,29 @@ pub struct Secrets {
 
 impl Secrets {
     pub fn new(data_dir: &Path) -> Self {
-        Self { dir: data_dir.join("secrets") }
+        Self {
+            dir: data_dir.join("secrets"),
+        }
     }
 
     /// The 32-byte secret called `name`, created on first use.
     pub fn get_or_create(&self, name: &str) -> anyhow::Result<Vec<u8>> {
         anyhow::ensure!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
             "secret name {name:?} has characters not allowed in a file name"
         );
         let path = self.dir.join(name);
         match fs::read_to_string(&path) {
             Ok(text) => {
-                return hex::decode(text.trim()).with_context(|| format!("secret file {} is not hex", path.display()));
+                return hex::decode(text.trim())
+                    .with_context(|| format!("secret file {} is not hex", path.display()));
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
         }
-        fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
         let mut secret = vec![0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
         let mut options = fs::OpenOptions::new();

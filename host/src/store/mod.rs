@@ -80,10 +80,21 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, sqlx::Error>;
     async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), sqlx::Error>;
     /// Records a Hawk nonce for a session; false if it was already seen (a replay).
-    async fn remember_nonce(&self, id_hmac: &str, nonce: &str, expires_at: Timestamp) -> Result<bool, sqlx::Error>;
+    async fn remember_nonce(
+        &self,
+        id_hmac: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+    ) -> Result<bool, sqlx::Error>;
 
     /// Replaces this session's push URL for `topic` ("calls", "rooms").
-    async fn set_push_url(&self, id_hmac: &str, user_id: &str, topic: &str, url: &str) -> Result<(), sqlx::Error>;
+    async fn set_push_url(
+        &self,
+        id_hmac: &str,
+        user_id: &str,
+        topic: &str,
+        url: &str,
+    ) -> Result<(), sqlx::Error>;
     async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error>;
     /// Every device's push URL of the user for `topic`.
     async fn push_urls(&self, user_id: &str, topic: &str) -> Result<Vec<String>, sqlx::Error>;
@@ -93,13 +104,23 @@ pub trait Store: Send + Sync + 'static {
     async fn call_url(&self, token: &str) -> Result<Option<CallUrl>, sqlx::Error>;
     async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, sqlx::Error>;
     /// Updates an owner's call URL; false if no such token for that owner.
-    async fn update_call_url(&self, token: &str, user_id: &str, update: &CallUrlUpdate) -> Result<bool, sqlx::Error>;
+    async fn update_call_url(
+        &self,
+        token: &str,
+        user_id: &str,
+        update: &CallUrlUpdate,
+    ) -> Result<bool, sqlx::Error>;
     /// Revokes a call URL; false if no such token for that owner.
     async fn delete_call_url(&self, token: &str, user_id: &str) -> Result<bool, sqlx::Error>;
 
     async fn create_call(&self, call: &Call) -> Result<(), sqlx::Error>;
     /// Calls of `user_id` with `created_at >= version` that have not expired at `now`.
-    async fn calls(&self, user_id: &str, version: Timestamp, now: Timestamp) -> Result<Vec<Call>, sqlx::Error>;
+    async fn calls(
+        &self,
+        user_id: &str,
+        version: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<Call>, sqlx::Error>;
 
     /// Deletes the user's sessions, push URLs, call URLs and calls.
     async fn delete_user(&self, user_id: &str) -> Result<(), sqlx::Error>;
@@ -108,7 +129,10 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Purges expired rows every `database.purge_interval_seconds`.
-pub fn spawn_purge(store: std::sync::Arc<dyn Store>, config: &crate::config::Config) -> tokio::task::JoinHandle<()> {
+pub fn spawn_purge(
+    store: std::sync::Arc<dyn Store>,
+    config: &crate::config::Config,
+) -> tokio::task::JoinHandle<()> {
     let interval = std::time::Duration::from_secs(config.database.purge_interval_seconds.max(1));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
