@@ -13,6 +13,7 @@ pub struct CpuSnapshot {
     machine_busy: f64,
     server: f64,
     harness: f64,
+    database: f64,
 }
 
 /// CPU seconds spent between two snapshots.
@@ -20,6 +21,8 @@ pub struct CpuSnapshot {
 pub struct CpuUse {
     pub server_s: f64,
     pub harness_s: f64,
+    /// Local PostgreSQL processes (SQLite runs inside the server).
+    pub database_s: f64,
     pub other_s: f64,
 }
 
@@ -44,19 +47,46 @@ impl CpuSnapshot {
             machine_busy,
             server,
             harness,
+            database: postgres_times(),
         })
     }
 
     pub fn since(&self, earlier: &CpuSnapshot) -> CpuUse {
         let server_s = self.server - earlier.server;
         let harness_s = self.harness - earlier.harness;
-        let other_s = (self.machine_busy - earlier.machine_busy - server_s - harness_s).max(0.0);
+        // Backends that exited in between take their time with them: never negative.
+        let database_s = (self.database - earlier.database).max(0.0);
+        let other_s =
+            (self.machine_busy - earlier.machine_busy - server_s - harness_s - database_s).max(0.0);
         CpuUse {
             server_s,
             harness_s,
+            database_s,
             other_s,
         }
     }
+}
+
+/// CPU seconds of every running process named `postgres` (the postmaster and
+/// its backends, including the pooled connections of the server under test).
+fn postgres_times() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == "postgres")
+        })
+        .filter_map(|entry| process_times(&entry.path().join("stat").to_string_lossy(), false).ok())
+        .sum()
 }
 
 /// utime + stime (+ cutime + cstime) of a `/proc/<pid>/stat` file, in seconds.

@@ -133,6 +133,10 @@ impl RouteResult {
         )
     }
 
+    pub fn database_cores(&self) -> f64 {
+        median(self.runs.iter().map(WrkResult::database_cores).collect())
+    }
+
     pub fn other_cores(&self) -> f64 {
         median(self.runs.iter().map(WrkResult::other_cores).collect())
     }
@@ -271,15 +275,15 @@ pub fn markdown(phases: &[PhaseResult]) -> String {
         if baseline.is_some() {
             let _ = writeln!(
                 out,
-                "| route | req/s | p50 | p99 | empty-DB req/s | ratio | within 20% | server CPU/req | other procs |"
+                "| route | req/s | p50 | p99 | empty-DB req/s | ratio | within 20% | server CPU/req | PostgreSQL | other procs |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|");
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
         } else {
             let _ = writeln!(
                 out,
-                "| route | req/s | p50 | p99 | target | original (req/s, p99) | verdict | server CPU/req | other procs |"
+                "| route | req/s | p50 | p99 | target | original (req/s, p99) | verdict | server CPU/req | PostgreSQL | other procs |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---|---|---|---:|---:|");
+            let _ = writeln!(out, "|---|---:|---:|---:|---|---|---|---:|---:|---:|");
         }
         for route in &phase.routes {
             let (rps, p50, p99) = (
@@ -289,8 +293,9 @@ pub fn markdown(phases: &[PhaseResult]) -> String {
             );
             let label = route.route.label();
             let cpu = format!(
-                "{:.0} µs | {:.2} cores",
+                "{:.0} µs | {:.2} cores | {:.2} cores",
                 route.server_cpu_us(),
+                route.database_cores(),
                 route.other_cores()
             );
             match baseline.and_then(|b| b.route(route.route)) {

@@ -351,7 +351,7 @@ impl Phase<'_> {
                 server.ensure_running()?;
                 eprintln!(
                     "[{name}] {:<28} run {}/{}: {:>9} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  \
-                     server CPU {:>5.0} µs/req  wrk+sink {:.2} cores  others {:.2} cores{}",
+                     server CPU {:>5.0} µs/req  wrk+sink {:.2}  postgres {:.2}  others {:.2} cores{}",
                     route.label(),
                     i + 1,
                     self.plan.runs,
@@ -360,6 +360,7 @@ impl Phase<'_> {
                     result.p99_us / 1000.0,
                     result.server_cpu_us_per_request(),
                     result.harness_cores(),
+                    result.database_cores(),
                     result.other_cores(),
                     result
                         .failure()

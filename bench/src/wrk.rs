@@ -67,7 +67,12 @@ impl WrkResult {
         self.cpu.harness_s / self.seconds()
     }
 
-    /// Cores kept busy by processes other than the server and the harness.
+    /// Cores kept busy by local PostgreSQL processes.
+    pub fn database_cores(&self) -> f64 {
+        self.cpu.database_s / self.seconds()
+    }
+
+    /// Cores kept busy by processes other than the server, the harness and PostgreSQL.
     pub fn other_cores(&self) -> f64 {
         self.cpu.other_s / self.seconds()
     }
