@@ -1,7 +1,6 @@
 //! Hawk device sessions and BrowserID, black-box against the real binary.
 
 mod common;
-mod hawk_signer;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -13,8 +12,8 @@ use axum::extract::State;
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::hawk::{Credentials, Device, Options, send, send_signed, sign};
 use common::{ServerOptions, TestServer, client};
-use hawk_signer::{Credentials, Options, send, send_signed, sign};
 use serde_json::{Value, json};
 
 /// Push URLs in these tests point at an origin listed in push.allowed_origins
@@ -33,25 +32,10 @@ async fn start() -> TestServer {
     .await
 }
 
-fn is_token(value: &str) -> bool {
-    value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// Anonymous registration; returns the session token.
 async fn register(server: &TestServer) -> String {
-    let response = client()
-        .post(server.endpoint("/registration"))
-        .json(&json!({"simplePushURLs": {"calls": format!("{PUSH_ORIGIN}/calls/1")}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let token = response.headers()["hawk-session-token"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(is_token(&token), "{token}");
-    token
+    let body = json!({"simplePushURLs": {"calls": format!("{PUSH_ORIGIN}/calls/1")}});
+    Device::register_with(&server.url, body).await.token
 }
 
 #[tokio::test]
@@ -71,12 +55,7 @@ async fn registration_gives_a_session_usable_with_a_third_party_hawk_client() {
         Some(&body),
     )
     .await;
-    assert_eq!(
-        response.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    response.assert_status(200);
     assert!(
         response.header("hawk-session-token").is_none(),
         "an authenticated registration keeps its session"
@@ -92,12 +71,7 @@ async fn registration_gives_a_session_usable_with_a_third_party_hawk_client() {
         None,
     )
     .await;
-    assert_eq!(
-        response.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    response.assert_status(200);
     assert_eq!(response.server_authorization_valid, Some(true));
     let signed = sign(
         &creds,
@@ -562,12 +536,7 @@ async fn browserid_logins_of_one_identity_share_a_user() {
         Some(&json!({"callerId": "carol"})),
     )
     .await;
-    assert_eq!(
-        created.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
+    created.assert_status(200);
     assert_eq!(created.server_authorization_valid, Some(true));
     let call_token = created.json()["callToken"].as_str().unwrap().to_string();
     let listed = send(&http, &b, "GET", &server.endpoint("/call-url"), None).await;

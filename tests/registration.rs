@@ -2,10 +2,9 @@
 //! URLs, black-box against the real binary.
 
 mod common;
-mod hawk_signer;
 
+use common::hawk::{Credentials, send};
 use common::{ServerOptions, TestServer, client};
-use hawk_signer::{Credentials, send};
 use serde_json::{Value, json};
 
 async fn post_registration(server: &TestServer, body: &str) -> (u16, Option<String>, Value) {
