@@ -45,24 +45,16 @@ fn message(body: &Value) -> &str {
 
 struct Setup {
     server: TestServer,
-    database_url: String,
     _push: FakePush,
     bob: Device,
     token: String,
-    /// Last: removed after the server has stopped.
-    _dir: tempfile::TempDir,
 }
 
 /// A server (purge off, so expired rows stay for 410s) and Bob with one call URL.
 async fn setup(extra_toml: &str) -> Setup {
     let push = FakePush::start().await;
-    let tempdir = tempfile::tempdir().unwrap();
-    let dir = tempdir.path().to_path_buf();
-    let database_url = common::database_url(&dir).await;
     let server = TestServer::start_with(ServerOptions {
         extra_toml: format!("{}{extra_toml}", push.config(2000)),
-        database_url: Some(database_url.clone()),
-        dir: Some(dir),
         env: vec![(
             "LOOP_DATABASE__PURGE_INTERVAL_SECONDS".into(),
             "86400".into(),
@@ -77,11 +69,9 @@ async fn setup(extra_toml: &str) -> Setup {
     let token = created["callToken"].as_str().unwrap().to_string();
     Setup {
         server,
-        database_url,
         _push: push,
         bob,
         token,
-        _dir: tempdir,
     }
 }
 
@@ -380,7 +370,7 @@ async fn unknown_revoked_expired_and_foreign_call_urls() {
     assert_error(stranger.get("/calls?version=0").await, 401, 110).await;
 
     // 410/111: expired.
-    expire_call_url(&s.database_url, &s.token).await;
+    expire_call_url(&s.server.database_url, &s.token).await;
     let response = http
         .get(s.server.endpoint(&format!("/calls/{}", s.token)))
         .send()
@@ -592,7 +582,7 @@ async fn call_pages_escape_user_data_and_explain_dead_links() {
             .unwrap()
             .contains("This link does not work")
     );
-    expire_call_url(&s.database_url, &s.token).await;
+    expire_call_url(&s.server.database_url, &s.token).await;
     let response = http
         .get(s.server.endpoint(&format!("/c/{}", s.token)))
         .send()

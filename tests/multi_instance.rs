@@ -12,10 +12,11 @@ use serde_json::{Value, json};
 async fn two_servers_on_one_postgres_database_are_one_service() {
     let push = FakePush::start().await;
     // PostgreSQL whatever LOOP_TEST_DATABASE says: sharing is the point.
-    let database_url = fresh_postgres_database().await;
+    // Declared before the servers so that it is dropped after them.
+    let database = fresh_postgres_database().await;
     let a = TestServer::start_with(ServerOptions {
         extra_toml: push.config(2000),
-        database_url: Some(database_url),
+        database_url: Some(database.url.clone()),
         ..Default::default()
     })
     .await;

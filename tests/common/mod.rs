@@ -17,7 +17,10 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The committed loopback component.
@@ -26,31 +29,99 @@ pub fn loopback_wasm() -> PathBuf {
 }
 
 pub fn use_postgres() -> bool {
-    std::env::var("LOOP_TEST_DATABASE").map(|v| v == "postgres").unwrap_or(false)
+    std::env::var("LOOP_TEST_DATABASE")
+        .map(|v| v == "postgres")
+        .unwrap_or(false)
 }
 
 fn postgres_admin_url() -> String {
-    std::env::var("LOOP_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("LOOP_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// A fresh, empty PostgreSQL database; returns its URL.
-pub async fn fresh_postgres_database() -> String {
+/// A fresh, empty PostgreSQL database, dropped when this guard is.
+///
+/// Drop it after everything that uses it (declare it before the servers, or
+/// let the [`TestServer`] that created it own it): the drop ends any
+/// connection still open to it.
+pub struct PostgresDatabase {
+    pub url: String,
+    name: String,
+}
+
+pub async fn fresh_postgres_database() -> PostgresDatabase {
     use sqlx::Connection;
     let admin = postgres_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
     let name = format!("loop_test_{}", hex::encode(rand::random::<[u8; 6]>()));
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
-    format!("{base}/{name}")
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let base = admin
+        .rsplit_once('/')
+        .map(|(base, _)| base)
+        .unwrap_or(&admin);
+    PostgresDatabase {
+        url: format!("{base}/{name}"),
+        name,
+    }
 }
 
-/// The database URL a test server should use: a fresh PostgreSQL database when
-/// the suite runs on PostgreSQL, else a SQLite file in `dir`.
-pub async fn database_url(dir: &Path) -> String {
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, where blocking on a future
+        // panics: a thread with a small runtime of its own does the work.
+        let name = std::mem::take(&mut self.name);
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        // Never panic in drop (it may run while a failed test unwinds); a
+        // database left behind is dropped by scripts/test on the next run.
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("could not drop test database {}: {err:#}", self.url),
+            Err(_) => eprintln!(
+                "could not drop test database {}: the dropping thread panicked",
+                self.url
+            ),
+        }
+    }
+}
+
+/// Where a test server keeps its data: a fresh PostgreSQL database when the
+/// suite runs on PostgreSQL, else a SQLite file in the server's folder.
+pub struct TestDatabase {
+    pub url: String,
+    _postgres: Option<PostgresDatabase>,
+}
+
+pub async fn test_database(dir: &Path) -> TestDatabase {
     if use_postgres() {
-        fresh_postgres_database().await
+        let postgres = fresh_postgres_database().await;
+        TestDatabase {
+            url: postgres.url.clone(),
+            _postgres: Some(postgres),
+        }
     } else {
-        format!("sqlite://{}?mode=rwc", dir.join("loop.db").display())
+        TestDatabase {
+            url: format!("sqlite://{}?mode=rwc", dir.join("loop.db").display()),
+            _postgres: None,
+        }
     }
 }
 
@@ -60,7 +131,12 @@ pub struct TestServer {
     pub url: String,
     pub dir: PathBuf,
     pub config_path: PathBuf,
+    /// The database this server (and its siblings) use.
+    pub database_url: String,
     log_path: PathBuf,
+    /// Dropped after `Drop` has killed the process: the database first, then
+    /// the folder.
+    database: Option<TestDatabase>,
     _tempdir: Option<TempDir>,
 }
 
@@ -77,7 +153,13 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { extra_toml: String::new(), loopback: true, database_url: None, dir: None, env: Vec::new() }
+        Self {
+            extra_toml: String::new(),
+            loopback: true,
+            database_url: None,
+            dir: None,
+            env: Vec::new(),
+        }
     }
 }
 
@@ -95,9 +177,13 @@ impl TestServer {
                 (Some(tempdir), dir)
             }
         };
-        let database_url = match options.database_url.clone() {
-            Some(url) => url,
-            None => database_url(&dir).await,
+        // A database the test passed in is the test's to drop.
+        let (database_url, database) = match options.database_url.clone() {
+            Some(url) => (url, None),
+            None => {
+                let database = test_database(&dir).await;
+                (database.url.clone(), Some(database))
+            }
         };
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[database]\nurl = {:?}\n\n",
@@ -111,14 +197,30 @@ impl TestServer {
             ));
         }
         toml.push_str(&options.extra_toml);
-        let config_path = dir.join(format!("config-{}.toml", hex::encode(rand::random::<[u8; 4]>())));
+        let config_path = dir.join(format!(
+            "config-{}.toml",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
         std::fs::write(&config_path, toml).unwrap();
         let log_path = config_path.with_extension("log");
-        Self::spawn(config_path, log_path, dir, tempdir, &options.env)
+        let mut server = Self::spawn(config_path, log_path, dir, database_url, &options.env);
+        server.database = database;
+        server._tempdir = tempdir;
+        server
     }
 
-    fn spawn(config_path: PathBuf, log_path: PathBuf, dir: PathBuf, tempdir: Option<TempDir>, env: &[(String, String)]) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+    fn spawn(
+        config_path: PathBuf,
+        log_path: PathBuf,
+        dir: PathBuf,
+        database_url: String,
+        env: &[(String, String)],
+    ) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_loop-server"));
         command
             .arg("--config")
@@ -145,16 +247,36 @@ impl TestServer {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!("loop-server did not start; its log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                panic!(
+                    "loop-server did not start; its log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
         };
-        Self { child, url, dir, config_path, log_path, _tempdir: tempdir }
+        Self {
+            child,
+            url,
+            dir,
+            config_path,
+            database_url,
+            log_path,
+            database: None,
+            _tempdir: None,
+        }
     }
 
     /// Another process on the same config file (same database, same secrets).
     pub fn start_sibling(&self) -> Self {
-        let log_path = self.config_path.with_extension(format!("{}.log", hex::encode(rand::random::<[u8; 4]>())));
-        Self::spawn(self.config_path.clone(), log_path, self.dir.clone(), None, &[])
+        let log_path = self
+            .config_path
+            .with_extension(format!("{}.log", hex::encode(rand::random::<[u8; 4]>())));
+        Self::spawn(
+            self.config_path.clone(),
+            log_path,
+            self.dir.clone(),
+            self.database_url.clone(),
+            &[],
+        )
     }
 
     pub fn logs(&self) -> String {
@@ -171,9 +293,15 @@ impl TestServer {
     pub fn restart(&mut self) {
         self.kill();
         let log_path = self.log_path.clone();
-        let fresh = Self::spawn(self.config_path.clone(), log_path, self.dir.clone(), None, &[]);
+        let fresh = Self::spawn(
+            self.config_path.clone(),
+            log_path,
+            self.dir.clone(),
+            self.database_url.clone(),
+            &[],
+        );
         let mut fresh = std::mem::ManuallyDrop::new(fresh);
-        // Take the new child and URL; keep our tempdir.
+        // Take the new child and URL; keep our database and tempdir.
         std::mem::swap(&mut self.child, &mut fresh.child);
         self.url = std::mem::take(&mut fresh.url);
     }
@@ -191,5 +319,8 @@ impl Drop for TestServer {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
