@@ -1,39 +1,37 @@
-//! The call page in a real browser: headless Chromium, driven over the W3C
-//! WebDriver protocol by chromedriver, opens the link Bob hands out, reads the
-//! question, clicks Call, and the call reaches Bob.
-//!
-//! The WebDriver client is the handful of JSON-over-HTTP commands below, sent
-//! with the suite's reqwest client; a WebDriver crate would add a second HTTP
-//! stack to the build for five requests.
+//! The call page in a real browser: headless Chromium, driven over WebDriver
+//! (chromedriver, with the `fantoccini` client), opens the link Bob hands out,
+//! reads the question, clicks Call, and the call reaches Bob.
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::fake_push::FakePush;
 use common::hawk::Device;
 use common::{ServerOptions, TestServer};
+use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// The W3C key under which an element reference is returned.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// chromedriver and every browser it starts, killed together on drop.
 struct ChromeDriver {
     child: Child,
     url: String,
-    http: reqwest::Client,
 }
 
 impl ChromeDriver {
     async fn start() -> ChromeDriver {
-        assert!(
-            std::path::Path::new(CHROMEDRIVER).exists(),
-            "{CHROMEDRIVER} is required (Debian chromium-driver)"
-        );
+        for program in [CHROMEDRIVER, CHROMIUM] {
+            assert!(
+                std::path::Path::new(program).exists(),
+                "{program} is required (Debian chromium and chromium-driver)"
+            );
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -44,47 +42,32 @@ impl ChromeDriver {
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // A process group of its own, so that Chromium (chromedriver's
+            // child) can be killed with it even if the session is never ended.
+            .process_group(0)
             .spawn()
             .expect("spawn chromedriver");
         let driver = ChromeDriver {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            http: common::client(),
         };
+        // It is ready when it listens.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = driver
-                .http
-                .get(format!("{}/status", driver.url))
-                .send()
-                .await
-            {
-                let status: Value = response.json().await.unwrap_or_default();
-                if status["value"]["ready"] == true {
-                    return driver;
-                }
-            }
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "chromedriver did not become ready"
+                "chromedriver did not start listening"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        driver
     }
 
-    async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert!(status.is_success(), "WebDriver {path}: {status} {body}");
-        body["value"].clone()
-    }
-
-    async fn new_session(&self, profile: &std::path::Path) -> Session<'_> {
+    /// A headless Chromium session with a profile in `profile`.
+    async fn new_session(&self, profile: &std::path::Path) -> Client {
         let args = [
             "--headless",
             "--no-sandbox",
@@ -94,6 +77,7 @@ impl ChromeDriver {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            // Containers often have a tiny /dev/shm.
             "--disable-dev-shm-usage",
         ]
         .iter()
@@ -101,120 +85,63 @@ impl ChromeDriver {
         .chain([format!("--user-data-dir={}", profile.display())])
         .collect::<Vec<_>>();
         let capabilities = json!({
-            "capabilities": {"alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
-            }}
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         });
-        let value = self
-            .command(reqwest::Method::POST, "/session", Some(capabilities))
-            .await;
-        Session {
-            driver: self,
-            id: value["sessionId"].as_str().unwrap().to_string(),
-        }
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("start a Chromium session")
     }
 }
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
+        // The whole group: chromedriver and the browser processes it started.
+        // Called directly: procps-ng 4.0's kill(1) misreads a negative pid.
+        // Not yet reaped, chromedriver still holds its pid, so the group id
+        // cannot have been reused.
+        if let Ok(group) = libc::pid_t::try_from(self.child.id())
+            && group > 1
+        {
+            // SAFETY: kill(2) touches no memory; the group is ours (see start).
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-struct Session<'a> {
-    driver: &'a ChromeDriver,
-    id: String,
+async fn text(browser: &Client, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("element {css}: {err}"))
+        .text()
+        .await
+        .unwrap()
 }
 
-impl Session<'_> {
-    async fn goto(&self, url: &str) {
-        self.driver
-            .command(
-                reqwest::Method::POST,
-                &format!("/session/{}/url", self.id),
-                Some(json!({"url": url})),
-            )
-            .await;
-    }
-
-    async fn find(&self, css: &str) -> String {
-        let value = self
-            .driver
-            .command(
-                reqwest::Method::POST,
-                &format!("/session/{}/element", self.id),
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        value[ELEMENT_KEY]
-            .as_str()
-            .unwrap_or_else(|| panic!("element {css}: {value}"))
-            .to_string()
-    }
-
-    async fn text(&self, css: &str) -> String {
-        let element = self.find(css).await;
-        let value = self
-            .driver
-            .command(
-                reqwest::Method::GET,
-                &format!("/session/{}/element/{element}/text", self.id),
-                None,
-            )
-            .await;
-        value.as_str().unwrap().to_string()
-    }
-
-    async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        self.driver
-            .command(
-                reqwest::Method::POST,
-                &format!("/session/{}/element/{element}/click", self.id),
-                Some(json!({})),
-            )
-            .await;
-    }
-
-    async fn title(&self) -> String {
-        self.driver
-            .command(
-                reqwest::Method::GET,
-                &format!("/session/{}/title", self.id),
-                None,
-            )
-            .await
-            .as_str()
-            .unwrap()
-            .into()
-    }
-
-    /// Polls the text of `css` until `done` accepts it; panics after 30 s.
-    async fn wait_for_text(&self, css: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = self.text(css).await;
-            if done(&text) {
-                return text;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{css} still says {text:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// Polls the text of `css` until `done` accepts it; panics after 30 s.
+async fn wait_for_text(browser: &Client, css: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = text(browser, css).await;
+        if done(&text) {
+            return text;
         }
-    }
-
-    async fn quit(self) {
-        self.driver
-            .command(
-                reqwest::Method::DELETE,
-                &format!("/session/{}", self.id),
-                None,
-            )
-            .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{css} still says {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -232,23 +159,29 @@ async fn alice_calls_bob_from_the_link_in_chromium() {
         .await;
     let call_url = created["callUrl"].as_str().unwrap().to_string();
 
-    let driver = ChromeDriver::start().await;
+    // Declared before the driver: the profile is removed after the browser is gone.
     let profile = tempfile::tempdir().unwrap();
+    let driver = ChromeDriver::start().await;
     let browser = driver.new_session(profile.path()).await;
 
-    // Whatever happens, end the browser session: a panic would leave Chromium running.
+    // End the session whatever happens; the driver's drop is the last resort.
     let outcome = std::panic::AssertUnwindSafe(async {
-        browser.goto(&call_url).await;
+        browser.goto(&call_url).await.unwrap();
         assert_eq!(
-            browser.text("h1").await,
+            text(&browser, "h1").await,
             "Do you want to call Bob <Builder>?"
         );
-        browser.click("#call").await;
-        let status = browser
-            .wait_for_text("#status", |text| {
-                text.starts_with("Call placed") || text.contains("could not")
-            })
-            .await;
+        browser
+            .find(Locator::Css("#call"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let status = wait_for_text(&browser, "#status", |text| {
+            text.starts_with("Call placed") || text.contains("could not")
+        })
+        .await;
         assert_eq!(status, "Call placed. Waiting for Bob <Builder> to answer.");
 
         // The call reached Bob: his device was pinged and lists it.
@@ -264,14 +197,15 @@ async fn alice_calls_bob_from_the_link_in_chromium() {
             bob.delete(&format!("/call-url/{token}")).await.status(),
             204
         );
-        browser.goto(&call_url).await;
-        assert_eq!(browser.title().await, "This link does not work");
-        assert_eq!(browser.text("h1").await, "This link does not work");
+        browser.goto(&call_url).await.unwrap();
+        assert_eq!(browser.title().await.unwrap(), "This link does not work");
+        assert_eq!(text(&browser, "h1").await, "This link does not work");
     })
     .catch_unwind()
     .await;
-    browser.quit().await;
+    let closed = browser.close().await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+    closed.expect("end the WebDriver session");
 }
