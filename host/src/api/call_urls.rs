@@ -27,11 +27,13 @@ pub fn routes() -> Router<AppState> {
         .route("/call-url/{token}", put(update).delete(revoke))
 }
 
+/// The body of `POST /call-url` and `PUT /call-url/{token}`: the same fields,
+/// required or not depending on the route.
 #[derive(Deserialize)]
-struct CreateCallUrl {
-    #[serde(rename = "callerId")]
+#[serde(rename_all = "camelCase")]
+struct CallUrlFields {
     caller_id: Option<String>,
-    #[serde(rename = "expiresIn")]
+    /// Hours.
     expires_in: Option<u64>,
     issuer: Option<String>,
     subject: Option<String>,
@@ -60,16 +62,6 @@ struct ListedCallUrl {
     expires_at: Timestamp,
 }
 
-#[derive(Deserialize)]
-struct UpdateCallUrl {
-    #[serde(rename = "callerId")]
-    caller_id: Option<String>,
-    #[serde(rename = "expiresIn")]
-    expires_in: Option<u64>,
-    issuer: Option<String>,
-    subject: Option<String>,
-}
-
 #[derive(Serialize)]
 struct UpdatedCallUrl {
     #[serde(rename = "expiresAt")]
@@ -79,7 +71,7 @@ struct UpdatedCallUrl {
 async fn create(
     State(state): State<AppState>,
     Authenticated { session }: Authenticated,
-    LoopJson(body): LoopJson<CreateCallUrl>,
+    LoopJson(body): LoopJson<CallUrlFields>,
 ) -> AppResult<Json<CreatedCallUrl>> {
     let caller_id = body
         .caller_id
@@ -136,7 +128,7 @@ async fn update(
     State(state): State<AppState>,
     Authenticated { session }: Authenticated,
     Path(token): Path<String>,
-    LoopJson(body): LoopJson<UpdateCallUrl>,
+    LoopJson(body): LoopJson<CallUrlFields>,
 ) -> AppResult<Json<UpdatedCallUrl>> {
     let existing = owned_call_url(&state, &token, &session.user_id).await?;
     let now = crate::clock::now();
