@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::fake_push::FakePush;
 use common::hawk::Device;
-use common::{ServerOptions, TestServer, client};
+use common::{ServerOptions, TestServer, client, place_call};
 use serde_json::{Value, json};
 
 async fn start_with_push(push: &FakePush, timeout_ms: u64) -> TestServer {
@@ -102,14 +102,12 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
     assert!((url_creation_date - now()).abs() < 120);
 
     // 5-9. Alice calls; the provider issues both tokens; Bob's device is pinged.
-    let response = http
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let placed: Value = response.json().await.unwrap();
+    let placed = place_call(
+        &http,
+        &server.endpoint(&format!("/calls/{token}")),
+        &json!({"callType": "audio-video"}),
+    )
+    .await;
     for field in [
         "callId",
         "websocketToken",
@@ -386,14 +384,15 @@ async fn pings_reach_every_device_and_a_hanging_push_server_does_not_hold_the_ca
     let started = std::time::Instant::now();
     let mut placed = Vec::new();
     for token in [&token, &phone_token, &tablet_token] {
-        let response = http
-            .post(server.endpoint(&format!("/calls/{token}")))
-            .json(&json!({"callType": "audio"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "push trouble never fails the call");
-        placed.push(response.json::<Value>().await.unwrap());
+        // Push trouble never fails the call.
+        placed.push(
+            place_call(
+                &http,
+                &server.endpoint(&format!("/calls/{token}")),
+                &json!({"callType": "audio"}),
+            )
+            .await,
+        );
     }
     // Generous: the hanging push server alone would hold a call forever.
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
@@ -435,13 +434,12 @@ async fn a_device_without_push_url_still_gets_its_calls_listed() {
         .unwrap()
         .to_string();
     assert_eq!(bob.delete("/registration").await.status(), 204);
-    let response = client()
-        .post(server.endpoint(&format!("/v0/calls/{token}")))
-        .json(&json!({"callType": "audio-video", "subject": "Now?"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    place_call(
+        &client(),
+        &server.endpoint(&format!("/v0/calls/{token}")),
+        &json!({"callType": "audio-video", "subject": "Now?"}),
+    )
+    .await;
     let calls: Value = bob.get("/calls?version=0").await.json().await.unwrap();
     assert_eq!(calls["calls"][0]["subject"], "Now?");
     assert!(push.pings().is_empty(), "no push URL left to ping");

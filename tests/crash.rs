@@ -4,7 +4,7 @@ mod common;
 
 use common::fake_push::FakePush;
 use common::hawk::Device;
-use common::{ServerOptions, TestServer, client};
+use common::{ServerOptions, TestServer, client, place_call};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -34,14 +34,12 @@ async fn acknowledged_writes_survive_kill_9() {
             .status(),
         204
     );
-    let response = http
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let placed: Value = response.json().await.unwrap();
+    let placed = place_call(
+        &http,
+        &server.endpoint(&format!("/calls/{token}")),
+        &json!({"callType": "audio"}),
+    )
+    .await;
 
     // No graceful shutdown: SIGKILL right after the last acknowledgement.
     server.kill();
@@ -67,12 +65,11 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(calls["calls"][0]["sessionId"], placed["sessionId"]);
 
     // The push registration survived too: a new call pings Bob again.
-    let response = http
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    place_call(
+        &http,
+        &server.endpoint(&format!("/calls/{token}")),
+        &json!({"callType": "audio-video"}),
+    )
+    .await;
     push.wait_for("bob", 2).await;
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::fake_push::FakePush;
 use common::hawk::Device;
-use common::{ServerOptions, TestServer, client, fresh_postgres_database};
+use common::{ServerOptions, TestServer, client, fresh_postgres_database, place_call};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -41,14 +41,12 @@ async fn two_servers_on_one_postgres_database_are_one_service() {
         .await
         .unwrap();
     assert_eq!(info["calleeFriendlyName"], "Bob");
-    let response = http
-        .post(b.endpoint(&format!("/v0/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let placed: Value = response.json().await.unwrap();
+    let placed = place_call(
+        &http,
+        &b.endpoint(&format!("/v0/calls/{token}")),
+        &json!({"callType": "audio-video"}),
+    )
+    .await;
 
     // B pinged the push URL Bob registered on A.
     let pings = push.wait_for("bob", 1).await;

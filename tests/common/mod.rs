@@ -324,3 +324,17 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// `POST /calls/{token}` (or `/v0/...`: `url` is the whole URL) as a caller
+/// does, without credentials; asserts 200 and returns the call's JSON.
+pub async fn place_call(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let response = http.post(url).json(body).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 200, "POST {url}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("POST {url}: not JSON: {text}"))
+}
