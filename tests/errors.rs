@@ -414,42 +414,20 @@ async fn unknown_revoked_expired_and_foreign_call_urls() {
 async fn unknown_routes_and_methods() {
     let s = setup("").await;
     let http = client();
-    assert_error(
-        http.get(s.server.endpoint("/no/such/route"))
+    let call = format!("/calls/{}", s.token);
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/no/such/route", 404),
+        (reqwest::Method::GET, "/v0/nothing", 404),
+        (reqwest::Method::DELETE, "/__heartbeat__", 405),
+        (reqwest::Method::PATCH, call.as_str(), 405),
+    ] {
+        let response = http
+            .request(method, s.server.endpoint(path))
             .send()
             .await
-            .unwrap(),
-        404,
-        999,
-    )
-    .await;
-    assert_error(
-        http.get(s.server.endpoint("/v0/nothing"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        999,
-    )
-    .await;
-    assert_error(
-        http.delete(s.server.endpoint("/__heartbeat__"))
-            .send()
-            .await
-            .unwrap(),
-        405,
-        999,
-    )
-    .await;
-    assert_error(
-        http.patch(s.server.endpoint(&format!("/calls/{}", s.token)))
-            .send()
-            .await
-            .unwrap(),
-        405,
-        999,
-    )
-    .await;
+            .unwrap();
+        assert_error(response, status, 999).await;
+    }
 }
 
 #[tokio::test]

@@ -614,6 +614,39 @@ async fn populate(store: &Arc<dyn Store>, user_id: &str) -> UserData {
     }
 }
 
+/// Everything `populate` stored for `user_id` is still there, nonces included.
+async fn assert_intact(store: &Arc<dyn Store>, user_id: &str, data: &UserData, name: &str) {
+    for s in &data.sessions {
+        assert_eq!(
+            store.session(&s.id_hmac, NOW).await.unwrap().as_ref(),
+            Some(s),
+            "{name}"
+        );
+        assert!(
+            !store
+                .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
+                .await
+                .unwrap(),
+            "{name}: nonce of {user_id} lost"
+        );
+    }
+    assert_eq!(
+        store.push_urls(user_id, "calls").await.unwrap().len(),
+        2,
+        "{name}"
+    );
+    assert_eq!(
+        store.call_urls(user_id, NOW).await.unwrap(),
+        data.call_urls,
+        "{name}"
+    );
+    assert_eq!(
+        store.calls(user_id, 0, NOW).await.unwrap(),
+        data.calls,
+        "{name}"
+    );
+}
+
 #[tokio::test]
 async fn delete_user_removes_only_that_users_data() {
     for db in backends().await {
@@ -655,35 +688,7 @@ async fn delete_user_removes_only_that_users_data() {
             "{name}"
         );
 
-        for s in &kept.sessions {
-            assert_eq!(
-                store.session(&s.id_hmac, NOW).await.unwrap().as_ref(),
-                Some(s),
-                "{name}"
-            );
-            assert!(
-                !store
-                    .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
-                    .await
-                    .unwrap(),
-                "{name}: nonce lost"
-            );
-        }
-        assert_eq!(
-            store.push_urls("user-kept", "calls").await.unwrap().len(),
-            2,
-            "{name}"
-        );
-        assert_eq!(
-            store.call_urls("user-kept", NOW).await.unwrap(),
-            kept.call_urls,
-            "{name}"
-        );
-        assert_eq!(
-            store.calls("user-kept", 0, NOW).await.unwrap(),
-            kept.calls,
-            "{name}"
-        );
+        assert_intact(&store, "user-kept", &kept, name).await;
 
         // Deleting a user with nothing stored is fine.
         store.delete_user("nobody").await.unwrap();
@@ -790,30 +795,7 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             "{name}"
         );
 
-        for s in &live.sessions {
-            assert_eq!(
-                store.session(&s.id_hmac, NOW).await.unwrap().as_ref(),
-                Some(s),
-                "{name}"
-            );
-            assert!(
-                !store
-                    .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
-                    .await
-                    .unwrap(),
-                "{name}: live nonce purged"
-            );
-        }
-        assert_eq!(
-            store.push_urls("user-live", "calls").await.unwrap().len(),
-            2,
-            "{name}"
-        );
-        assert_eq!(
-            store.call_urls("user-live", NOW).await.unwrap(),
-            live.call_urls,
-            "{name}"
-        );
+        assert_intact(&store, "user-live", &live, name).await;
     }
 }
 
