@@ -37,12 +37,15 @@ fn loopback_table() -> String {
     )
 }
 
+/// A config file, environment overrides, and the key the error must name.
+type InvalidCase = (String, Vec<(&'static str, &'static str)>, &'static str);
+
 #[test]
 fn an_invalid_configuration_exits_non_zero_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let plugins = loopback_table();
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<InvalidCase> = vec![
         (
             format!("[server]\nlisten = \"not an address\"\n{plugins}"),
             vec![],
