@@ -63,16 +63,25 @@ impl Backend {
     }
 }
 
-/// The `Store` over an `Any` pool.
+/// The `Store` over `Any` pools: every statement that writes goes to `writer`,
+/// every read to `reader`. On PostgreSQL both are the same pool. On SQLite the
+/// writer is a pool of exactly one connection: SQLite lets one connection
+/// write at a time, and with several pooled writers the losers sleep in
+/// SQLite's busy handler (backing off up to 100 ms) while the lock sits free;
+/// one writer makes them queue in tokio instead, served in order the moment
+/// it is released. Readers never block in WAL mode, so a few of them, sized
+/// to the cores, serve the reads concurrently. (Each sqlx SQLite connection
+/// is an OS thread; more of them than cores only adds context switches.)
 pub struct SqlStore {
-    pool: AnyPool,
+    reader: AnyPool,
+    writer: AnyPool,
     backend: Backend,
 }
 
 impl SqlStore {
-    /// The underlying pool, for tests and maintenance tooling.
+    /// The pool that may write, for tests and maintenance tooling.
     pub fn pool(&self) -> &AnyPool {
-        &self.pool
+        &self.writer
     }
 }
 
@@ -82,6 +91,38 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(SqlStore::connect(config).await?))
 }
 
+/// Most SQLite reader connections: reads take microseconds, so more threads
+/// than cores only queue on the CPU.
+const SQLITE_MAX_READERS: u32 = 4;
+
+/// SQLite settings every connection gets. WAL (set once on the file by
+/// `prepare_sqlite`) plus NORMAL loses nothing when the process dies, only on
+/// power loss, and saves an fsync per commit. The busy timeout makes a writer
+/// wait for another process's write (several servers on one file) instead of
+/// failing. Temporary b-trees (sorts, DISTINCT) stay in memory.
+fn sqlite_pool_options(read_only: bool) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        // A local file cannot go stale; skip the per-checkout ping.
+        .test_before_acquire(false)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                // `query_only` on readers: a write sent to the wrong pool fails
+                // loudly instead of silently contending for the lock.
+                let query_only = if read_only { "ON" } else { "OFF" };
+                conn.execute(
+                    format!(
+                        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
+                         PRAGMA temp_store = MEMORY; PRAGMA query_only = {query_only}"
+                    )
+                    .as_str(),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+}
+
 impl SqlStore {
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
@@ -89,66 +130,75 @@ impl SqlStore {
         let backend = Backend::of(&url)?;
         let max_connections = config.database.max_connections.max(1);
         let any_options = AnyConnectOptions::from_str(&url).context("database.url: invalid URL")?;
-        let pool = match backend {
+        let (reader, writer) = match backend {
             Backend::Sqlite => {
                 let in_memory = prepare_sqlite(&url).await?;
-                let mut options = AnyPoolOptions::new()
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    // A local file cannot go stale; skip the per-checkout ping.
-                    .test_before_acquire(false)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            // WAL (set once on the file by `prepare_sqlite`) plus
-                            // NORMAL loses nothing when the process dies, only on
-                            // power loss, and saves an fsync per commit. The busy
-                            // timeout makes concurrent writers queue for the lock.
-                            conn.execute(
-                                format!("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-                                    .as_str(),
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    });
                 if in_memory {
                     // Every connection the Any driver opens to `:memory:` is a
-                    // new, empty database: keep exactly one, forever.
-                    options = options
+                    // new, empty database: keep exactly one, forever, for
+                    // reads and writes alike.
+                    let pool = sqlite_pool_options(false)
                         .max_connections(1)
                         .min_connections(1)
                         .idle_timeout(None)
-                        .max_lifetime(None);
+                        .max_lifetime(None)
+                        .connect_with(any_options)
+                        .await
+                        .context("database.url: cannot open the SQLite database")?;
+                    (pool.clone(), pool)
                 } else {
-                    options = options.max_connections(max_connections);
+                    let writer = sqlite_pool_options(false)
+                        .max_connections(1)
+                        .connect_with(any_options.clone())
+                        .await
+                        .context("database.url: cannot open the SQLite database")?;
+                    let cores = std::thread::available_parallelism()
+                        .map(|n| n.get() as u32)
+                        .unwrap_or(2);
+                    let readers = max_connections.min(cores.clamp(2, SQLITE_MAX_READERS));
+                    let reader = sqlite_pool_options(true)
+                        .max_connections(readers)
+                        .connect_with(any_options)
+                        .await
+                        .context("database.url: cannot open the SQLite database")?;
+                    (reader, writer)
                 }
-                options
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // sqlx already pings every connection on release. Pinging again
+                    // on every checkout would add a round trip to each query; only
+                    // a connection that sat idle (through a server restart, say)
+                    // is worth checking first.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IF_IDLE_FOR {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(any_options)
                     .await
-                    .context("database.url: cannot open the SQLite database")?
+                    .context("database.url: cannot connect to PostgreSQL")?;
+                (pool.clone(), pool)
             }
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                // sqlx already pings every connection on release. Pinging again
-                // on every checkout would add a round trip to each query; only
-                // a connection that sat idle (through a server restart, say)
-                // is worth checking first.
-                .test_before_acquire(false)
-                .before_acquire(|conn, meta| {
-                    Box::pin(async move {
-                        if meta.idle_for >= PING_IF_IDLE_FOR {
-                            conn.ping().await?;
-                        }
-                        Ok(true)
-                    })
-                })
-                .connect_with(any_options)
-                .await
-                .context("database.url: cannot connect to PostgreSQL")?,
         };
-        migrate(&pool, backend).await?;
-        tracing::info!(backend = ?backend, max_connections = pool.options().get_max_connections(), "database ready");
-        Ok(SqlStore { pool, backend })
+        migrate(&writer, backend).await?;
+        tracing::info!(
+            backend = ?backend,
+            writers = writer.options().get_max_connections(),
+            readers = reader.options().get_max_connections(),
+            "database ready"
+        );
+        Ok(SqlStore {
+            reader,
+            writer,
+            backend,
+        })
     }
 }
 
@@ -289,7 +339,7 @@ impl SqlStore {
             let deleted = sqlx::query(sql)
                 .bind(now)
                 .bind(PURGE_BATCH)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?
                 .rows_affected();
             total += deleted;
@@ -310,7 +360,7 @@ impl SqlStore {
         const EXPIRED: &str = "SELECT id_hmac FROM sessions WHERE expires_at <= $1 LIMIT $2";
         let mut total = 0;
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writer.begin().await?;
             let push_urls = sqlx::query(&format!(
                 "DELETE FROM push_urls WHERE id_hmac IN ({EXPIRED})"
             ))
@@ -340,7 +390,7 @@ impl SqlStore {
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 
@@ -352,7 +402,7 @@ impl Store for SqlStore {
         .bind(&session.key)
         .bind(&session.user_id)
         .bind(session.expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -363,7 +413,7 @@ impl Store for SqlStore {
         )
         .bind(id_hmac)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(session_from_row).transpose()
     }
@@ -372,7 +422,7 @@ impl Store for SqlStore {
         sqlx::query("UPDATE sessions SET expires_at = $2 WHERE id_hmac = $1")
             .bind(id_hmac)
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -390,7 +440,7 @@ impl Store for SqlStore {
         .bind(id_hmac)
         .bind(nonce)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(inserted == 1)
@@ -411,7 +461,7 @@ impl Store for SqlStore {
         .bind(user_id)
         .bind(topic)
         .bind(url)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -419,7 +469,7 @@ impl Store for SqlStore {
     async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM push_urls WHERE id_hmac = $1")
             .bind(id_hmac)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -432,7 +482,7 @@ impl Store for SqlStore {
         )
         .bind(user_id)
         .bind(topic)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
     }
 
@@ -447,7 +497,7 @@ impl Store for SqlStore {
         .bind(&call_url.subject)
         .bind(call_url.created_at)
         .bind(call_url.expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -457,7 +507,7 @@ impl Store for SqlStore {
             "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE token = $1"
         ))
         .bind(token)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(call_url_from_row).transpose()
     }
@@ -469,7 +519,7 @@ impl Store for SqlStore {
         ))
         .bind(user_id)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(call_url_from_row).collect()
     }
@@ -492,7 +542,7 @@ impl Store for SqlStore {
         .bind(&update.issuer)
         .bind(&update.subject)
         .bind(update.expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(updated > 0)
@@ -502,7 +552,7 @@ impl Store for SqlStore {
         let deleted = sqlx::query("DELETE FROM call_urls WHERE token = $1 AND user_id = $2")
             .bind(token)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         Ok(deleted > 0)
@@ -529,7 +579,7 @@ impl Store for SqlStore {
         .bind(&call.progress_url)
         .bind(call.created_at)
         .bind(call.expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -547,13 +597,13 @@ impl Store for SqlStore {
         .bind(user_id)
         .bind(version)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(call_from_row).collect()
     }
 
     async fn delete_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // Children of the user's sessions first, while the sessions still
         // name them. Push URLs are matched both ways: by the session (a
         // session's URL is its device's) and by the owner column.
