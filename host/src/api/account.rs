@@ -20,5 +20,6 @@ async fn delete_account(
     Authenticated { session }: Authenticated,
 ) -> AppResult<StatusCode> {
     state.store.delete_user(&session.user_id).await?;
+    state.auth.forget_user(&session.user_id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -146,10 +146,17 @@ pub(super) async fn authenticate(
         return unauthorized("unknown or expired session");
     }
     let now = crate::clock::now();
-    let session = match state.store.session(&auth.id_hmac(id), now).await {
-        Ok(Some(session)) => session,
-        Ok(None) => return unauthorized("unknown or expired session"),
-        Err(err) => return AppError::from(err).into_response(),
+    let id_hmac = auth.id_hmac(id);
+    let session = match auth.cached_session(&id_hmac, now) {
+        Some(session) => session,
+        None => match state.store.session(&id_hmac, now).await {
+            Ok(Some(session)) => {
+                auth.cache_session(&session);
+                session
+            }
+            Ok(None) => return unauthorized("unknown or expired session"),
+            Err(err) => return AppError::from(err).into_response(),
+        },
     };
     let key = match Key::new(session.key.as_bytes(), SHA256) {
         Ok(key) => key,
@@ -200,13 +207,26 @@ pub(super) async fn authenticate(
         .max(now)
         .saturating_add(auth.clock_skew)
         .saturating_add(1);
+    // Also re-checks, atomically, that the (possibly cached) session still
+    // exists and is live.
     match state
         .store
-        .remember_nonce(&session.id_hmac, nonce, nonce_expiry)
+        .remember_nonce_of_live_session(&session.id_hmac, nonce, nonce_expiry, now)
         .await
     {
         Ok(true) => {}
-        Ok(false) => return unauthorized("nonce already used (replay)"),
+        Ok(false) => {
+            // A replay, or a session deleted or expired since it was cached:
+            // rare, so the extra lookup to tell which costs nothing.
+            return match state.store.session(&session.id_hmac, now).await {
+                Ok(Some(_)) => unauthorized("nonce already used (replay)"),
+                Ok(None) => {
+                    auth.forget_session(&session.id_hmac);
+                    unauthorized("unknown or expired session")
+                }
+                Err(err) => AppError::from(err).into_response(),
+            };
+        }
         Err(err) => return AppError::from(err).into_response(),
     }
     auth.refresh(state.store.as_ref(), &session).await;

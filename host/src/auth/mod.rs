@@ -39,6 +39,9 @@ const SESSION_TOKEN_INFO: &[u8] = b"identity.mozilla.com/picl/v1/sessionToken";
 /// busy client does not cost a database write per request.
 const REFRESH_THRESHOLD_SECONDS: i64 = 3600;
 
+/// Sessions kept in memory per instance (a few hundred bytes each).
+const SESSION_CACHE_CAPACITY: usize = 10_000;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Everything authentication needs; built once in `app.rs`.
@@ -51,6 +54,16 @@ pub struct Auth {
     /// scheme the client used: the default port of the public URL's scheme.
     default_port: u16,
     browserid: Option<BrowserIdVerifier>,
+    /// Recently used sessions by `id_hmac`, so that a Hawk request checks its
+    /// MAC without a database round trip. Safe to serve stale: a session's key
+    /// and user never change, and the nonce is recorded only if the session
+    /// still exists and is live in the database (see
+    /// `Store::remember_nonce_of_live_session`), so a session deleted or
+    /// expired on any instance is refused at once everywhere. The cached
+    /// expiry may lag a refresh made by another instance; it only decides
+    /// when to refresh, and an entry whose cached expiry has passed is looked
+    /// up again.
+    sessions: quick_cache::sync::Cache<String, Session>,
 }
 
 /// A freshly created session and the token to hand to the client, once.
@@ -134,7 +147,31 @@ impl Auth {
             clock_skew,
             default_port,
             browserid,
+            sessions: quick_cache::sync::Cache::new(SESSION_CACHE_CAPACITY),
         })
+    }
+
+    /// A cached session that was live the last time this instance saw it.
+    fn cached_session(&self, id_hmac: &str, now: i64) -> Option<Session> {
+        self.sessions
+            .get(id_hmac)
+            .filter(|session| session.expires_at > now)
+    }
+
+    fn cache_session(&self, session: &Session) {
+        self.sessions
+            .insert(session.id_hmac.clone(), session.clone());
+    }
+
+    fn forget_session(&self, id_hmac: &str) {
+        self.sessions.remove(id_hmac);
+    }
+
+    /// Drops the user's cached sessions once they are deleted from storage.
+    /// Only memory hygiene: deleted sessions are refused anyway.
+    pub fn forget_user(&self, user_id: &str) {
+        self.sessions
+            .retain(|_, session| session.user_id != user_id);
     }
 
     /// HMAC of a Hawk id under the server secret: the session's storage key.
@@ -178,6 +215,8 @@ impl Auth {
             expires_at: crate::clock::now().saturating_add(self.session_duration),
         };
         store.create_session(&session).await?;
+        // The client's next request usually comes right away.
+        self.cache_session(&session);
         Ok(NewSession {
             token_hex: hex::encode(token),
             session,
@@ -188,10 +227,14 @@ impl Auth {
     /// worth a write. A failure only shortens the session, so it is logged.
     async fn refresh(&self, store: &dyn Store, session: &Session) {
         let renewed = crate::clock::now().saturating_add(self.session_duration);
-        if renewed - session.expires_at > REFRESH_THRESHOLD_SECONDS
-            && let Err(err) = store.touch_session(&session.id_hmac, renewed).await
-        {
-            tracing::warn!(error = %err, "refreshing a session's expiry failed");
+        if renewed - session.expires_at > REFRESH_THRESHOLD_SECONDS {
+            match store.touch_session(&session.id_hmac, renewed).await {
+                Ok(()) => self.cache_session(&Session {
+                    expires_at: renewed,
+                    ..session.clone()
+                }),
+                Err(err) => tracing::warn!(error = %err, "refreshing a session's expiry failed"),
+            }
         }
     }
 }

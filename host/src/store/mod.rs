@@ -86,6 +86,18 @@ pub trait Store: Send + Sync + 'static {
         nonce: &str,
         expires_at: Timestamp,
     ) -> Result<bool, sqlx::Error>;
+    /// Records a Hawk nonce for a session only if the session exists and is
+    /// live at `now`, in one statement; false if the nonce was already seen (a
+    /// replay) or the session is gone. Lets Hawk check a session's key from a
+    /// local cache and still see its deletion or expiry, exactly, on this and
+    /// every other instance sharing the database.
+    async fn remember_nonce_of_live_session(
+        &self,
+        id_hmac: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, sqlx::Error>;
 
     /// Replaces this session's push URL for `topic` ("calls", "rooms").
     async fn set_push_url(

@@ -446,6 +446,30 @@ impl Store for SqlStore {
         Ok(inserted == 1)
     }
 
+    async fn remember_nonce_of_live_session(
+        &self,
+        id_hmac: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, sqlx::Error> {
+        // `WHERE` is required by SQLite's parser before `ON CONFLICT` in an
+        // INSERT … SELECT; the EXISTS provides it.
+        let inserted = sqlx::query(
+            "INSERT INTO hawk_nonces (id_hmac, nonce, expires_at) SELECT $1, $2, $3 \
+             WHERE EXISTS (SELECT 1 FROM sessions WHERE id_hmac = $1 AND expires_at > $4) \
+             ON CONFLICT (id_hmac, nonce) DO NOTHING",
+        )
+        .bind(id_hmac)
+        .bind(nonce)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
     async fn set_push_url(
         &self,
         id_hmac: &str,
