@@ -6,16 +6,20 @@
 //! integers only, and affected-row counts instead of `RETURNING`. The only
 //! backend-specific code is connection setup and the migration folders.
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{Call, CallUrl, CallUrlUpdate, Session, Store, Timestamp};
 use crate::config::Config;
@@ -63,25 +67,117 @@ impl Backend {
     }
 }
 
-/// The `Store` over `Any` pools: every statement that writes goes to `writer`,
-/// every read to `reader`. On PostgreSQL both are the same pool. On SQLite the
-/// writer is a pool of exactly one connection: SQLite lets one connection
-/// write at a time, and with several pooled writers the losers sleep in
-/// SQLite's busy handler (backing off up to 100 ms) while the lock sits free;
-/// one writer makes them queue in tokio instead, served in order the moment
-/// it is released. Readers never block in WAL mode, so a few of them, sized
-/// to the cores, serve the reads concurrently. (Each sqlx SQLite connection
-/// is an OS thread; more of them than cores only adds context switches.)
+/// The `Store`: every statement that writes runs on a writer connection,
+/// every read on a reader.
+///
+/// On PostgreSQL both come from one sqlx pool. On a SQLite file they are
+/// connections this store holds for its whole life, outside any sqlx pool:
+///
+/// - sqlx runs each SQLite connection on its own OS thread, and every
+///   statement is a hand-off to that thread and back. A pool adds a second
+///   hand-off per statement (it pings each connection it takes back), so
+///   holding the connections halves the thread switches, which are most of
+///   the CPU a request costs.
+/// - Exactly one writer: SQLite lets one connection write at a time, and with
+///   several writers the losers sleep in SQLite's busy handler (backing off up
+///   to 100 ms) while the lock sits free. With one, writers queue in order on
+///   a tokio mutex and each gets the lock the moment it is released. (The
+///   busy timeout still covers other processes writing to the same file.)
+/// - A few readers, sized to the cores: readers never block in WAL mode, and
+///   more threads than cores only queue on the CPU.
+///
+/// An in-memory SQLite database is one connection (every `:memory:`
+/// connection is a separate database), in a pool of one.
 pub struct SqlStore {
-    reader: AnyPool,
-    writer: AnyPool,
+    connections: Connections,
     backend: Backend,
 }
 
+enum Connections {
+    Pool(AnyPool),
+    Held {
+        writer: Arc<Mutex<AnyConnection>>,
+        readers: Box<[Arc<Mutex<AnyConnection>>]>,
+        /// Where the search for a free reader starts, rotating.
+        next_reader: AtomicUsize,
+        /// Opened on first use only; see `SqlStore::pool`.
+        maintenance: AnyPool,
+    },
+}
+
+/// A connection checked out for one store operation.
+enum Conn {
+    Pooled(PoolConnection<Any>),
+    Held(OwnedMutexGuard<AnyConnection>),
+}
+
+impl Deref for Conn {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Conn::Pooled(conn) => conn,
+            Conn::Held(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Conn::Pooled(conn) => conn,
+            Conn::Held(conn) => conn,
+        }
+    }
+}
+
+/// Waits for a held connection as long as a pool would, then fails the same way.
+async fn lock_held(conn: &Arc<Mutex<AnyConnection>>) -> Result<Conn, sqlx::Error> {
+    if let Ok(guard) = conn.clone().try_lock_owned() {
+        return Ok(Conn::Held(guard));
+    }
+    tokio::time::timeout(ACQUIRE_TIMEOUT, conn.clone().lock_owned())
+        .await
+        .map(Conn::Held)
+        .map_err(|_| sqlx::Error::PoolTimedOut)
+}
+
 impl SqlStore {
-    /// The pool that may write, for tests and maintenance tooling.
+    /// A pool on the same database with the same settings, for tests and
+    /// maintenance tooling. On a SQLite file it is not the server's own
+    /// connections but a separate one, opened on first use.
     pub fn pool(&self) -> &AnyPool {
-        &self.writer
+        match &self.connections {
+            Connections::Pool(pool) => pool,
+            Connections::Held { maintenance, .. } => maintenance,
+        }
+    }
+
+    async fn writer(&self) -> Result<Conn, sqlx::Error> {
+        match &self.connections {
+            Connections::Pool(pool) => pool.acquire().await.map(Conn::Pooled),
+            Connections::Held { writer, .. } => lock_held(writer).await,
+        }
+    }
+
+    async fn reader(&self) -> Result<Conn, sqlx::Error> {
+        match &self.connections {
+            Connections::Pool(pool) => pool.acquire().await.map(Conn::Pooled),
+            Connections::Held {
+                readers,
+                next_reader,
+                ..
+            } => {
+                let start = next_reader.fetch_add(1, Ordering::Relaxed);
+                for i in 0..readers.len() {
+                    let reader = &readers[(start + i) % readers.len()];
+                    if let Ok(guard) = reader.clone().try_lock_owned() {
+                        return Ok(Conn::Held(guard));
+                    }
+                }
+                lock_held(&readers[start % readers.len()]).await
+            }
+        }
     }
 }
 
@@ -93,31 +189,42 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Most SQLite reader connections: reads take microseconds, so more threads
 /// than cores only queue on the CPU.
-const SQLITE_MAX_READERS: u32 = 4;
+const SQLITE_MAX_READERS: usize = 4;
 
 /// SQLite settings every connection gets. WAL (set once on the file by
 /// `prepare_sqlite`) plus NORMAL loses nothing when the process dies, only on
 /// power loss, and saves an fsync per commit. The busy timeout makes a writer
 /// wait for another process's write (several servers on one file) instead of
-/// failing. Temporary b-trees (sorts, DISTINCT) stay in memory.
-fn sqlite_pool_options(read_only: bool) -> AnyPoolOptions {
+/// failing. Temporary b-trees (sorts, DISTINCT) stay in memory. `query_only`
+/// on readers: a write sent to a reader fails loudly instead of silently
+/// contending for the lock.
+fn sqlite_pragmas(read_only: bool) -> String {
+    let query_only = if read_only { "ON" } else { "OFF" };
+    format!(
+        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
+         PRAGMA temp_store = MEMORY; PRAGMA query_only = {query_only}"
+    )
+}
+
+async fn open_sqlite(
+    options: &AnyConnectOptions,
+    read_only: bool,
+) -> anyhow::Result<Arc<Mutex<AnyConnection>>> {
+    let mut conn = AnyConnection::connect_with(options)
+        .await
+        .context("database.url: cannot open the SQLite database")?;
+    conn.execute(sqlite_pragmas(read_only).as_str()).await?;
+    Ok(Arc::new(Mutex::new(conn)))
+}
+
+fn sqlite_pool_options() -> AnyPoolOptions {
     AnyPoolOptions::new()
         .acquire_timeout(ACQUIRE_TIMEOUT)
         // A local file cannot go stale; skip the per-checkout ping.
         .test_before_acquire(false)
-        .after_connect(move |conn, _meta| {
+        .after_connect(|conn, _meta| {
             Box::pin(async move {
-                // `query_only` on readers: a write sent to the wrong pool fails
-                // loudly instead of silently contending for the lock.
-                let query_only = if read_only { "ON" } else { "OFF" };
-                conn.execute(
-                    format!(
-                        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
-                         PRAGMA temp_store = MEMORY; PRAGMA query_only = {query_only}"
-                    )
-                    .as_str(),
-                )
-                .await?;
+                conn.execute(sqlite_pragmas(false).as_str()).await?;
                 Ok(())
             })
         })
@@ -130,42 +237,43 @@ impl SqlStore {
         let backend = Backend::of(&url)?;
         let max_connections = config.database.max_connections.max(1);
         let any_options = AnyConnectOptions::from_str(&url).context("database.url: invalid URL")?;
-        let (reader, writer) = match backend {
+        let connections = match backend {
             Backend::Sqlite => {
                 let in_memory = prepare_sqlite(&url).await?;
                 if in_memory {
                     // Every connection the Any driver opens to `:memory:` is a
-                    // new, empty database: keep exactly one, forever, for
-                    // reads and writes alike.
-                    let pool = sqlite_pool_options(false)
-                        .max_connections(1)
-                        .min_connections(1)
-                        .idle_timeout(None)
-                        .max_lifetime(None)
-                        .connect_with(any_options)
-                        .await
-                        .context("database.url: cannot open the SQLite database")?;
-                    (pool.clone(), pool)
+                    // new, empty database: keep exactly one, forever.
+                    Connections::Pool(
+                        sqlite_pool_options()
+                            .max_connections(1)
+                            .min_connections(1)
+                            .idle_timeout(None)
+                            .max_lifetime(None)
+                            .connect_with(any_options)
+                            .await
+                            .context("database.url: cannot open the SQLite database")?,
+                    )
                 } else {
-                    let writer = sqlite_pool_options(false)
-                        .max_connections(1)
-                        .connect_with(any_options.clone())
-                        .await
-                        .context("database.url: cannot open the SQLite database")?;
                     let cores = std::thread::available_parallelism()
-                        .map(|n| n.get() as u32)
+                        .map(|n| n.get())
                         .unwrap_or(2);
-                    let readers = max_connections.min(cores.clamp(2, SQLITE_MAX_READERS));
-                    let reader = sqlite_pool_options(true)
-                        .max_connections(readers)
-                        .connect_with(any_options)
-                        .await
-                        .context("database.url: cannot open the SQLite database")?;
-                    (reader, writer)
+                    let count = (max_connections as usize).min(cores.clamp(2, SQLITE_MAX_READERS));
+                    let mut readers = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        readers.push(open_sqlite(&any_options, true).await?);
+                    }
+                    Connections::Held {
+                        writer: open_sqlite(&any_options, false).await?,
+                        readers: readers.into(),
+                        next_reader: AtomicUsize::new(0),
+                        maintenance: sqlite_pool_options()
+                            .max_connections(1)
+                            .connect_lazy_with(any_options),
+                    }
                 }
             }
-            Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
+            Backend::Postgres => Connections::Pool(
+                AnyPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     // sqlx already pings every connection on release. Pinging again
@@ -183,22 +291,20 @@ impl SqlStore {
                     })
                     .connect_with(any_options)
                     .await
-                    .context("database.url: cannot connect to PostgreSQL")?;
-                (pool.clone(), pool)
-            }
+                    .context("database.url: cannot connect to PostgreSQL")?,
+            ),
         };
-        migrate(&writer, backend).await?;
-        tracing::info!(
-            backend = ?backend,
-            writers = writer.options().get_max_connections(),
-            readers = reader.options().get_max_connections(),
-            "database ready"
-        );
-        Ok(SqlStore {
-            reader,
-            writer,
+        let store = SqlStore {
+            connections,
             backend,
-        })
+        };
+        migrate(&mut *store.writer().await?, backend).await?;
+        let readers = match &store.connections {
+            Connections::Pool(pool) => pool.options().get_max_connections() as usize,
+            Connections::Held { readers, .. } => readers.len(),
+        };
+        tracing::info!(backend = ?backend, readers, "database ready");
+        Ok(store)
     }
 }
 
@@ -244,7 +350,7 @@ async fn prepare_sqlite(url: &str) -> anyhow::Result<bool> {
     Ok(false)
 }
 
-async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
+async fn migrate(conn: &mut AnyConnection, backend: Backend) -> anyhow::Result<()> {
     let mut migrator: Migrator = match backend {
         Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
         Backend::Postgres => sqlx::migrate!("migrations/postgres"),
@@ -261,7 +367,7 @@ async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
     let attempts = if backend == Backend::Sqlite { 5 } else { 1 };
     let mut attempt = 1;
     loop {
-        match migrator.run(pool).await {
+        match migrator.run(&mut *conn).await {
             Ok(()) => return Ok(()),
             Err(err) if attempt < attempts => {
                 tracing::debug!(error = %err, attempt, "migration failed; retrying");
@@ -339,7 +445,7 @@ impl SqlStore {
             let deleted = sqlx::query(sql)
                 .bind(now)
                 .bind(PURGE_BATCH)
-                .execute(&self.writer)
+                .execute(&mut *self.writer().await?)
                 .await?
                 .rows_affected();
             total += deleted;
@@ -360,7 +466,8 @@ impl SqlStore {
         const EXPIRED: &str = "SELECT id_hmac FROM sessions WHERE expires_at <= $1 LIMIT $2";
         let mut total = 0;
         loop {
-            let mut tx = self.writer.begin().await?;
+            let mut conn = self.writer().await?;
+            let mut tx = conn.begin().await?;
             let push_urls = sqlx::query(&format!(
                 "DELETE FROM push_urls WHERE id_hmac IN ({EXPIRED})"
             ))
@@ -390,7 +497,9 @@ impl SqlStore {
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.reader().await?)
+            .await?;
         Ok(())
     }
 
@@ -402,7 +511,7 @@ impl Store for SqlStore {
         .bind(&session.key)
         .bind(&session.user_id)
         .bind(session.expires_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -413,7 +522,7 @@ impl Store for SqlStore {
         )
         .bind(id_hmac)
         .bind(now)
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         row.as_ref().map(session_from_row).transpose()
     }
@@ -422,7 +531,7 @@ impl Store for SqlStore {
         sqlx::query("UPDATE sessions SET expires_at = $2 WHERE id_hmac = $1")
             .bind(id_hmac)
             .bind(expires_at)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(())
     }
@@ -440,7 +549,7 @@ impl Store for SqlStore {
         .bind(id_hmac)
         .bind(nonce)
         .bind(expires_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?
         .rows_affected();
         Ok(inserted == 1)
@@ -464,7 +573,7 @@ impl Store for SqlStore {
         .bind(nonce)
         .bind(expires_at)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?
         .rows_affected();
         Ok(inserted == 1)
@@ -485,7 +594,7 @@ impl Store for SqlStore {
         .bind(user_id)
         .bind(topic)
         .bind(url)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -493,7 +602,7 @@ impl Store for SqlStore {
     async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM push_urls WHERE id_hmac = $1")
             .bind(id_hmac)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(())
     }
@@ -506,7 +615,7 @@ impl Store for SqlStore {
         )
         .bind(user_id)
         .bind(topic)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader().await?)
         .await
     }
 
@@ -521,7 +630,7 @@ impl Store for SqlStore {
         .bind(&call_url.subject)
         .bind(call_url.created_at)
         .bind(call_url.expires_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -531,7 +640,7 @@ impl Store for SqlStore {
             "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE token = $1"
         ))
         .bind(token)
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         row.as_ref().map(call_url_from_row).transpose()
     }
@@ -543,7 +652,7 @@ impl Store for SqlStore {
         ))
         .bind(user_id)
         .bind(now)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter().map(call_url_from_row).collect()
     }
@@ -566,7 +675,7 @@ impl Store for SqlStore {
         .bind(&update.issuer)
         .bind(&update.subject)
         .bind(update.expires_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?
         .rows_affected();
         Ok(updated > 0)
@@ -576,7 +685,7 @@ impl Store for SqlStore {
         let deleted = sqlx::query("DELETE FROM call_urls WHERE token = $1 AND user_id = $2")
             .bind(token)
             .bind(user_id)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?
             .rows_affected();
         Ok(deleted > 0)
@@ -603,7 +712,7 @@ impl Store for SqlStore {
         .bind(&call.progress_url)
         .bind(call.created_at)
         .bind(call.expires_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -621,13 +730,14 @@ impl Store for SqlStore {
         .bind(user_id)
         .bind(version)
         .bind(now)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter().map(call_from_row).collect()
     }
 
     async fn delete_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         // Children of the user's sessions first, while the sessions still
         // name them. Push URLs are matched both ways: by the session (a
         // session's URL is its device's) and by the owner column.
