@@ -328,18 +328,32 @@ async fn prepare_sqlite(url: &str) -> anyhow::Result<bool> {
             )
         })?;
     }
-    let mut conn = options
+    let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS.into()))
-        .connect()
-        .await
-        .with_context(|| {
-            format!(
-                "database.url: cannot open the SQLite database {}",
-                path.display()
-            )
-        })?;
+        .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS.into()));
+    // Switching a new file to WAL needs an exclusive lock, and SQLite answers
+    // SQLITE_BUSY at once (without its busy handler) when several processes
+    // open a fresh database together; the switch is done by whoever wins, so
+    // the others only need to try again.
+    let mut attempt = 0;
+    let mut conn = loop {
+        match options.connect().await {
+            Ok(conn) => break conn,
+            Err(err) if attempt < 50 && is_sqlite_busy(&err) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "database.url: cannot open the SQLite database {}",
+                        path.display()
+                    )
+                });
+            }
+        }
+    };
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await?;
@@ -348,6 +362,17 @@ async fn prepare_sqlite(url: &str) -> anyhow::Result<bool> {
     }
     conn.close().await?;
     Ok(false)
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6), with or without extended bits.
+fn is_sqlite_busy(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        _ => false,
+    }
 }
 
 async fn migrate(conn: &mut AnyConnection, backend: Backend) -> anyhow::Result<()> {
