@@ -327,6 +327,24 @@ impl Plugin {
         }
     }
 
+    /// A string an export returned: within the size limit, free of control
+    /// characters (it reaches clients and logs), and not empty when `required`.
+    fn check_returned(
+        &self,
+        export: &str,
+        what: &'static str,
+        value: &str,
+        required: bool,
+    ) -> Result<(), Failure> {
+        self.check_size(what, value.len())?;
+        if required && value.is_empty() {
+            return Err(Failure::Invalid(format!(
+                "{export} returned an empty {what}"
+            )));
+        }
+        check_text(what, value)
+    }
+
     /// Records the outcome of one call and turns a failure into the caller's error.
     fn finish<T>(&self, operation: &str, result: Result<T, Failure>) -> Result<T, ProviderError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -428,15 +446,9 @@ impl Call<'_> {
             .map_err(|err| classify(&self.store, err))?
             .map_err(Failure::Guest)?;
         self.plugin
-            .check_size("session id", session.session_id.len())?;
-        self.plugin.check_size("api key", session.api_key.len())?;
-        if session.session_id.is_empty() {
-            return Err(Failure::Invalid(
-                "create-session returned an empty session id".into(),
-            ));
-        }
-        check_text("session id", &session.session_id)?;
-        check_text("api key", &session.api_key)?;
+            .check_returned("create-session", "session id", &session.session_id, true)?;
+        self.plugin
+            .check_returned("create-session", "api key", &session.api_key, false)?;
         Ok(session)
     }
 
@@ -448,13 +460,8 @@ impl Call<'_> {
             .await
             .map_err(|err| classify(&self.store, err))?
             .map_err(Failure::Guest)?;
-        self.plugin.check_size("token", token.len())?;
-        if token.is_empty() {
-            return Err(Failure::Invalid(
-                "issue-token returned an empty token".into(),
-            ));
-        }
-        check_text("token", &token)?;
+        self.plugin
+            .check_returned("issue-token", "token", &token, true)?;
         Ok(token)
     }
 
