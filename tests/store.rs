@@ -46,6 +46,17 @@ impl Db {
         }
     }
 
+    /// Rows in `hawk_nonces` for a session, read straight from the database:
+    /// the trait only records nonces of live sessions, so it cannot tell.
+    async fn nonce_count(&self, id_hmac: &str) -> i64 {
+        let store = SqlStore::connect(&config(&self.url)).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM hawk_nonces WHERE id_hmac = $1")
+            .bind(id_hmac)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
     async fn open(&self) -> Arc<dyn Store> {
         store::connect(&config(&self.url))
             .await
@@ -178,28 +189,28 @@ async fn a_nonce_is_accepted_once_per_session() {
 
         assert!(
             store
-                .remember_nonce(&a.id_hmac, "n1", NOW + 120)
+                .remember_nonce_of_live_session(&a.id_hmac, "n1", NOW + 120, NOW)
                 .await
                 .unwrap(),
             "{name}"
         );
         assert!(
             !store
-                .remember_nonce(&a.id_hmac, "n1", NOW + 120)
+                .remember_nonce_of_live_session(&a.id_hmac, "n1", NOW + 120, NOW)
                 .await
                 .unwrap(),
             "{name}: replay accepted"
         );
         assert!(
             !store
-                .remember_nonce(&a.id_hmac, "n1", NOW + 999)
+                .remember_nonce_of_live_session(&a.id_hmac, "n1", NOW + 999, NOW)
                 .await
                 .unwrap(),
             "{name}: replay accepted"
         );
         assert!(
             store
-                .remember_nonce(&a.id_hmac, "n2", NOW + 120)
+                .remember_nonce_of_live_session(&a.id_hmac, "n2", NOW + 120, NOW)
                 .await
                 .unwrap(),
             "{name}"
@@ -207,7 +218,7 @@ async fn a_nonce_is_accepted_once_per_session() {
         // Nonces are per session.
         assert!(
             store
-                .remember_nonce(&b.id_hmac, "n1", NOW + 120)
+                .remember_nonce_of_live_session(&b.id_hmac, "n1", NOW + 120, NOW)
                 .await
                 .unwrap(),
             "{name}"
@@ -217,9 +228,12 @@ async fn a_nonce_is_accepted_once_per_session() {
         let attempts = (0..20).map(|_| {
             let store = store.clone();
             let id = a.id_hmac.clone();
-            tokio::spawn(
-                async move { store.remember_nonce(&id, "raced", NOW + 120).await.unwrap() },
-            )
+            tokio::spawn(async move {
+                store
+                    .remember_nonce_of_live_session(&id, "raced", NOW + 120, NOW)
+                    .await
+                    .unwrap()
+            })
         });
         let wins = futures::future::join_all(attempts)
             .await
@@ -227,6 +241,31 @@ async fn a_nonce_is_accepted_once_per_session() {
             .filter(|won| *won.as_ref().unwrap())
             .count();
         assert_eq!(wins, 1, "{name}: concurrent replays");
+
+        // A nonce is refused for a session that is unknown or no longer live,
+        // so a cached Hawk key cannot outlive its session.
+        assert!(
+            !store
+                .remember_nonce_of_live_session("no-such-session", "n9", NOW + 120, NOW)
+                .await
+                .unwrap(),
+            "{name}: unknown session"
+        );
+        assert!(
+            !store
+                .remember_nonce_of_live_session(&a.id_hmac, "n9", NOW + 120, NOW + 60)
+                .await
+                .unwrap(),
+            "{name}: expired session"
+        );
+        store.delete_user("user-1").await.unwrap();
+        assert!(
+            !store
+                .remember_nonce_of_live_session(&b.id_hmac, "n9", NOW + 120, NOW)
+                .await
+                .unwrap(),
+            "{name}: deleted session"
+        );
     }
 }
 
@@ -580,7 +619,7 @@ async fn populate(store: &Arc<dyn Store>, user_id: &str) -> UserData {
         store.create_session(s).await.unwrap();
         assert!(
             store
-                .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
+                .remember_nonce_of_live_session(&s.id_hmac, "nonce", NOW + 60, NOW)
                 .await
                 .unwrap()
         );
@@ -624,7 +663,7 @@ async fn assert_intact(store: &Arc<dyn Store>, user_id: &str, data: &UserData, n
         );
         assert!(
             !store
-                .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
+                .remember_nonce_of_live_session(&s.id_hmac, "nonce", NOW + 60, NOW)
                 .await
                 .unwrap(),
             "{name}: nonce of {user_id} lost"
@@ -664,13 +703,7 @@ async fn delete_user_removes_only_that_users_data() {
                 "{name}"
             );
             // The nonce went with the session.
-            assert!(
-                store
-                    .remember_nonce(&s.id_hmac, "nonce", NOW + 60)
-                    .await
-                    .unwrap(),
-                "{name}: nonce kept"
-            );
+            assert_eq!(db.nonce_count(&s.id_hmac).await, 0, "{name}: nonce kept");
         }
         assert!(
             store
@@ -737,7 +770,7 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
                 let store = &store;
                 async move {
                     store
-                        .remember_nonce(&live_session.id_hmac, &nonce, NOW - 1)
+                        .remember_nonce_of_live_session(&live_session.id_hmac, &nonce, NOW - 1, NOW)
                         .await
                 }
             });
@@ -780,7 +813,7 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
         );
         assert!(
             store
-                .remember_nonce(&live_session.id_hmac, "old-7", NOW + 60)
+                .remember_nonce_of_live_session(&live_session.id_hmac, "old-7", NOW + 60, NOW)
                 .await
                 .unwrap(),
             "{name}"
@@ -897,7 +930,9 @@ async fn sqlite_concurrent_writers_wait_for_each_other() {
         tokio::spawn(async move {
             let s = session(&format!("user-{}", i % 7), NOW + 60);
             store.create_session(&s).await?;
-            store.remember_nonce(&s.id_hmac, "nonce", NOW + 60).await?;
+            store
+                .remember_nonce_of_live_session(&s.id_hmac, "nonce", NOW + 60, NOW)
+                .await?;
             store
                 .set_push_url(
                     &s.id_hmac,

@@ -79,13 +79,6 @@ pub trait Store: Send + Sync + 'static {
     /// A live (not expired at `now`) session.
     async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, sqlx::Error>;
     async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), sqlx::Error>;
-    /// Records a Hawk nonce for a session; false if it was already seen (a replay).
-    async fn remember_nonce(
-        &self,
-        id_hmac: &str,
-        nonce: &str,
-        expires_at: Timestamp,
-    ) -> Result<bool, sqlx::Error>;
     /// Records a Hawk nonce for a session only if the session exists and is
     /// live at `now`, in one statement; false if the nonce was already seen (a
     /// replay) or the session is gone. Lets Hawk check a session's key from a

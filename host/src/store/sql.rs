@@ -561,25 +561,6 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn remember_nonce(
-        &self,
-        id_hmac: &str,
-        nonce: &str,
-        expires_at: Timestamp,
-    ) -> Result<bool, sqlx::Error> {
-        let inserted = sqlx::query(
-            "INSERT INTO hawk_nonces (id_hmac, nonce, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (id_hmac, nonce) DO NOTHING",
-        )
-        .bind(id_hmac)
-        .bind(nonce)
-        .bind(expires_at)
-        .execute(&mut *self.writer().await?)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
-    }
-
     async fn remember_nonce_of_live_session(
         &self,
         id_hmac: &str,
