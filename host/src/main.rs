@@ -8,6 +8,12 @@ use loop_server::app::Server;
 use loop_server::config::Config;
 use tracing_subscriber::EnvFilter;
 
+// jemalloc instead of glibc's malloc: sqlx allocates each row on a SQLite
+// thread and frees it on a tokio thread, and glibc serialises such
+// cross-thread frees on its arena locks (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "loop-server", version, about = "Loop: one-click WebRTC calls")]
 struct Cli {
