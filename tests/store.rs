@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use loop_server::config::Config;
-use loop_server::store::{self, Call, CallUrl, CallUrlUpdate, Session, SqlStore, Store};
+use loop_server::store::{
+    self, Call, CallUrl, CallUrlUpdate, PushTopic, PushUrl, Session, SqlStore, Store,
+};
 use tempfile::TempDir;
 
 /// A fixed "now" so expiry is decided by the data, not the wall clock.
@@ -128,7 +130,7 @@ async fn sessions_are_live_until_they_expire_and_touch_extends_them() {
         store.ping().await.unwrap();
 
         let live = session("user-1", NOW + 60);
-        store.create_session(&live).await.unwrap();
+        store.create_session(&live, &[]).await.unwrap();
         assert_eq!(
             store.session(&live.id_hmac, NOW).await.unwrap(),
             Some(live.clone()),
@@ -158,7 +160,7 @@ async fn sessions_are_live_until_they_expire_and_touch_extends_them() {
         let mut clash = session("intruder", NOW + 60);
         clash.id_hmac = live.id_hmac.clone();
         assert!(
-            store.create_session(&clash).await.is_err(),
+            store.create_session(&clash, &[]).await.is_err(),
             "{name}: duplicate session id accepted"
         );
         assert_eq!(
@@ -184,8 +186,8 @@ async fn a_nonce_is_accepted_once_per_session() {
         let name = db.name;
         let a = session("user-1", NOW + 60);
         let b = session("user-1", NOW + 60);
-        store.create_session(&a).await.unwrap();
-        store.create_session(&b).await.unwrap();
+        store.create_session(&a, &[]).await.unwrap();
+        store.create_session(&b, &[]).await.unwrap();
 
         assert!(
             store
@@ -278,27 +280,25 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
         let laptop = session("user-1", NOW + 60);
         let other = session("user-2", NOW + 60);
         for s in [&phone, &laptop, &other] {
-            store.create_session(s).await.unwrap();
+            store.create_session(s, &[]).await.unwrap();
         }
 
         store
             .set_push_url(
                 &phone.id_hmac,
-                "user-1",
-                "calls",
+                PushTopic::Calls,
                 "https://push.test/phone-old",
             )
             .await
             .unwrap();
         store
-            .set_push_url(&phone.id_hmac, "user-1", "calls", "https://push.test/phone")
+            .set_push_url(&phone.id_hmac, PushTopic::Calls, "https://push.test/phone")
             .await
             .unwrap();
         store
             .set_push_url(
                 &phone.id_hmac,
-                "user-1",
-                "rooms",
+                PushTopic::Rooms,
                 "https://push.test/phone-rooms",
             )
             .await
@@ -306,18 +306,20 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
         store
             .set_push_url(
                 &laptop.id_hmac,
-                "user-1",
-                "calls",
+                PushTopic::Calls,
                 "https://push.test/laptop",
             )
             .await
             .unwrap();
         store
-            .set_push_url(&other.id_hmac, "user-2", "calls", "https://push.test/other")
+            .set_push_url(&other.id_hmac, PushTopic::Calls, "https://push.test/other")
             .await
             .unwrap();
 
-        let mut calls = store.push_urls("user-1", "calls").await.unwrap();
+        let mut calls = store
+            .push_urls("user-1", PushTopic::Calls, NOW)
+            .await
+            .unwrap();
         calls.sort();
         assert_eq!(
             calls,
@@ -325,17 +327,27 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
             "{name}"
         );
         assert_eq!(
-            store.push_urls("user-1", "rooms").await.unwrap(),
+            store
+                .push_urls("user-1", PushTopic::Rooms, NOW)
+                .await
+                .unwrap(),
             ["https://push.test/phone-rooms"],
             "{name}"
         );
         assert_eq!(
-            store.push_urls("user-2", "calls").await.unwrap(),
+            store
+                .push_urls("user-2", PushTopic::Calls, NOW)
+                .await
+                .unwrap(),
             ["https://push.test/other"],
             "{name}"
         );
         assert!(
-            store.push_urls("user-3", "calls").await.unwrap().is_empty(),
+            store
+                .push_urls("user-3", PushTopic::Calls, NOW)
+                .await
+                .unwrap()
+                .is_empty(),
             "{name}"
         );
 
@@ -343,32 +355,249 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
         store
             .set_push_url(
                 &laptop.id_hmac,
-                "user-1",
-                "rooms",
+                PushTopic::Rooms,
                 "https://push.test/phone-rooms",
             )
             .await
             .unwrap();
         assert_eq!(
-            store.push_urls("user-1", "rooms").await.unwrap(),
+            store
+                .push_urls("user-1", PushTopic::Rooms, NOW)
+                .await
+                .unwrap(),
             ["https://push.test/phone-rooms"],
             "{name}"
         );
 
         store.delete_push_urls(&phone.id_hmac).await.unwrap();
         assert_eq!(
-            store.push_urls("user-1", "calls").await.unwrap(),
+            store
+                .push_urls("user-1", PushTopic::Calls, NOW)
+                .await
+                .unwrap(),
             ["https://push.test/laptop"],
             "{name}"
         );
         assert_eq!(
-            store.push_urls("user-1", "rooms").await.unwrap(),
+            store
+                .push_urls("user-1", PushTopic::Rooms, NOW)
+                .await
+                .unwrap(),
             ["https://push.test/phone-rooms"],
             "{name}"
         );
         assert_eq!(
-            store.push_urls("user-2", "calls").await.unwrap(),
+            store
+                .push_urls("user-2", PushTopic::Calls, NOW)
+                .await
+                .unwrap(),
             ["https://push.test/other"],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_session_is_created_with_its_push_urls_which_end_with_it() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let phone = session("user-1", NOW + 60);
+        let old_laptop = session("user-1", NOW - 1);
+        store
+            .create_session(
+                &phone,
+                &[
+                    PushUrl {
+                        topic: PushTopic::Calls,
+                        url: "https://push.test/phone-calls".into(),
+                    },
+                    PushUrl {
+                        topic: PushTopic::Rooms,
+                        url: "https://push.test/phone-rooms".into(),
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .create_session(
+                &old_laptop,
+                &[PushUrl {
+                    topic: PushTopic::Calls,
+                    url: "https://push.test/laptop".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .push_urls("user-1", PushTopic::Calls, NOW)
+                .await
+                .unwrap(),
+            ["https://push.test/phone-calls"],
+            "{name}: an expired session's device is not woken"
+        );
+        assert_eq!(
+            store
+                .push_urls("user-1", PushTopic::Rooms, NOW)
+                .await
+                .unwrap(),
+            ["https://push.test/phone-rooms"],
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .push_urls("user-1", PushTopic::Calls, NOW - 10)
+                .await
+                .unwrap(),
+            ["https://push.test/laptop", "https://push.test/phone-calls"],
+            "{name}"
+        );
+        store.delete_user("user-1").await.unwrap();
+        assert!(
+            store
+                .push_urls("user-1", PushTopic::Calls, NOW - 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+    }
+}
+
+/// Writes made at once are grouped into multi-row statements (see
+/// store/batch.rs); a row that breaks a constraint must fail alone, and every
+/// other write in its group must be stored and answered truthfully. On the
+/// single-threaded test runtime every write below is queued before the first
+/// group runs, so each clash shares a statement with good rows.
+#[tokio::test]
+async fn concurrent_writes_are_grouped_and_a_bad_row_fails_alone() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let existing_session = session("user-x", NOW + 60);
+        let existing_url = call_url("user-x", NOW, NOW + 60);
+        let existing_call = call("user-x", NOW, NOW + 60);
+        store.create_session(&existing_session, &[]).await.unwrap();
+        store.create_call_url(&existing_url).await.unwrap();
+        store.create_call(&existing_call).await.unwrap();
+
+        let sessions: Vec<Session> = (0..40).map(|_| session("user-g", NOW + 60)).collect();
+        let urls: Vec<CallUrl> = (0..40).map(|_| call_url("user-g", NOW, NOW + 60)).collect();
+        let calls: Vec<Call> = (0..40).map(|_| call("user-g", NOW, NOW + 60)).collect();
+        let clash_session = Session {
+            key: "other".into(),
+            ..existing_session.clone()
+        };
+        let clash_url = CallUrl {
+            caller_id: "mallory".into(),
+            ..existing_url.clone()
+        };
+        let clash_call = Call {
+            caller_id: "mallory".into(),
+            ..existing_call.clone()
+        };
+        // (what, is it a clash, task)
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let st = store.clone();
+            let (s, push) = (
+                sessions[i].clone(),
+                vec![PushUrl {
+                    topic: PushTopic::Calls,
+                    url: format!("https://push.test/g{i:02}"),
+                }],
+            );
+            tasks.push((
+                "session",
+                tokio::spawn(async move { st.create_session(&s, &push).await.map(|()| true) }),
+            ));
+            let (st, u) = (store.clone(), urls[i].clone());
+            tasks.push((
+                "call url",
+                tokio::spawn(async move { st.create_call_url(&u).await.map(|()| true) }),
+            ));
+            let (st, c) = (store.clone(), calls[i].clone());
+            tasks.push((
+                "call",
+                tokio::spawn(async move { st.create_call(&c).await.map(|()| true) }),
+            ));
+            let (st, id) = (store.clone(), existing_session.id_hmac.clone());
+            let nonce = format!("n{}", i % 20); // each nonce twice
+            tasks.push((
+                "nonce",
+                tokio::spawn(async move {
+                    st.remember_nonce_of_live_session(&id, &nonce, NOW + 60, NOW)
+                        .await
+                }),
+            ));
+            if i == 20 {
+                // One clash of each kind, in among the rest.
+                let (st, s) = (store.clone(), clash_session.clone());
+                tasks.push((
+                    "clash",
+                    tokio::spawn(async move { st.create_session(&s, &[]).await.map(|()| true) }),
+                ));
+                let (st, u) = (store.clone(), clash_url.clone());
+                tasks.push((
+                    "clash",
+                    tokio::spawn(async move { st.create_call_url(&u).await.map(|()| true) }),
+                ));
+                let (st, c) = (store.clone(), clash_call.clone());
+                tasks.push((
+                    "clash",
+                    tokio::spawn(async move { st.create_call(&c).await.map(|()| true) }),
+                ));
+            }
+        }
+        let mut accepted_nonces = 0;
+        let mut refused_clashes = 0;
+        for (what, task) in tasks {
+            match (what, task.await.unwrap()) {
+                ("clash", result) => refused_clashes += usize::from(result.is_err()),
+                ("nonce", Ok(accepted)) => accepted_nonces += usize::from(accepted),
+                (_, Ok(stored)) => assert!(stored),
+                (what, Err(err)) => panic!("{name}: {what} failed: {err}"),
+            }
+        }
+        assert_eq!(accepted_nonces, 20, "{name}: each nonce accepted once");
+        assert_eq!(refused_clashes, 3, "{name}: every clash refused");
+
+        let pushed = store
+            .push_urls("user-g", PushTopic::Calls, NOW)
+            .await
+            .unwrap();
+        let expected: Vec<String> = (0..40)
+            .map(|i| format!("https://push.test/g{i:02}"))
+            .collect();
+        assert_eq!(pushed, expected, "{name}");
+        for u in &urls {
+            assert_eq!(
+                store.call_url(&u.token).await.unwrap().as_ref(),
+                Some(u),
+                "{name}"
+            );
+        }
+        let mut listed = store.calls("user-g", 0, NOW).await.unwrap();
+        let mut expected_calls = calls.clone();
+        listed.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        expected_calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        assert_eq!(listed, expected_calls, "{name}");
+        // The clashing writes changed nothing.
+        assert_eq!(
+            store.session(&existing_session.id_hmac, NOW).await.unwrap(),
+            Some(existing_session.clone()),
+            "{name}"
+        );
+        assert_eq!(
+            store.call_url(&existing_url.token).await.unwrap(),
+            Some(existing_url.clone()),
+            "{name}"
+        );
+        assert_eq!(
+            store.calls("user-x", 0, NOW).await.unwrap(),
+            std::slice::from_ref(&existing_call),
             "{name}"
         );
     }
@@ -616,7 +845,7 @@ struct UserData {
 async fn populate(store: &Arc<dyn Store>, user_id: &str) -> UserData {
     let sessions = vec![session(user_id, NOW + 600), session(user_id, NOW + 600)];
     for s in &sessions {
-        store.create_session(s).await.unwrap();
+        store.create_session(s, &[]).await.unwrap();
         assert!(
             store
                 .remember_nonce_of_live_session(&s.id_hmac, "nonce", NOW + 60, NOW)
@@ -626,8 +855,7 @@ async fn populate(store: &Arc<dyn Store>, user_id: &str) -> UserData {
         store
             .set_push_url(
                 &s.id_hmac,
-                user_id,
-                "calls",
+                PushTopic::Calls,
                 &format!("https://push.test/{}", s.id_hmac),
             )
             .await
@@ -670,7 +898,11 @@ async fn assert_intact(store: &Arc<dyn Store>, user_id: &str, data: &UserData, n
         );
     }
     assert_eq!(
-        store.push_urls(user_id, "calls").await.unwrap().len(),
+        store
+            .push_urls(user_id, PushTopic::Calls, NOW)
+            .await
+            .unwrap()
+            .len(),
         2,
         "{name}"
     );
@@ -707,7 +939,7 @@ async fn delete_user_removes_only_that_users_data() {
         }
         assert!(
             store
-                .push_urls("user-gone", "calls")
+                .push_urls("user-gone", PushTopic::Calls, NOW)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -741,11 +973,11 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             let inserts = chunk.iter().map(|s| {
                 let store = &store;
                 async move {
-                    store.create_session(s).await?;
-                    let url = format!("https://push.test/{}", s.id_hmac);
-                    store
-                        .set_push_url(&s.id_hmac, "user-old", "calls", &url)
-                        .await
+                    let push = PushUrl {
+                        topic: PushTopic::Calls,
+                        url: format!("https://push.test/{}", s.id_hmac),
+                    };
+                    store.create_session(s, &[push]).await
                 }
             });
             for inserted in futures::future::join_all(inserts).await {
@@ -779,9 +1011,9 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             }
         }
 
-        // sessions + their push URLs + call URL + call + nonces
+        // sessions (with their push URLs) + call URL + call + nonces
         let purged = store.purge_expired(NOW).await.unwrap();
-        assert_eq!(purged, 1200 + 1200 + 1 + 1 + nonces, "{name}");
+        assert_eq!(purged, 1200 + 1 + 1 + nonces, "{name}");
         assert_eq!(
             store.purge_expired(NOW).await.unwrap(),
             0,
@@ -800,11 +1032,11 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
         );
         assert!(
             store
-                .push_urls("user-old", "calls")
+                .push_urls("user-old", PushTopic::Calls, NOW - 1000)
                 .await
                 .unwrap()
                 .is_empty(),
-            "{name}"
+            "{name}: purged with their sessions"
         );
         assert_eq!(
             store.calls("user-live", 0, NOW - 100).await.unwrap(),
@@ -843,7 +1075,7 @@ async fn data_survives_reopening() {
         );
         {
             let store = db.open().await;
-            store.create_session(&s).await.unwrap();
+            store.create_session(&s, &[]).await.unwrap();
             store.create_call_url(&url).await.unwrap();
             store.create_call(&c).await.unwrap();
         }
@@ -900,7 +1132,7 @@ async fn sqlite_uses_wal_and_creates_missing_folders() {
 async fn sqlite_in_memory_database_works() {
     let store = store::connect(&config("sqlite::memory:")).await.unwrap();
     let s = session("user-1", NOW + 60);
-    store.create_session(&s).await.unwrap();
+    store.create_session(&s, &[]).await.unwrap();
     assert_eq!(store.session(&s.id_hmac, NOW).await.unwrap(), Some(s));
 }
 
@@ -929,15 +1161,14 @@ async fn sqlite_concurrent_writers_wait_for_each_other() {
         let store = stores[i % 2].clone();
         tokio::spawn(async move {
             let s = session(&format!("user-{}", i % 7), NOW + 60);
-            store.create_session(&s).await?;
+            store.create_session(&s, &[]).await?;
             store
                 .remember_nonce_of_live_session(&s.id_hmac, "nonce", NOW + 60, NOW)
                 .await?;
             store
                 .set_push_url(
                     &s.id_hmac,
-                    &s.user_id,
-                    "calls",
+                    PushTopic::Calls,
                     &format!("https://push.test/{i}"),
                 )
                 .await?;
@@ -975,7 +1206,7 @@ async fn sqlite_concurrent_writers_wait_for_each_other() {
             .unwrap()
             .len();
         push_urls += stores[1]
-            .push_urls(&format!("user-{user}"), "calls")
+            .push_urls(&format!("user-{user}"), PushTopic::Calls, NOW)
             .await
             .unwrap()
             .len();
@@ -995,7 +1226,7 @@ async fn migrations_run_concurrently_and_repeatedly() {
         }
         let store = db.open().await;
         let s = session("user-1", NOW + 60);
-        store.create_session(&s).await.unwrap();
+        store.create_session(&s, &[]).await.unwrap();
         assert_eq!(
             store.session(&s.id_hmac, NOW).await.unwrap(),
             Some(s),
@@ -1022,7 +1253,7 @@ async fn durability_child() {
     let mut stdout = std::io::stdout();
     loop {
         let s = session("user-1", NOW + 60);
-        store.create_session(&s).await.unwrap();
+        store.create_session(&s, &[]).await.unwrap();
         writeln!(stdout, "ack {}", s.id_hmac).unwrap();
         stdout.flush().unwrap();
     }

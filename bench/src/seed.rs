@@ -118,17 +118,13 @@ pub async fn seed(url: &str, counts: SeedCounts) -> anyhow::Result<SeedReport> {
                 break;
             }
             let mut sessions = AnyArguments::default();
-            let mut push_urls = AnyArguments::default();
             for _ in 0..rows {
                 let id_hmac = random_hex(32);
                 sessions.add(id_hmac.clone()).map_err(anyhow::Error::msg)?;
                 sessions.add(random_hex(32)).map_err(anyhow::Error::msg)?;
                 sessions.add(id_hmac.clone()).map_err(anyhow::Error::msg)?;
                 sessions.add(session_expiry).map_err(anyhow::Error::msg)?;
-                push_urls.add(id_hmac.clone()).map_err(anyhow::Error::msg)?;
-                push_urls.add(id_hmac.clone()).map_err(anyhow::Error::msg)?;
-                push_urls.add("calls").map_err(anyhow::Error::msg)?;
-                push_urls
+                sessions
                     .add(format!(
                         "https://push.example.com/update/{}",
                         random_hex(16)
@@ -139,7 +135,7 @@ pub async fn seed(url: &str, counts: SeedCounts) -> anyhow::Result<SeedReport> {
             sqlx::query_with(
                 &insert_sql(
                     "sessions",
-                    &["id_hmac", "key", "user_id", "expires_at"],
+                    &["id_hmac", "key", "user_id", "expires_at", "calls_push_url"],
                     rows,
                     numbered,
                 ),
@@ -148,18 +144,6 @@ pub async fn seed(url: &str, counts: SeedCounts) -> anyhow::Result<SeedReport> {
             .execute(&mut *tx)
             .await
             .context("inserting sessions")?;
-            sqlx::query_with(
-                &insert_sql(
-                    "push_urls",
-                    &["id_hmac", "user_id", "topic", "url"],
-                    rows,
-                    numbered,
-                ),
-                push_urls,
-            )
-            .execute(&mut *tx)
-            .await
-            .context("inserting push URLs")?;
             done += rows;
         }
         tx.commit().await?;
@@ -286,8 +270,13 @@ mod tests {
             }
         };
         assert_eq!(count("sessions").await, 1500);
-        assert_eq!(count("push_urls").await, 1500);
         assert_eq!(count("call_urls").await, 4200);
+        let (with_push_url,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM sessions WHERE calls_push_url LIKE 'https://%'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(with_push_url, 1500);
         let (owners,): (i64,) =
             sqlx::query_as("SELECT COUNT(DISTINCT user_id) FROM call_urls WHERE user_id IN (SELECT user_id FROM sessions)")
                 .fetch_one(&pool)

@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::auth::Authenticated;
 use crate::error::{AppError, AppResult, LoopJson};
 use crate::providers::{CallSetupRequest, CallType};
-use crate::store::{Call, Timestamp};
+use crate::store::{Call, PushTopic, Timestamp};
 
 /// How long provider tokens stay usable. A call is listed for only
 /// `calls.duration_seconds`, but the conversation itself may last much longer
@@ -192,7 +192,11 @@ async fn place(
 
     // The call is stored: a device that misses this ping still finds it when it
     // next lists its calls, so push trouble is logged, not reported to Alice.
-    match state.store.push_urls(&url.user_id, "calls").await {
+    match state
+        .store
+        .push_urls(&url.user_id, PushTopic::Calls, now)
+        .await
+    {
         Ok(urls) => {
             let outcome = state.push.notify(urls, call.created_at).await;
             tracing::debug!(

@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::auth::{Authenticated, attach_session_token};
 use crate::error::{AppError, AppResult, LoopJson};
 use crate::push::validate_push_url;
+use crate::store::{PushTopic, PushUrl};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/registration", post(register).delete(unregister))
@@ -35,26 +36,26 @@ struct PushUrls {
 }
 
 /// `(topic, field name for errors, url)`
-type Registration = Vec<(&'static str, &'static str, String)>;
+type Registration = Vec<(PushTopic, &'static str, String)>;
 
 fn requested_urls(body: RegistrationBody) -> AppResult<Registration> {
     let mut urls = Vec::new();
     if let Some(PushUrls { calls, rooms }) = body.simple_push_urls {
         if let Some(url) = calls {
-            urls.push(("calls", "simplePushURLs.calls", url));
+            urls.push((PushTopic::Calls, "simplePushURLs.calls", url));
         }
         if let Some(url) = rooms {
-            urls.push(("rooms", "simplePushURLs.rooms", url));
+            urls.push((PushTopic::Rooms, "simplePushURLs.rooms", url));
         }
     }
     if let Some(url) = body.simple_push_url {
-        if urls.iter().any(|(topic, ..)| *topic == "calls") {
+        if urls.iter().any(|(topic, ..)| *topic == PushTopic::Calls) {
             return Err(AppError::invalid(
                 "simplePushURL",
                 "give the calls URL either as simplePushURL or as simplePushURLs.calls, not both",
             ));
         }
-        urls.push(("calls", "simplePushURL", url));
+        urls.push((PushTopic::Calls, "simplePushURL", url));
     }
     if urls.is_empty() {
         return Err(AppError::missing("simplePushURLs"));
@@ -75,22 +76,32 @@ async fn register(
         let url = validate_push_url(&state.config.push, field, &url).await?;
         validated.push((topic, url));
     }
-    let (session, new_token) = match authenticated {
-        Some(Authenticated { session }) => (session, None),
-        None => {
-            let created = state
-                .auth
-                .create_session(state.store.as_ref(), None)
-                .await?;
-            (created.session, Some(created.token_hex))
+    let push_urls: Vec<PushUrl> = validated
+        .into_iter()
+        .map(|(topic, url)| PushUrl {
+            topic,
+            url: url.into(),
+        })
+        .collect();
+    let new_token = match authenticated {
+        Some(Authenticated { session }) => {
+            for push_url in &push_urls {
+                state
+                    .store
+                    .set_push_url(&session.id_hmac, push_url.topic, &push_url.url)
+                    .await?;
+            }
+            None
         }
+        // A new device: its session and push URLs are stored together.
+        None => Some(
+            state
+                .auth
+                .create_session(state.store.as_ref(), None, &push_urls)
+                .await?
+                .token_hex,
+        ),
     };
-    for (topic, url) in &validated {
-        state
-            .store
-            .set_push_url(&session.id_hmac, &session.user_id, topic, url.as_str())
-            .await?;
-    }
     let mut response = (StatusCode::OK, Json(serde_json::json!({}))).into_response();
     if let Some(token) = new_token {
         attach_session_token(&mut response, &token);

@@ -199,7 +199,7 @@ pub(super) async fn authenticate(
     };
     let new_session = match state
         .auth
-        .create_session(state.store.as_ref(), Some(&identity))
+        .create_session(state.store.as_ref(), Some(&identity), &[])
         .await
     {
         Ok(new_session) => new_session,

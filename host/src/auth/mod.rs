@@ -23,7 +23,7 @@ use crate::app::AppState;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
 use crate::secrets::Secrets;
-use crate::store::{Session, Store};
+use crate::store::{PushUrl, Session, Store};
 
 pub use self::browserid::BrowserIdVerifier;
 
@@ -193,12 +193,14 @@ impl Auth {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Creates and stores a session: anonymous, or bound to a verified FxA
-    /// identity (every session of one identity shares one user).
+    /// Creates and stores a session, with its device's push URLs: anonymous,
+    /// or bound to a verified FxA identity (every session of one identity
+    /// shares one user).
     pub async fn create_session(
         &self,
         store: &dyn Store,
         identity: Option<&str>,
+        push_urls: &[PushUrl],
     ) -> AppResult<NewSession> {
         let mut token = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut token);
@@ -214,7 +216,7 @@ impl Auth {
             user_id,
             expires_at: crate::clock::now().saturating_add(self.session_duration),
         };
-        store.create_session(&session).await?;
+        store.create_session(&session, push_urls).await?;
         // The client's next request usually comes right away.
         self.cache_session(&session);
         Ok(NewSession {

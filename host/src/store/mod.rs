@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 
+mod batch;
 pub mod sql;
 
 pub use sql::{SqlStore, connect};
@@ -21,6 +22,33 @@ pub struct Session {
     /// session's own `id_hmac` for anonymous devices.
     pub user_id: String,
     pub expires_at: Timestamp,
+}
+
+/// What a push wakes a device for. Loop has two topics; each session holds
+/// at most one push URL per topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushTopic {
+    /// Incoming calls.
+    Calls,
+    /// Room activity.
+    Rooms,
+}
+
+impl PushTopic {
+    /// The `sessions` column holding this topic's push URL.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            PushTopic::Calls => "calls_push_url",
+            PushTopic::Rooms => "rooms_push_url",
+        }
+    }
+}
+
+/// Where to wake a session's device for `topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushUrl {
+    pub topic: PushTopic,
+    pub url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +103,12 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for `/__heartbeat__`.
     async fn ping(&self) -> Result<(), sqlx::Error>;
 
-    async fn create_session(&self, session: &Session) -> Result<(), sqlx::Error>;
+    /// Stores a new session together with its device's push URLs.
+    async fn create_session(
+        &self,
+        session: &Session,
+        push_urls: &[PushUrl],
+    ) -> Result<(), sqlx::Error>;
     /// A live (not expired at `now`) session.
     async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, sqlx::Error>;
     async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), sqlx::Error>;
@@ -92,17 +125,23 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<bool, sqlx::Error>;
 
-    /// Replaces this session's push URL for `topic` ("calls", "rooms").
+    /// Replaces this session's push URL for `topic`.
     async fn set_push_url(
         &self,
         id_hmac: &str,
-        user_id: &str,
-        topic: &str,
+        topic: PushTopic,
         url: &str,
     ) -> Result<(), sqlx::Error>;
+    /// Forgets every push URL of this session.
     async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error>;
-    /// Every device's push URL of the user for `topic`.
-    async fn push_urls(&self, user_id: &str, topic: &str) -> Result<Vec<String>, sqlx::Error>;
+    /// The push URLs for `topic` of the user's sessions live at `now`, each
+    /// once, in order.
+    async fn push_urls(
+        &self,
+        user_id: &str,
+        topic: PushTopic,
+        now: Timestamp,
+    ) -> Result<Vec<String>, sqlx::Error>;
 
     async fn create_call_url(&self, call_url: &CallUrl) -> Result<(), sqlx::Error>;
     /// The call URL whatever its expiry (the API tells expired from unknown).

@@ -21,7 +21,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::{Call, CallUrl, CallUrlUpdate, Session, Store, Timestamp};
+use super::batch::{Write, WriteBatcher};
+use super::{Call, CallUrl, CallUrlUpdate, PushTopic, PushUrl, Session, Store, Timestamp};
 use crate::config::Config;
 
 /// Rows deleted per statement by `purge_expired`: small enough that SQLite's
@@ -45,6 +46,9 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
 
 /// A pooled PostgreSQL connection idle this long is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+
+/// Most write rounds running at once on PostgreSQL (see `batch.rs`).
+const POSTGRES_WRITE_ROUNDS: usize = 4;
 
 /// How long a request waits for a pooled connection before getting a 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,6 +95,8 @@ impl Backend {
 pub struct SqlStore {
     connections: Connections,
     backend: Backend,
+    /// The hot writes, grouped into rounds; see `batch.rs`.
+    batcher: WriteBatcher,
 }
 
 enum Connections {
@@ -106,7 +112,7 @@ enum Connections {
 }
 
 /// A connection checked out for one store operation.
-enum Conn {
+pub(super) enum Conn {
     Pooled(PoolConnection<Any>),
     Held(OwnedMutexGuard<AnyConnection>),
 }
@@ -142,6 +148,29 @@ async fn lock_held(conn: &Arc<Mutex<AnyConnection>>) -> Result<Conn, sqlx::Error
         .map_err(|_| sqlx::Error::PoolTimedOut)
 }
 
+/// Where writes run: a connection from the pool, or SQLite's one writer.
+#[derive(Clone)]
+pub(super) enum WriterHandle {
+    Pool(AnyPool),
+    Held(Arc<Mutex<AnyConnection>>),
+}
+
+fn writer_of(connections: &Connections) -> WriterHandle {
+    match connections {
+        Connections::Pool(pool) => WriterHandle::Pool(pool.clone()),
+        Connections::Held { writer, .. } => WriterHandle::Held(writer.clone()),
+    }
+}
+
+impl WriterHandle {
+    pub(super) async fn acquire(&self) -> Result<Conn, sqlx::Error> {
+        match self {
+            WriterHandle::Pool(pool) => pool.acquire().await.map(Conn::Pooled),
+            WriterHandle::Held(writer) => lock_held(writer).await,
+        }
+    }
+}
+
 impl SqlStore {
     /// A pool on the same database with the same settings, for tests and
     /// maintenance tooling. On a SQLite file it is not the server's own
@@ -154,10 +183,7 @@ impl SqlStore {
     }
 
     async fn writer(&self) -> Result<Conn, sqlx::Error> {
-        match &self.connections {
-            Connections::Pool(pool) => pool.acquire().await.map(Conn::Pooled),
-            Connections::Held { writer, .. } => lock_held(writer).await,
-        }
+        writer_of(&self.connections).acquire().await
     }
 
     async fn reader(&self) -> Result<Conn, sqlx::Error> {
@@ -205,6 +231,12 @@ fn sqlite_pragmas(read_only: bool) -> String {
          PRAGMA temp_store = MEMORY; PRAGMA query_only = {query_only}"
     )
 }
+
+/// The writer's own page cache, bigger than SQLite's 2 MB default: inserts at
+/// random keys (sessions, nonces) touch index pages all over the file, and
+/// every miss is a read from the OS. Readers keep the default, since SQLite
+/// empties a reader's cache whenever another connection has written.
+const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -16384";
 
 async fn open_sqlite(
     options: &AnyConnectOptions,
@@ -262,8 +294,10 @@ impl SqlStore {
                     for _ in 0..count {
                         readers.push(open_sqlite(&any_options, true).await?);
                     }
+                    let writer = open_sqlite(&any_options, false).await?;
+                    writer.lock().await.execute(WRITER_PRAGMAS).await?;
                     Connections::Held {
-                        writer: open_sqlite(&any_options, false).await?,
+                        writer,
                         readers: readers.into(),
                         next_reader: AtomicUsize::new(0),
                         maintenance: sqlite_pool_options()
@@ -294,11 +328,18 @@ impl SqlStore {
                     .context("database.url: cannot connect to PostgreSQL")?,
             ),
         };
+        migrate(&mut *writer_of(&connections).acquire().await?, backend).await?;
+        // SQLite has one writer; PostgreSQL writers of different rows do not
+        // wait for each other, so a few rounds may run at once there.
+        let rounds = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => (max_connections as usize / 2).clamp(1, POSTGRES_WRITE_ROUNDS),
+        };
         let store = SqlStore {
+            batcher: WriteBatcher::start(writer_of(&connections), rounds),
             connections,
             backend,
         };
-        migrate(&mut *store.writer().await?, backend).await?;
         let readers = match &store.connections {
             Connections::Pool(pool) => pool.options().get_max_connections() as usize,
             Connections::Held { readers, .. } => readers.len(),
@@ -415,7 +456,8 @@ fn session_from_row(row: &AnyRow) -> Result<Session, sqlx::Error> {
     })
 }
 
-const CALL_URL_COLUMNS: &str = "token, user_id, caller_id, issuer, subject, created_at, expires_at";
+pub(super) const CALL_URL_COLUMNS: &str =
+    "token, user_id, caller_id, issuer, subject, created_at, expires_at";
 
 fn call_url_from_row(row: &AnyRow) -> Result<CallUrl, sqlx::Error> {
     Ok(CallUrl {
@@ -429,7 +471,7 @@ fn call_url_from_row(row: &AnyRow) -> Result<CallUrl, sqlx::Error> {
     })
 }
 
-const CALL_COLUMNS: &str = "call_id, user_id, call_token, call_url, url_creation_date, caller_id, call_type, subject, \
+pub(super) const CALL_COLUMNS: &str = "call_id, user_id, call_token, call_url, url_creation_date, caller_id, call_type, subject, \
      provider, session_id, callee_token, api_key, websocket_token, progress_url, created_at, expires_at";
 
 fn call_from_row(row: &AnyRow) -> Result<Call, sqlx::Error> {
@@ -480,43 +522,6 @@ impl SqlStore {
             self.pause_between_batches().await;
         }
     }
-
-    /// Expired sessions go together with their push URLs, batch by batch.
-    ///
-    /// Both statements select the same batch: SQLite runs them on one
-    /// snapshot, and on PostgreSQL an expired session only changes if it is
-    /// touched in the instant between them, costing that device its push URL
-    /// until it registers again.
-    async fn purge_sessions(&self, now: Timestamp) -> Result<u64, sqlx::Error> {
-        const EXPIRED: &str = "SELECT id_hmac FROM sessions WHERE expires_at <= $1 LIMIT $2";
-        let mut total = 0;
-        loop {
-            let mut conn = self.writer().await?;
-            let mut tx = conn.begin().await?;
-            let push_urls = sqlx::query(&format!(
-                "DELETE FROM push_urls WHERE id_hmac IN ({EXPIRED})"
-            ))
-            .bind(now)
-            .bind(PURGE_BATCH)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let sessions = sqlx::query(&format!(
-                "DELETE FROM sessions WHERE id_hmac IN ({EXPIRED})"
-            ))
-            .bind(now)
-            .bind(PURGE_BATCH)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            total += push_urls + sessions;
-            if sessions < PURGE_BATCH as u64 {
-                return Ok(total);
-            }
-            self.pause_between_batches().await;
-        }
-    }
 }
 
 #[async_trait]
@@ -528,16 +533,14 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn create_session(&self, session: &Session) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO sessions (id_hmac, key, user_id, expires_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&session.id_hmac)
-        .bind(&session.key)
-        .bind(&session.user_id)
-        .bind(session.expires_at)
-        .execute(&mut *self.writer().await?)
-        .await?;
+    async fn create_session(
+        &self,
+        session: &Session,
+        push_urls: &[PushUrl],
+    ) -> Result<(), sqlx::Error> {
+        self.batcher
+            .write(vec![Write::session(session.clone(), push_urls)])
+            .await?;
         Ok(())
     }
 
@@ -568,37 +571,27 @@ impl Store for SqlStore {
         expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<bool, sqlx::Error> {
-        // `WHERE` is required by SQLite's parser before `ON CONFLICT` in an
-        // INSERT … SELECT; the EXISTS provides it.
-        let inserted = sqlx::query(
-            "INSERT INTO hawk_nonces (id_hmac, nonce, expires_at) SELECT $1, $2, $3 \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE id_hmac = $1 AND expires_at > $4) \
-             ON CONFLICT (id_hmac, nonce) DO NOTHING",
-        )
-        .bind(id_hmac)
-        .bind(nonce)
-        .bind(expires_at)
-        .bind(now)
-        .execute(&mut *self.writer().await?)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
+        self.batcher
+            .write(vec![Write::Nonce {
+                id_hmac: id_hmac.into(),
+                nonce: nonce.into(),
+                expires_at,
+                now,
+            }])
+            .await
     }
 
     async fn set_push_url(
         &self,
         id_hmac: &str,
-        user_id: &str,
-        topic: &str,
+        topic: PushTopic,
         url: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO push_urls (id_hmac, user_id, topic, url) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id_hmac, topic) DO UPDATE SET user_id = excluded.user_id, url = excluded.url",
-        )
+        sqlx::query(&format!(
+            "UPDATE sessions SET {} = $2 WHERE id_hmac = $1",
+            topic.column()
+        ))
         .bind(id_hmac)
-        .bind(user_id)
-        .bind(topic)
         .bind(url)
         .execute(&mut *self.writer().await?)
         .await?;
@@ -606,38 +599,38 @@ impl Store for SqlStore {
     }
 
     async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM push_urls WHERE id_hmac = $1")
-            .bind(id_hmac)
-            .execute(&mut *self.writer().await?)
-            .await?;
+        sqlx::query(
+            "UPDATE sessions SET calls_push_url = NULL, rooms_push_url = NULL WHERE id_hmac = $1",
+        )
+        .bind(id_hmac)
+        .execute(&mut *self.writer().await?)
+        .await?;
         Ok(())
     }
 
-    async fn push_urls(&self, user_id: &str, topic: &str) -> Result<Vec<String>, sqlx::Error> {
+    async fn push_urls(
+        &self,
+        user_id: &str,
+        topic: PushTopic,
+        now: Timestamp,
+    ) -> Result<Vec<String>, sqlx::Error> {
         // DISTINCT: a device that registered again under a new session must
         // not be notified twice.
-        sqlx::query_scalar(
-            "SELECT DISTINCT url FROM push_urls WHERE user_id = $1 AND topic = $2 ORDER BY url",
-        )
+        let column = topic.column();
+        sqlx::query_scalar(&format!(
+            "SELECT DISTINCT {column} FROM sessions \
+             WHERE user_id = $1 AND expires_at > $2 AND {column} IS NOT NULL ORDER BY {column}"
+        ))
         .bind(user_id)
-        .bind(topic)
+        .bind(now)
         .fetch_all(&mut *self.reader().await?)
         .await
     }
 
     async fn create_call_url(&self, call_url: &CallUrl) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "INSERT INTO call_urls ({CALL_URL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        ))
-        .bind(&call_url.token)
-        .bind(&call_url.user_id)
-        .bind(&call_url.caller_id)
-        .bind(&call_url.issuer)
-        .bind(&call_url.subject)
-        .bind(call_url.created_at)
-        .bind(call_url.expires_at)
-        .execute(&mut *self.writer().await?)
-        .await?;
+        self.batcher
+            .write(vec![Write::CallUrl(call_url.clone())])
+            .await?;
         Ok(())
     }
 
@@ -698,28 +691,9 @@ impl Store for SqlStore {
     }
 
     async fn create_call(&self, call: &Call) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "INSERT INTO calls ({CALL_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-        ))
-        .bind(&call.call_id)
-        .bind(&call.user_id)
-        .bind(&call.call_token)
-        .bind(&call.call_url)
-        .bind(call.url_creation_date)
-        .bind(&call.caller_id)
-        .bind(&call.call_type)
-        .bind(&call.subject)
-        .bind(&call.provider)
-        .bind(&call.session_id)
-        .bind(&call.callee_token)
-        .bind(&call.api_key)
-        .bind(&call.websocket_token)
-        .bind(&call.progress_url)
-        .bind(call.created_at)
-        .bind(call.expires_at)
-        .execute(&mut *self.writer().await?)
-        .await?;
+        self.batcher
+            .write(vec![Write::Call(Box::new(call.clone()))])
+            .await?;
         Ok(())
     }
 
@@ -744,13 +718,10 @@ impl Store for SqlStore {
     async fn delete_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        // Children of the user's sessions first, while the sessions still
-        // name them. Push URLs are matched both ways: by the session (a
-        // session's URL is its device's) and by the owner column.
+        // Nonces first, while the sessions still name them; push URLs go
+        // with their sessions.
         for sql in [
             "DELETE FROM hawk_nonces WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE user_id = $1)",
-            "DELETE FROM push_urls WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE user_id = $1)",
-            "DELETE FROM push_urls WHERE user_id = $1",
             "DELETE FROM sessions WHERE user_id = $1",
             "DELETE FROM call_urls WHERE user_id = $1",
             "DELETE FROM calls WHERE user_id = $1",
@@ -761,7 +732,13 @@ impl Store for SqlStore {
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, sqlx::Error> {
-        let mut total = self.purge_sessions(now).await?;
+        // A session's push URLs go with it; its nonces expire on their own.
+        let mut total = self
+            .purge_in_batches(
+                "DELETE FROM sessions WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE expires_at <= $1 LIMIT $2)",
+                now,
+            )
+            .await?;
         // `(a, b) IN (SELECT …)` row values: SQLite ≥ 3.15 and PostgreSQL.
         total += self
             .purge_in_batches(

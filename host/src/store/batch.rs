@@ -1,0 +1,364 @@
+//! Group commit for the writes every request makes: Hawk nonces, new
+//! sessions (with their push URLs), call URLs and calls.
+//!
+//! Why: with sqlx, every statement is a hand-off to the connection's own
+//! thread and back, and SQLite takes one writer at a time. Measured on two
+//! cores, that round trip, not the SQL, bounded the write routes: the writer
+//! connection sat idle most of the time while requests queued for it. So the
+//! writes that requests queue up while a round runs are sent together next
+//! round, as one multi-row statement per kind of write: one round trip and one
+//! commit for up to `MAX_ROWS` requests.
+//!
+//! Every write is acknowledged only after the statement holding it committed,
+//! so what the API acknowledged survives a crash as before. A statement that
+//! fails (a duplicate key, say) is retried row by row, so only the request
+//! whose row is at fault gets the error. The statements are plain SQL that
+//! SQLite and PostgreSQL both run (`INSERT … VALUES (…), (…)`, `RETURNING`,
+//! a `VALUES` list in `FROM` whose columns both name `column1`, …).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sqlx::Row;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::sql::{CALL_COLUMNS, CALL_URL_COLUMNS, Conn, WriterHandle};
+use crate::store::{Call, CallUrl, PushTopic, PushUrl, Session, Timestamp};
+
+/// Most rows in one statement. Bounded so statements stay short (SQLite
+/// holds its write lock for the whole statement) and the number of distinct
+/// statement texts, each cached prepared per connection, stays small: chunks
+/// are powers of two, so 6 shapes per kind of write.
+const MAX_ROWS: usize = 32;
+
+/// Most requests' writes taken into one round.
+const MAX_JOBS_PER_ROUND: usize = 256;
+
+/// Requests waiting for a round before new ones wait to be queued.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// One row to write.
+pub(super) enum Write {
+    Session {
+        session: Session,
+        calls_push_url: Option<String>,
+        rooms_push_url: Option<String>,
+    },
+    /// Recorded only if the session exists and is live at `now`; a replayed
+    /// nonce or a dead session makes the job's answer `false`.
+    Nonce {
+        id_hmac: String,
+        nonce: String,
+        expires_at: Timestamp,
+        now: Timestamp,
+    },
+    CallUrl(CallUrl),
+    Call(Box<Call>),
+}
+
+impl Write {
+    /// A new session with its device's push URLs (the last one per topic).
+    pub fn session(session: Session, push_urls: &[PushUrl]) -> Self {
+        let url_for = |topic| {
+            push_urls
+                .iter()
+                .rev()
+                .find(|p| p.topic == topic)
+                .map(|p| p.url.clone())
+        };
+        Write::Session {
+            calls_push_url: url_for(PushTopic::Calls),
+            rooms_push_url: url_for(PushTopic::Rooms),
+            session,
+        }
+    }
+}
+
+/// The kinds of write, in the order a round writes them: sessions created in
+/// a round before the nonces that need them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Session,
+    Nonce,
+    CallUrl,
+    Call,
+}
+
+const KINDS: [Kind; 4] = [Kind::Session, Kind::Nonce, Kind::CallUrl, Kind::Call];
+
+impl Write {
+    fn kind(&self) -> Kind {
+        match self {
+            Write::Session { .. } => Kind::Session,
+            Write::Nonce { .. } => Kind::Nonce,
+            Write::CallUrl(_) => Kind::CallUrl,
+            Write::Call(_) => Kind::Call,
+        }
+    }
+}
+
+/// One request's writes, applied in order, and where to answer: `Ok(true)`
+/// when every conditional write (a nonce) took effect.
+struct Job {
+    writes: Vec<Write>,
+    reply: oneshot::Sender<Result<bool, sqlx::Error>>,
+}
+
+/// The queue in front of the writer. Cheap to share; the round loop ends when
+/// the last handle is dropped.
+pub(super) struct WriteBatcher {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl WriteBatcher {
+    /// Starts the round loop. `concurrency` rounds may run at once: 1 for
+    /// SQLite's single writer, more on PostgreSQL, where writers of
+    /// different rows do not wait for each other.
+    pub fn start(writer: WriterHandle, concurrency: usize) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run_rounds(writer, queue, concurrency.max(1)));
+        WriteBatcher { jobs }
+    }
+
+    /// Writes `writes` in order, in the next round; see [`Job`] for the answer.
+    pub async fn write(&self, writes: Vec<Write>) -> Result<bool, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { writes, reply })
+            .await
+            .map_err(|_| sqlx::Error::WorkerCrashed)?;
+        answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+    }
+}
+
+async fn run_rounds(writer: WriterHandle, mut queue: mpsc::Receiver<Job>, concurrency: usize) {
+    let rounds = Arc::new(Semaphore::new(concurrency));
+    loop {
+        // Waiting for a free round first lets the queue fill meanwhile: the
+        // busier the writer, the bigger the next round.
+        let Ok(permit) = rounds.clone().acquire_owned().await else {
+            return;
+        };
+        let mut jobs = Vec::new();
+        if queue.recv_many(&mut jobs, MAX_JOBS_PER_ROUND).await == 0 {
+            return;
+        }
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            run_round(&writer, jobs).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Where one row of a round stands.
+struct Pending<'a> {
+    job: usize,
+    write: &'a Write,
+}
+
+async fn run_round(writer: &WriterHandle, jobs: Vec<Job>) {
+    let mut conn = match writer.acquire().await {
+        Ok(conn) => conn,
+        Err(err) => {
+            let message = err.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(sqlx::Error::Protocol(message.clone())));
+            }
+            return;
+        }
+    };
+    let mut errors: Vec<Option<sqlx::Error>> = jobs.iter().map(|_| None).collect();
+    let mut took_effect = vec![true; jobs.len()];
+    for kind in KINDS {
+        let rows: Vec<Pending> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(job, _)| errors[*job].is_none())
+            .flat_map(|(job, j)| {
+                j.writes
+                    .iter()
+                    .filter(move |w| w.kind() == kind)
+                    .map(move |write| Pending { job, write })
+            })
+            .collect();
+        let mut rest = rows.as_slice();
+        while !rest.is_empty() {
+            let size = chunk_size(rest.len());
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            match write_rows(&mut conn, kind, chunk).await {
+                Ok(effective) => {
+                    for (row, ok) in chunk.iter().zip(effective) {
+                        took_effect[row.job] &= ok;
+                    }
+                }
+                Err(err) if chunk.len() == 1 => errors[chunk[0].job] = Some(err),
+                Err(_) => {
+                    // Find the row at fault: one statement per row.
+                    for row in chunk {
+                        if errors[row.job].is_some() {
+                            continue;
+                        }
+                        match write_rows(&mut conn, kind, std::slice::from_ref(row)).await {
+                            Ok(effective) => took_effect[row.job] &= effective[0],
+                            Err(err) => errors[row.job] = Some(err),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(conn);
+    for ((job, error), effective) in jobs.into_iter().zip(errors).zip(took_effect) {
+        let _ = job.reply.send(match error {
+            Some(err) => Err(err),
+            None => Ok(effective),
+        });
+    }
+}
+
+/// The largest power of two ≤ `remaining`, at most `MAX_ROWS`.
+fn chunk_size(remaining: usize) -> usize {
+    let capped = remaining.min(MAX_ROWS);
+    1 << (usize::BITS - 1 - capped.leading_zeros())
+}
+
+/// `(…), (…)`: `rows` groups of `columns` numbered placeholders.
+fn values(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Writes one chunk of rows of one kind in one statement; whether each row
+/// took effect, in order.
+async fn write_rows(
+    conn: &mut Conn,
+    kind: Kind,
+    rows: &[Pending<'_>],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let n = rows.len();
+    let sql = match kind {
+        Kind::Session => format!(
+            "INSERT INTO sessions (id_hmac, key, user_id, expires_at, calls_push_url, rooms_push_url) \
+             VALUES {}",
+            values(n, 6)
+        ),
+        // SQLite's parser needs the `WHERE` before `ON CONFLICT` in an
+        // INSERT … SELECT; the EXISTS provides it.
+        Kind::Nonce => format!(
+            "INSERT INTO hawk_nonces (id_hmac, nonce, expires_at) \
+             SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
+             WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.id_hmac = v.column1 AND s.expires_at > v.column4) \
+             ON CONFLICT (id_hmac, nonce) DO NOTHING RETURNING id_hmac, nonce",
+            values(n, 4)
+        ),
+        Kind::CallUrl => format!(
+            "INSERT INTO call_urls ({CALL_URL_COLUMNS}) VALUES {}",
+            values(n, 7)
+        ),
+        Kind::Call => format!(
+            "INSERT INTO calls ({CALL_COLUMNS}) VALUES {}",
+            values(n, 16)
+        ),
+    };
+    let mut query = sqlx::query(&sql);
+    for row in rows {
+        query = match row.write {
+            Write::Session {
+                session: s,
+                calls_push_url,
+                rooms_push_url,
+            } => query
+                .bind(&s.id_hmac)
+                .bind(&s.key)
+                .bind(&s.user_id)
+                .bind(s.expires_at)
+                .bind(calls_push_url)
+                .bind(rooms_push_url),
+            Write::Nonce {
+                id_hmac,
+                nonce,
+                expires_at,
+                now,
+            } => query.bind(id_hmac).bind(nonce).bind(*expires_at).bind(*now),
+            Write::CallUrl(u) => query
+                .bind(&u.token)
+                .bind(&u.user_id)
+                .bind(&u.caller_id)
+                .bind(&u.issuer)
+                .bind(&u.subject)
+                .bind(u.created_at)
+                .bind(u.expires_at),
+            Write::Call(c) => query
+                .bind(&c.call_id)
+                .bind(&c.user_id)
+                .bind(&c.call_token)
+                .bind(&c.call_url)
+                .bind(c.url_creation_date)
+                .bind(&c.caller_id)
+                .bind(&c.call_type)
+                .bind(&c.subject)
+                .bind(&c.provider)
+                .bind(&c.session_id)
+                .bind(&c.callee_token)
+                .bind(&c.api_key)
+                .bind(&c.websocket_token)
+                .bind(&c.progress_url)
+                .bind(c.created_at)
+                .bind(c.expires_at),
+        };
+    }
+    if kind != Kind::Nonce {
+        query.execute(&mut **conn).await?;
+        return Ok(vec![true; n]);
+    }
+    // A nonce sent twice in one chunk is inserted once: the first asker gets
+    // it, the other is a replay.
+    let mut inserted: HashSet<(String, String)> = query
+        .fetch_all(&mut **conn)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(rows
+        .iter()
+        .map(|row| match row.write {
+            Write::Nonce { id_hmac, nonce, .. } => {
+                inserted.remove(&(id_hmac.clone(), nonce.clone()))
+            }
+            _ => false,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{chunk_size, values};
+
+    #[test]
+    fn chunks_are_powers_of_two_up_to_the_cap() {
+        assert_eq!(chunk_size(1), 1);
+        assert_eq!(chunk_size(3), 2);
+        assert_eq!(chunk_size(31), 16);
+        assert_eq!(chunk_size(32), 32);
+        assert_eq!(chunk_size(1000), 32);
+    }
+
+    #[test]
+    fn values_number_placeholders_row_by_row() {
+        assert_eq!(values(1, 2), "($1, $2)");
+        assert_eq!(values(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+}
