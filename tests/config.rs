@@ -94,6 +94,11 @@ fn an_invalid_configuration_exits_non_zero_naming_the_key() {
             vec![],
             "plugins.loopback.allowed_hosts",
         ),
+        (
+            format!("[server]\nworker_threads = 0\n{plugins}"),
+            vec![],
+            "server.worker_threads",
+        ),
         // The environment overrides the file, and is checked the same way.
         (
             plugins.clone(),
@@ -153,6 +158,17 @@ async fn environment_variables_override_the_file() {
         .await
         .unwrap();
     assert_eq!(body["pushServerURI"], "wss://push.example.net/");
+}
+
+#[tokio::test]
+async fn worker_threads_size_the_runtime() {
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![("LOOP_SERVER__WORKER_THREADS".into(), "3".into())],
+        ..Default::default()
+    })
+    .await;
+    let logs = server.logs();
+    assert!(logs.contains("workers=3"), "{logs}");
 }
 
 #[cfg(unix)]

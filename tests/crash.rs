@@ -41,6 +41,8 @@ async fn acknowledged_writes_survive_kill_9() {
     )
     .await;
 
+    // Pings leave after the answer; this one is not what is tested here.
+    push.wait_for("bob", 1).await;
     // No graceful shutdown: SIGKILL right after the last acknowledgement.
     server.kill();
     server.restart();

@@ -454,6 +454,53 @@ async fn a_session_is_created_with_its_push_urls_which_end_with_it() {
             ["https://push.test/laptop", "https://push.test/phone-calls"],
             "{name}"
         );
+        // Placing a call reads the call URL and its owner's push URLs at once.
+        let url = call_url("user-1", NOW, NOW + 60);
+        let lonely = call_url("user-nobody", NOW, NOW + 60);
+        store.create_call_url(&url).await.unwrap();
+        store.create_call_url(&lonely).await.unwrap();
+        assert_eq!(
+            store
+                .call_url_with_push_urls(&url.token, PushTopic::Calls, NOW)
+                .await
+                .unwrap(),
+            Some((
+                url.clone(),
+                vec!["https://push.test/phone-calls".to_string()]
+            )),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .call_url_with_push_urls(&url.token, PushTopic::Calls, NOW - 10)
+                .await
+                .unwrap(),
+            Some((
+                url.clone(),
+                vec![
+                    "https://push.test/laptop".to_string(),
+                    "https://push.test/phone-calls".to_string()
+                ]
+            )),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .call_url_with_push_urls(&lonely.token, PushTopic::Calls, NOW)
+                .await
+                .unwrap(),
+            Some((lonely.clone(), vec![])),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .call_url_with_push_urls("no-such-token", PushTopic::Calls, NOW)
+                .await
+                .unwrap(),
+            None,
+            "{name}"
+        );
+
         store.delete_user("user-1").await.unwrap();
         assert!(
             store

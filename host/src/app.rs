@@ -93,7 +93,12 @@ impl Server {
         let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config);
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
-        tracing::info!(addr = %self.local_addr(), public_url = %self.state.public_url, "serving");
+        tracing::info!(
+            addr = %self.local_addr(),
+            public_url = %self.state.public_url,
+            workers = tokio::runtime::Handle::current().metrics().num_workers(),
+            "serving"
+        );
         axum::serve(
             self.listener,
             self.router
@@ -101,6 +106,7 @@ impl Server {
         )
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+        self.state.push.drain().await;
         purge.abort();
         Ok(())
     }

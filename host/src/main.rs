@@ -47,6 +47,12 @@ enum PluginsCommand {
     Check { component: PathBuf },
 }
 
+/// What this invocation does, once its arguments and configuration are read.
+enum Job {
+    Serve(Box<Config>),
+    CheckPlugin(PathBuf),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -57,7 +63,25 @@ fn main() -> ExitCode {
         // Colour codes only for a terminal, not for log files and collectors.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The configuration is read first: it sizes the runtime.
+    let job = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match Config::load(&cli.config) {
+            Ok(config) => Job::Serve(Box::new(config)),
+            Err(err) => {
+                eprintln!("loop-server: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Plugins {
+            command: PluginsCommand::Check { component },
+        } => Job::CheckPlugin(component),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Job::Serve(config) = &job {
+        runtime.worker_threads(config.worker_threads());
+    }
+    let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("loop-server: cannot start the async runtime: {err}");
@@ -65,14 +89,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => {
-                let config = Config::load(&cli.config)?;
-                Server::build(config).await?.run().await
-            }
-            Command::Plugins {
-                command: PluginsCommand::Check { component },
-            } => loop_server::providers::check_component(&component),
+        match job {
+            Job::Serve(config) => Server::build(*config).await?.run().await,
+            Job::CheckPlugin(component) => loop_server::providers::check_component(&component),
         }
     });
     match result {

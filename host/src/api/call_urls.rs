@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::auth::Authenticated;
 use crate::error::{AppError, AppResult, LoopJson};
-use crate::store::{CallUrl, CallUrlUpdate, Timestamp};
+use crate::store::{CallUrl, CallUrlUpdate, PushTopic, Timestamp};
 
 /// Longest `callerId` and `issuer` accepted, in characters.
 pub const MAX_IDENTITY_CHARS: usize = 255;
@@ -191,23 +191,47 @@ async fn owned_call_url(state: &AppState, token: &str, user_id: &str) -> AppResu
 
 /// Looks a token up, without asking storage about strings that cannot be tokens.
 pub(crate) async fn find_call_url(state: &AppState, token: &str) -> AppResult<Option<CallUrl>> {
-    let plausible = !token.is_empty()
-        && token.len() <= MAX_TOKEN_CHARS
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !plausible {
+    if !is_plausible_token(token) {
         return Ok(None);
     }
     Ok(state.store.call_url(token).await?)
 }
 
+/// Tokens we issue are short URL-safe base64; anything else cannot exist and
+/// is answered without a database round trip.
+fn is_plausible_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_CHARS
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The call URL behind `token`, if it can still be called: 404/105 when unknown
 /// or revoked, 410/111 when expired.
 pub(crate) async fn live_call_url(state: &AppState, token: &str) -> AppResult<CallUrl> {
-    let url = find_call_url(state, token)
-        .await?
-        .ok_or_else(unknown_call_url)?;
+    callable(find_call_url(state, token).await?)
+}
+
+/// [`live_call_url`] plus the push URLs that wake its owner's devices for
+/// calls, in one database read: what placing a call needs.
+pub(crate) async fn live_call_url_and_callee_push_urls(
+    state: &AppState,
+    token: &str,
+) -> AppResult<(CallUrl, Vec<String>)> {
+    if !is_plausible_token(token) {
+        return Err(unknown_call_url());
+    }
+    let found = state
+        .store
+        .call_url_with_push_urls(token, PushTopic::Calls, crate::clock::now())
+        .await?;
+    let (url, push_urls) = found.ok_or_else(unknown_call_url)?;
+    Ok((callable(Some(url))?, push_urls))
+}
+
+fn callable(url: Option<CallUrl>) -> AppResult<CallUrl> {
+    let url = url.ok_or_else(unknown_call_url)?;
     if url.expires_at <= crate::clock::now() {
         return Err(AppError::Expired("this call URL has expired".into()));
     }

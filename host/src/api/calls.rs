@@ -10,12 +10,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::call_urls::{MAX_SUBJECT_CHARS, live_call_url, optional_text};
+use super::call_urls::{
+    MAX_SUBJECT_CHARS, live_call_url, live_call_url_and_callee_push_urls, optional_text,
+};
 use crate::app::AppState;
 use crate::auth::Authenticated;
 use crate::error::{AppError, AppResult, LoopJson};
 use crate::providers::{CallSetupRequest, CallType};
-use crate::store::{Call, PushTopic, Timestamp};
+use crate::store::{Call, Timestamp};
 
 /// How long provider tokens stay usable. A call is listed for only
 /// `calls.duration_seconds`, but the conversation itself may last much longer
@@ -147,7 +149,7 @@ async fn place(
     let subject = optional_text("subject", body.subject, MAX_SUBJECT_CHARS)?;
     // Validated again at call time: the URL may have been revoked or have
     // expired since Alice opened it.
-    let url = live_call_url(&state, &token).await?;
+    let (url, push_urls) = live_call_url_and_callee_push_urls(&state, &token).await?;
 
     let call_id = super::random_token(16);
     let provider = state.providers.provider_for(channel.as_deref()).to_string();
@@ -192,21 +194,7 @@ async fn place(
 
     // The call is stored: a device that misses this ping still finds it when it
     // next lists its calls, so push trouble is logged, not reported to Alice.
-    match state
-        .store
-        .push_urls(&url.user_id, PushTopic::Calls, now)
-        .await
-    {
-        Ok(urls) => {
-            let outcome = state.push.notify(urls, call.created_at).await;
-            tracing::debug!(
-                sent = outcome.sent,
-                failed = outcome.failed,
-                "callee notified"
-            );
-        }
-        Err(err) => tracing::warn!(error = %err, "could not read the callee's push URLs"),
-    }
+    state.push.notify(push_urls, call.created_at);
 
     Ok(Json(PlacedCall {
         call_id,

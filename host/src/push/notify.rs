@@ -62,25 +62,28 @@ impl Push {
         self.in_flight.available_permits() > 0
     }
 
-    /// Pings every URL concurrently with `version=<version>` and returns what
-    /// happened once all are done or `push.timeout_ms` has passed, whichever is
-    /// first. Never fails. The pings run on their own task, so a client that
-    /// hangs up does not cancel them.
-    pub async fn notify(&self, urls: Vec<String>, version: i64) -> PushStats {
+    /// Pings every URL concurrently with `version=<version>`, each bounded by
+    /// `push.timeout_ms`, on a task of their own: the call is answered without
+    /// waiting for anyone's push server, and a client that hangs up cancels
+    /// nothing. The outcome is counted and logged.
+    pub fn notify(&self, urls: Vec<String>, version: i64) {
         if urls.is_empty() {
-            return PushStats::default();
+            return;
         }
-        let count = urls.len() as u64;
         let http = self.http.clone();
         let timeout = self.timeout;
-        let in_flight = self.in_flight.clone();
         let counters = self.counters.clone();
-        let task = tokio::spawn(async move {
-            let pings = urls.into_iter().map(|url| {
+        // Slots are taken here, before the task starts, so that `drain` sees
+        // every ping the moment its call is answered.
+        let pings: Vec<_> = urls
+            .into_iter()
+            .map(|url| (self.in_flight.clone().try_acquire_owned().ok(), url))
+            .collect();
+        tokio::spawn(async move {
+            let pings = pings.into_iter().map(|(permit, url)| {
                 let http = http.clone();
-                let in_flight = in_flight.clone();
                 async move {
-                    let Ok(_permit) = in_flight.try_acquire_owned() else {
+                    let Some(_permit) = permit else {
                         tracing::warn!(origin = %origin(&url), "push not sent: too many pings in flight");
                         return false;
                     };
@@ -89,31 +92,26 @@ impl Push {
             });
             let results = join_all(pings).await;
             let sent = results.iter().filter(|ok| **ok).count() as u64;
+            let failed = results.len() as u64 - sent;
             counters.sent.fetch_add(sent, Ordering::Relaxed);
-            counters
-                .failed
-                .fetch_add(results.len() as u64 - sent, Ordering::Relaxed);
-            PushStats {
-                sent,
-                failed: results.len() as u64 - sent,
-            }
+            counters.failed.fetch_add(failed, Ordering::Relaxed);
+            tracing::debug!(sent, failed, version, "callee notified");
         });
-        // Each ping is bounded by the same timeout; the margin covers scheduling only.
-        match tokio::time::timeout(timeout + Duration::from_millis(50), task).await {
-            Ok(Ok(stats)) => stats,
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, "push task failed");
-                self.counters.failed.fetch_add(count, Ordering::Relaxed);
-                PushStats {
-                    sent: 0,
-                    failed: count,
-                }
-            }
-            // The task still finishes and counts its own results.
-            Err(_) => PushStats {
-                sent: 0,
-                failed: count,
-            },
+    }
+
+    /// Waits for the pings in flight, at most `push.timeout_ms` (each ping's
+    /// own bound): on shutdown, calls already answered still wake their callees.
+    pub async fn drain(&self) {
+        let all = MAX_IN_FLIGHT as u32;
+        let wait = self.in_flight.acquire_many(all);
+        if tokio::time::timeout(self.timeout + Duration::from_millis(50), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = MAX_IN_FLIGHT - self.in_flight.available_permits(),
+                "shutting down with pings still in flight"
+            );
         }
     }
 }

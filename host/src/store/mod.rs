@@ -146,6 +146,14 @@ pub trait Store: Send + Sync + 'static {
     async fn create_call_url(&self, call_url: &CallUrl) -> Result<(), sqlx::Error>;
     /// The call URL whatever its expiry (the API tells expired from unknown).
     async fn call_url(&self, token: &str) -> Result<Option<CallUrl>, sqlx::Error>;
+    /// The call URL (whatever its expiry) with the `topic` push URLs of its
+    /// owner's sessions live at `now`, as `push_urls` lists them, in one read.
+    async fn call_url_with_push_urls(
+        &self,
+        token: &str,
+        topic: PushTopic,
+        now: Timestamp,
+    ) -> Result<Option<(CallUrl, Vec<String>)>, sqlx::Error>;
     async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, sqlx::Error>;
     /// Updates an owner's call URL; false if no such token for that owner.
     async fn update_call_url(
