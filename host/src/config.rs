@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::store::sql::Backend;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -303,12 +305,7 @@ impl Config {
             );
         }
         if let Some(url) = &self.database.url {
-            anyhow::ensure!(
-                url.starts_with("sqlite:")
-                    || url.starts_with("postgres://")
-                    || url.starts_with("postgresql://"),
-                "database.url: must start with sqlite: or postgres://"
-            );
+            Backend::of(url)?;
         }
         anyhow::ensure!(
             self.server.worker_threads != Some(0),
@@ -415,10 +412,9 @@ impl Config {
             return threads;
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if self.database_url().starts_with("sqlite:") {
-            cores.saturating_sub(1).max(1)
-        } else {
-            cores
+        match Backend::of(&self.database_url()) {
+            Ok(Backend::Sqlite) => cores.saturating_sub(1).max(1),
+            _ => cores,
         }
     }
 

@@ -210,7 +210,10 @@ fn is_plausible_token(token: &str) -> bool {
 /// The call URL behind `token`, if it can still be called: 404/105 when unknown
 /// or revoked, 410/111 when expired.
 pub(crate) async fn live_call_url(state: &AppState, token: &str) -> AppResult<CallUrl> {
-    callable(find_call_url(state, token).await?)
+    let url = find_call_url(state, token)
+        .await?
+        .ok_or_else(unknown_call_url)?;
+    callable(url)
 }
 
 /// [`live_call_url`] plus the push URLs that wake its owner's devices for
@@ -227,11 +230,11 @@ pub(crate) async fn live_call_url_and_callee_push_urls(
         .call_url_with_push_urls(token, PushTopic::Calls, crate::clock::now())
         .await?;
     let (url, push_urls) = found.ok_or_else(unknown_call_url)?;
-    Ok((callable(Some(url))?, push_urls))
+    Ok((callable(url)?, push_urls))
 }
 
-fn callable(url: Option<CallUrl>) -> AppResult<CallUrl> {
-    let url = url.ok_or_else(unknown_call_url)?;
+/// 410/111 for a call URL that has expired.
+fn callable(url: CallUrl) -> AppResult<CallUrl> {
     if url.expires_at <= crate::clock::now() {
         return Err(AppError::Expired("this call URL has expired".into()));
     }

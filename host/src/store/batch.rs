@@ -72,6 +72,15 @@ impl Write {
             session,
         }
     }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Write::Session { .. } => Kind::Session,
+            Write::Nonce { .. } => Kind::Nonce,
+            Write::CallUrl(_) => Kind::CallUrl,
+            Write::Call(_) => Kind::Call,
+        }
+    }
 }
 
 /// The kinds of write, in the order a round writes them: sessions created in
@@ -85,17 +94,6 @@ enum Kind {
 }
 
 const KINDS: [Kind; 4] = [Kind::Session, Kind::Nonce, Kind::CallUrl, Kind::Call];
-
-impl Write {
-    fn kind(&self) -> Kind {
-        match self {
-            Write::Session { .. } => Kind::Session,
-            Write::Nonce { .. } => Kind::Nonce,
-            Write::CallUrl(_) => Kind::CallUrl,
-            Write::Call(_) => Kind::Call,
-        }
-    }
-}
 
 /// One request's writes, applied in order, and where to answer: `Ok(true)`
 /// when every conditional write (a nonce) took effect.

@@ -53,14 +53,15 @@ const POSTGRES_WRITE_ROUNDS: usize = 4;
 /// How long a request waits for a pooled connection before getting a 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The database `database.url` names, by its scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
 impl Backend {
-    fn of(url: &str) -> anyhow::Result<Self> {
+    pub(crate) fn of(url: &str) -> anyhow::Result<Self> {
         if url.starts_with("sqlite:") {
             Ok(Backend::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
