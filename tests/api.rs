@@ -1,7 +1,7 @@
 //! The Loop user flow end to end over real HTTP, the service endpoints, and how
 //! push pings behave when push servers misbehave.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -1,6 +1,6 @@
 //! Hawk device sessions and BrowserID, black-box against the real binary.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

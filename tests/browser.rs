@@ -2,7 +2,7 @@
 //! (chromedriver, with the `fantoccini` client), opens the link Bob hands out,
 //! reads the question, clicks Call, and the call reaches Bob.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};

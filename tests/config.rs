@@ -1,7 +1,7 @@
 //! Configuration as an operator meets it: the real binary, a config file,
 //! `LOOP_*` overrides, and secrets generated on first run.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,6 +1,6 @@
 //! What the API acknowledged survives `kill -9` and a restart.
 
-mod common;
+use crate::common;
 
 use common::fake_push::FakePush;
 use common::hawk::Device;

@@ -1,7 +1,7 @@
 //! Every error path of the API: status, errno, the field named, the JSON shape,
 //! and the `Timestamp` header on every one of them.
 
-mod common;
+use crate::common;
 
 use common::fake_push::FakePush;
 use common::hawk::Device;

@@ -1,7 +1,7 @@
 //! Two `loop-server` processes on one PostgreSQL database act as one service:
 //! a session, call URL or call made through one is seen through the other.
 
-mod common;
+use crate::common;
 
 use common::fake_push::FakePush;
 use common::hawk::Device;

@@ -2,7 +2,7 @@
 //! provider and the hostile test plugins under tests/plugins/, driven through
 //! the library API and through the real binary.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! `POST/DELETE /registration`, `DELETE /account` and the SSRF guard on push
 //! URLs, black-box against the real binary.
 
-mod common;
+use crate::common;
 
 use common::hawk::{Credentials, send};
 use common::{ServerOptions, TestServer, client};

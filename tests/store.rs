@@ -4,7 +4,7 @@
 //! Every behaviour test runs on both backends; the backend's name is in each
 //! assertion message.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

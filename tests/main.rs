@@ -1,0 +1,18 @@
+//! Loop's black-box test suite: the real `loop-server` binary over real HTTP,
+//! real SQLite and PostgreSQL, real plugin components, a real browser.
+//!
+//! One crate whose modules are the files of this folder, so the suite is
+//! linked once. A new test file is one more `mod` line below.
+
+mod common;
+
+mod api;
+mod auth;
+mod browser;
+mod config;
+mod crash;
+mod errors;
+mod multi_instance;
+mod providers;
+mod registration;
+mod store;
