@@ -213,7 +213,7 @@ async fn python_mohawk_and_requests_hawk_interoperate() {
     let creds = Credentials::from_token(report["token"].as_str().unwrap());
     assert_eq!(report["id"], creds.id);
     assert_eq!(report["key"], creds.key);
-    assert_eq!(report["checks"].as_array().unwrap().len(), 5, "{report}");
+    assert_eq!(report["checks"].as_array().unwrap().len(), 6, "{report}");
 
     // And the session works from Rust too.
     let response = send(
@@ -331,10 +331,24 @@ async fn bad_hawk_requests_are_refused_with_401_110() {
         &creds,
         &signed,
         &url,
-        Some(("application/json", sent)),
+        Some(("application/json", sent.clone())),
     )
     .await
     .assert_unauthorized();
+
+    // A body with no payload hash at all: the MAC would not cover it.
+    let signed = sign(&creds, "POST", &url, Options::default());
+    let response = send_signed(
+        &http,
+        &creds,
+        &signed,
+        &url,
+        Some(("application/json", sent)),
+    )
+    .await;
+    response.assert_unauthorized();
+    let message = response.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("payload hash is required"), "{message}");
 
     // Missing or other authorization.
     for authorization in [

@@ -82,7 +82,33 @@ def main():
     else:
         fail("mohawk accepted a tampered response")
 
-    # 5. A bodyless authenticated DELETE, response checked too.
+    # 5. A body signed without its payload hash is refused: the MAC would not
+    #    cover it, so the body could have been swapped on the way.
+    unhashed = mohawk.Sender(
+        credentials,
+        url,
+        "POST",
+        content=mohawk.base.EmptyValue,
+        content_type=mohawk.base.EmptyValue,
+        always_hash_content=False,
+    )
+    if 'hash="' in unhashed.request_header:
+        fail("mohawk hashed a payload it was told not to")
+    response = requests.post(
+        url,
+        data=json.dumps({"simplePushURL": f"{push_origin}/py/evil"}),
+        headers={"Authorization": unhashed.request_header, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    expect(response, 401, "a body without a payload hash")
+    refusal = response.json()
+    if refusal.get("errno") != 110 or "payload hash is required" not in refusal.get("message", ""):
+        fail(f"unexpected refusal of an unhashed body: {refusal}")
+    if response.headers.get("WWW-Authenticate", "").split(" ")[0] != "Hawk":
+        fail(f"no WWW-Authenticate: Hawk on the refusal: {response.headers}")
+    checks.append("unhashed body refused")
+
+    # 6. A bodyless authenticated DELETE, response checked too.
     sender = mohawk.Sender(credentials, url, "DELETE", content="", content_type="")
     response = requests.delete(url, headers={"Authorization": sender.request_header}, timeout=30)
     expect(response, 204, "mohawk-signed DELETE /registration")

@@ -183,16 +183,30 @@ pub(super) async fn authenticate(
     if !hawk_request.validate_header(&hawk_header, &key, Duration::MAX) {
         return unauthorized("invalid MAC");
     }
-    if let Some(sent_hash) = &hawk_header.hash {
-        let computed = match PayloadHasher::hash(media_type(&parts.headers), SHA256, &body) {
-            Ok(hash) => hash,
-            Err(err) => {
-                return AppError::Internal(anyhow::anyhow!("payload hash: {err}")).into_response();
+    // Without a hash the MAC covers none of the body, so anyone who sees one
+    // signed request could replay its header with a body of their own (a push
+    // URL, a callerId). A body is only accepted when it is signed; an empty
+    // body may go unhashed, as Hawk clients sign GETs and DELETEs.
+    match &hawk_header.hash {
+        Some(sent_hash) => {
+            let computed = match PayloadHasher::hash(media_type(&parts.headers), SHA256, &body)
+            {
+                Ok(hash) => hash,
+                Err(err) => {
+                    return AppError::Internal(anyhow::anyhow!("payload hash: {err}"))
+                        .into_response();
+                }
+            };
+            if &computed != sent_hash {
+                return unauthorized("the payload hash does not match the body");
             }
-        };
-        if &computed != sent_hash {
-            return unauthorized("the payload hash does not match the body");
         }
+        None if !body.is_empty() => {
+            return unauthorized(
+                "the payload hash is required: sign the request body with the hash attribute",
+            );
+        }
+        None => {}
     }
     let ts = ts
         .duration_since(UNIX_EPOCH)
