@@ -6,6 +6,7 @@ use crate::common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::hawk::Device;
 use common::{ServerOptions, TestServer, loopback_wasm};
 
 /// Runs `loop-server --config <file>` with `toml` and expects it to refuse to start.
@@ -110,6 +111,28 @@ fn an_invalid_configuration_exits_non_zero_naming_the_key() {
             vec![("LOOP_CALLS__DURATION_SECONDS", "0")],
             "calls.duration_seconds",
         ),
+        // Keys that configure nothing, in the file or the environment.
+        (
+            format!("[progress]\nringing_seconds = 30\n{plugins}"),
+            vec![],
+            "progress",
+        ),
+        (
+            plugins.clone(),
+            vec![("LOOP_SERVER__LISTNE", "127.0.0.1:0")],
+            "listne",
+        ),
+        // Secrets of the wrong length or not hex.
+        (
+            plugins.clone(),
+            vec![("LOOP_SECRETS__HAWK_ID_KEY", "abcd")],
+            "secrets.hawk_id_key",
+        ),
+        (
+            format!("[secrets]\nhawk_id_key = \"{}\"\n{plugins}", "zz".repeat(32)),
+            vec![],
+            "secrets.hawk_id_key",
+        ),
         // A component that is not there is named with its plugin.
         (
             "[plugins.loopback]\ncomponent = \"missing.wasm\"\n".into(),
@@ -196,6 +219,12 @@ async fn secrets_are_generated_once_private_and_reused() {
         assert_eq!(mode & 0o777, 0o600, "{name} is readable by others");
     }
 
+    // The folders holding them are the owner's alone.
+    for dir in [server.dir.join("data"), secrets.clone()] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{} is open to others", dir.display());
+    }
+
     server.restart();
     let after: Vec<Vec<u8>> = names
         .iter()
@@ -216,4 +245,86 @@ async fn secrets_are_generated_once_private_and_reused() {
             .lines()
             .any(|line| line.trim_start().starts_with("secret"))
     );
+}
+
+#[tokio::test]
+async fn variables_that_configure_nothing_are_named_in_a_warning() {
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![
+            ("LOOP_PROGRESS__RINGING_SECONDS".into(), "30".into()),
+            ("LOOP_PUSH_TIMEOUT_MS".into(), "5".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let logs = server.logs();
+    for name in ["LOOP_PROGRESS__RINGING_SECONDS", "LOOP_PUSH_TIMEOUT_MS"] {
+        assert!(
+            logs.lines()
+                .any(|line| line.contains("WARN") && line.contains(name)),
+            "no warning naming {name}: {logs}"
+        );
+    }
+    // LOOP_LOG and LOOP_CONFIG are ours, and nothing to warn about.
+    assert!(!logs.contains("variable=LOOP_LOG"), "{logs}");
+}
+
+/// Eight instances starting together on a fresh data directory end with one
+/// and the same whole key: a session made through any of them is accepted by
+/// every other, which an empty or half-read key would break.
+#[tokio::test]
+async fn instances_starting_at_once_on_a_fresh_data_directory_share_one_key() {
+    let servers = TestServer::start_all(ServerOptions {
+        processes: 8,
+        ..Default::default()
+    })
+    .await;
+    let key = std::fs::read_to_string(servers[0].dir.join("data/secrets/hawk-id-hmac")).unwrap();
+    assert_eq!(key.len(), 64, "{key:?}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key:?}");
+    for (i, server) in servers.iter().enumerate() {
+        let next = &servers[(i + 1) % servers.len()];
+        let device = Device::register(&server.url, "https://push.example.com/x").await;
+        let response = device.on(&next.url).get("/call-url").await;
+        assert_eq!(response.status(), 200, "server {i}'s session on the next one");
+    }
+}
+
+/// Instances that share a database but no data directory (containers) are
+/// given the Hawk id key in the environment, and then act as one service.
+#[tokio::test]
+async fn secrets_given_in_the_environment_replace_generated_ones() {
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    let env = vec![("LOOP_SECRETS__HAWK_ID_KEY".to_string(), key.clone())];
+    let a = TestServer::start_with(ServerOptions {
+        env: env.clone(),
+        ..Default::default()
+    })
+    .await;
+    let b = TestServer::start_with(ServerOptions {
+        env,
+        database_url: Some(a.database_url.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_ne!(a.dir, b.dir);
+    let bob = Device::register(&a.url, "https://push.example.com/bob").await;
+    assert_eq!(bob.on(&b.url).get("/call-url").await.status(), 200);
+    // The key came from the environment: none was generated, none logged.
+    for server in [&a, &b] {
+        assert!(!server.dir.join("data/secrets/hawk-id-hmac").exists());
+        assert!(!server.logs().contains(&key));
+    }
+
+    // Another key, the same database: its sessions are not the others'.
+    let c = TestServer::start_with(ServerOptions {
+        env: vec![(
+            "LOOP_SECRETS__HAWK_ID_KEY".to_string(),
+            hex::encode(rand::random::<[u8; 32]>()),
+        )],
+        database_url: Some(a.database_url.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(bob.on(&c.url).get("/call-url").await.status(), 401);
 }

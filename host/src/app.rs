@@ -49,13 +49,17 @@ impl Server {
             Some(_) => config.public_url().into(),
             None => format!("http://{local_addr}").into(),
         };
-        std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
-            format!(
-                "server.data_dir: cannot create {}",
-                config.server.data_dir.display()
-            )
-        })?;
-        let secrets = Secrets::new(&config.server.data_dir);
+        // Owner-only: it holds the database (call URL tokens, callees'
+        // provider tokens), generated secrets and compiled plugin code.
+        crate::secrets::create_private_dir(&config.server.data_dir)
+            .context("server.data_dir")?;
+        if crate::secrets::is_shared(&config.server.data_dir) {
+            tracing::warn!(
+                data_dir = %config.server.data_dir.display(),
+                "server.data_dir can be read by other users; `chmod 700` it"
+            );
+        }
+        let secrets = Secrets::from_config(&config)?;
         let http = crate::push::http_client(&config)?;
         let store = crate::store::connect(&config).await?;
         let providers = Arc::new(ProviderRuntime::load(&config, &secrets, http.clone()).await?);

@@ -25,6 +25,7 @@ pub struct Config {
     pub fxa: FxaConfig,
     pub providers: ProvidersConfig,
     pub plugins: BTreeMap<String, PluginConfig>,
+    pub secrets: SecretsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +103,35 @@ pub struct FxaConfig {
     pub verifier_url: Option<String>,
     pub audiences: Vec<String>,
     pub trusted_issuers: Vec<String>,
+}
+
+/// Server secrets given by the operator, each 32 bytes as 64 hex digits, for
+/// deployments where instances do not share a data directory (containers,
+/// several hosts on one PostgreSQL): usually `LOOP_SECRETS__HAWK_ID_KEY`. A
+/// secret left unset is generated into `<data_dir>/secrets/` on first run.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Key of the HMAC that turns Hawk ids into storage keys. Every instance
+    /// sharing a database must have the same one.
+    pub hawk_id_key: Option<String>,
+}
+
+impl SecretsConfig {
+    /// The secrets given, by key.
+    pub fn given(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [("hawk_id_key", &self.hawk_id_key)]
+            .into_iter()
+            .filter_map(|(key, value)| value.as_ref().map(|value| (key, value)))
+    }
+}
+
+/// Never prints the values: configurations end up in logs and panics.
+impl std::fmt::Debug for SecretsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.given().map(|(key, _)| key).collect();
+        f.debug_struct("SecretsConfig").field("given", &keys).finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,7 +271,31 @@ const CONFIG_SECTIONS: &[&str] = &[
     "fxa",
     "providers",
     "plugins",
+    "secrets",
 ];
+
+/// `LOOP_*` variables that are not configuration keys but are ours all the same.
+const OTHER_LOOP_VARIABLES: &[&str] = &["LOOP_LOG", "LOOP_CONFIG"];
+
+/// The `LOOP_*` variables among `names` that configure nothing: a typo, or
+/// a key from another version, would otherwise leave a default in force
+/// without a word. Names only: values may be secrets.
+fn unknown_loop_variables(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
+    let mut unknown: Vec<String> = names
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| name.starts_with("LOOP_") && !OTHER_LOOP_VARIABLES.contains(&name.as_str()))
+        .filter(|name| {
+            let section = name["LOOP_".len()..]
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            !CONFIG_SECTIONS.contains(&section.as_str())
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
 
 impl Config {
     /// Loads defaults, then `path` (if it exists), then `LOOP_*` variables.
@@ -268,6 +322,13 @@ impl Config {
                 })
                 .split("__"),
         );
+        for name in unknown_loop_variables(std::env::vars_os().map(|(name, _)| name)) {
+            tracing::warn!(
+                variable = %name,
+                "ignoring an environment variable that names no configuration key \
+                 (configuration variables are LOOP_<SECTION>__<KEY>)"
+            );
+        }
         let mut config: Config = figment.extract().map_err(|err| {
             // figment names the key (`server.listen`) and the source in its message.
             anyhow::anyhow!(
@@ -345,6 +406,11 @@ impl Config {
         }
         if let Some(url) = &self.fxa.verifier_url {
             url::Url::parse(url).context("fxa.verifier_url: not a URL")?;
+        }
+        for (key, value) in self.secrets.given() {
+            crate::secrets::decode(value.trim()).with_context(|| {
+                format!("secrets.{key} (LOOP_SECRETS__{})", key.to_ascii_uppercase())
+            })?;
         }
         anyhow::ensure!(
             self.plugins.contains_key(&self.providers.default),

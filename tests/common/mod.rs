@@ -149,6 +149,8 @@ pub struct ServerOptions {
     /// Share a data dir (secrets, SQLite file) with another server.
     pub dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// How many processes [`TestServer::start_all`] launches at once.
+    pub processes: usize,
 }
 
 impl Default for ServerOptions {
@@ -159,6 +161,7 @@ impl Default for ServerOptions {
             database_url: None,
             dir: None,
             env: Vec::new(),
+            processes: 1,
         }
     }
 }
@@ -169,6 +172,18 @@ impl TestServer {
     }
 
     pub async fn start_with(options: ServerOptions) -> Self {
+        Self::start_all(ServerOptions {
+            processes: 1,
+            ..options
+        })
+        .await
+        .pop()
+        .unwrap()
+    }
+
+    /// `options.processes` servers on one config file, data folder and
+    /// database, launched at once (the owner of the folder and database last).
+    pub async fn start_all(options: ServerOptions) -> Vec<Self> {
         let (tempdir, dir) = match &options.dir {
             Some(dir) => (None, dir.clone()),
             None => {
@@ -202,11 +217,25 @@ impl TestServer {
             hex::encode(rand::random::<[u8; 4]>())
         ));
         std::fs::write(&config_path, toml).unwrap();
-        let log_path = config_path.with_extension("log");
-        let mut server = Self::spawn(config_path, log_path, dir, database_url, &options.env);
-        server.database = database;
-        server._tempdir = tempdir;
-        server
+        let count = options.processes.max(1);
+        let launched: Vec<Launched> = (0..count)
+            .map(|i| {
+                let log_path = config_path.with_extension(format!("{i}.log"));
+                Launched::new(
+                    config_path.clone(),
+                    log_path,
+                    dir.clone(),
+                    database_url.clone(),
+                    &options.env,
+                )
+            })
+            .collect();
+        let mut servers: Vec<Self> = launched.into_iter().map(Launched::wait).collect();
+        // The first server owns the database and the folder, and is dropped last.
+        servers[0].database = database;
+        servers[0]._tempdir = tempdir;
+        servers.rotate_left(1);
+        servers
     }
 
     fn spawn(
@@ -216,53 +245,7 @@ impl TestServer {
         database_url: String,
         env: &[(String, String)],
     ) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_loop-server"));
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .env("LOOP_LOG", "info,loop_server=debug")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .current_dir(&dir);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("spawn loop-server");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if let Some(url) = line.strip_prefix("loop-server listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "loop-server did not start; its log:\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-        };
-        Self {
-            child,
-            url,
-            dir,
-            config_path,
-            database_url,
-            log_path,
-            database: None,
-            _tempdir: None,
-        }
+        Launched::new(config_path, log_path, dir, database_url, env).wait()
     }
 
     /// Another process on the same config file (same database, same secrets).
@@ -332,6 +315,89 @@ impl TestServer {
 
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
+    }
+}
+
+/// A `loop-server` process spawned, not yet known to listen.
+struct Launched {
+    child: Child,
+    listening: std::sync::mpsc::Receiver<String>,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    dir: PathBuf,
+    database_url: String,
+}
+
+impl Launched {
+    fn new(
+        config_path: PathBuf,
+        log_path: PathBuf,
+        dir: PathBuf,
+        database_url: String,
+        env: &[(String, String)],
+    ) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_loop-server"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .env("LOOP_LOG", "info,loop_server=debug")
+            // The suite's own settings are not the server's configuration.
+            .env_remove("LOOP_TEST_DATABASE")
+            .env_remove("LOOP_TEST_POSTGRES_URL")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .current_dir(&dir);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn loop-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("loop-server listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        Self {
+            child,
+            listening,
+            config_path,
+            log_path,
+            dir,
+            database_url,
+        }
+    }
+
+    /// The server once it listens; panics with its log if it does not.
+    fn wait(mut self) -> TestServer {
+        let url = match self.listening.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = self.child.kill();
+                panic!(
+                    "loop-server did not start; its log:\n{}",
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                );
+            }
+        };
+        TestServer {
+            child: self.child,
+            url,
+            dir: self.dir,
+            config_path: self.config_path,
+            database_url: self.database_url,
+            log_path: self.log_path,
+            database: None,
+            _tempdir: None,
+        }
     }
 }
 
