@@ -18,6 +18,14 @@ async fn start_with_push(push: &FakePush, timeout_ms: u64) -> TestServer {
     .await
 }
 
+/// A capability token: 16 bytes (128 bits) as unpadded URL-safe base64.
+fn assert_random_128_bits(what: &str, token: &str) {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .unwrap_or_else(|err| panic!("{what} {token:?} is not URL-safe base64: {err}"));
+    assert_eq!(bytes.len() * 8, 128, "{what} {token:?}");
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -61,7 +69,7 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
         )
         .await;
     let token = created["callToken"].as_str().unwrap().to_string();
-    assert!(token.len() >= 11, "at least 64 bits of base64: {token}");
+    assert_random_128_bits("callToken", &token);
     assert!(
         token
             .bytes()
@@ -121,6 +129,9 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
             "{field} in {placed}"
         );
     }
+    // Call ids and websocket tokens are capabilities too.
+    assert_random_128_bits("callId", placed["callId"].as_str().unwrap());
+    assert_random_128_bits("websocketToken", placed["websocketToken"].as_str().unwrap());
     let port = server.url.rsplit(':').next().unwrap();
     assert_eq!(
         placed["progressURL"],

@@ -3,8 +3,9 @@
 
 use crate::common;
 
-use common::hawk::{Credentials, send};
-use common::{ServerOptions, TestServer, client};
+use common::fake_push::FakePush;
+use common::hawk::{Credentials, Device, send};
+use common::{ServerOptions, TestServer, client, place_call};
 use serde_json::{Value, json};
 
 async fn post_registration(server: &TestServer, body: &str) -> (u16, Option<String>, Value) {
@@ -80,6 +81,109 @@ async fn ssrf_guard_refuses_internal_and_non_http_push_urls() {
     .await;
 }
 
+/// Every way Mozilla's server takes a registration: `simplePushURLs`,
+/// `simplePushURL` in the body or the query string, the old
+/// `simple_push_url` (Mozilla's load-test client), and no push URL at all (a
+/// browser without push). Each makes a session, and the URL given is the one
+/// pinged when the device is called.
+#[tokio::test]
+async fn every_registration_shape_of_mozillas_server_is_accepted() {
+    let push = FakePush::start().await;
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: push.config(2000),
+        ..ServerOptions::default()
+    })
+    .await;
+    let http = client();
+    let shapes: Vec<(&str, Option<Value>, Option<String>)> = vec![
+        ("topics", Some(json!({"simplePushURLs": {"calls": push.url("topics")}})), None),
+        ("body", Some(json!({"simplePushURL": push.url("body")})), None),
+        ("old", Some(json!({"simple_push_url": push.url("old")})), None),
+        ("query", None, Some(push.url("query"))),
+        ("query-and-body", Some(json!({})), Some(push.url("query-and-body"))),
+        (
+            "agreeing",
+            Some(json!({"simplePushURL": push.url("agreeing"), "simplePushURLs": {"calls": push.url("agreeing")}})),
+            None,
+        ),
+    ];
+    for (device, body, query) in shapes {
+        let mut request = http.post(server.endpoint("/registration"));
+        if let Some(url) = &query {
+            request = request.query(&[("simplePushURL", url)]);
+        }
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{device}");
+        let token = response.headers()["hawk-session-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let bob = Device::from_token(&server.url, &token);
+        let call_token = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        place_call(
+            &http,
+            &server.endpoint(&format!("/calls/{call_token}")),
+            &json!({"callType": "audio"}),
+        )
+        .await;
+        push.wait_for(device, 1).await;
+    }
+
+    // No push URL at all, with an empty object or no body: a session all the same.
+    for body in [Some("{}"), Some("{\"simplePushURLs\": {}}"), Some("{\"unknown\": 1}"), None] {
+        let mut request = http.post(server.endpoint("/registration"));
+        if let Some(body) = body {
+            request = request.header("Content-Type", "application/json").body(body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{body:?}");
+        let token = response.headers()["hawk-session-token"].to_str().unwrap();
+        // The session works: it can make call URLs (and is pinged for none).
+        let device = Device::from_token(&server.url, token);
+        device.create_call_url(&json!({"callerId": "alice"})).await;
+    }
+    // A registered device re-registering with nothing keeps its push URL.
+    let carol = Device::register(&server.url, &push.url("carol")).await;
+    assert_eq!(carol.post("/registration", &json!({})).await.status(), 200);
+    let call_token = carol.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    place_call(
+        &http,
+        &server.endpoint(&format!("/calls/{call_token}")),
+        &json!({"callType": "audio"}),
+    )
+    .await;
+    push.wait_for("carol", 1).await;
+
+    // The SSRF guard holds for every shape.
+    for (body, query, field) in [
+        (Some(json!({"simple_push_url": "https://10.0.0.1/"})), None, "simple_push_url"),
+        (None, Some("https://169.254.169.254/"), "simplePushURL (query)"),
+    ] {
+        let mut request = http.post(server.endpoint("/registration"));
+        if let Some(url) = query {
+            request = request.query(&[("simplePushURL", url)]);
+        }
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "{field}");
+        assert!(response.headers().get("hawk-session-token").is_none());
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["errno"], 107, "{error}");
+        assert!(error["message"].as_str().unwrap().contains(field), "{error}");
+    }
+}
+
 #[tokio::test]
 async fn listed_origins_are_allowed_even_on_loopback() {
     let extra_toml =
@@ -123,19 +227,6 @@ async fn registration_input_errors() {
     })
     .await;
 
-    for body in ["{}", "{\"simplePushURLs\": {}}", "{\"unknown\": 1}"] {
-        let (status, token, error) = post_registration(&server, body).await;
-        assert_eq!(
-            (status, error["errno"].as_u64()),
-            (400, Some(108)),
-            "{body}: {error}"
-        );
-        assert!(
-            error["message"].as_str().unwrap().contains("simplePushURL"),
-            "{error}"
-        );
-        assert!(token.is_none());
-    }
     let (status, _, error) = post_registration(&server, "{not json").await;
     assert_eq!(
         (status, error["errno"].as_u64()),
@@ -158,8 +249,20 @@ async fn registration_input_errors() {
             "{body}: {error}"
         );
     }
+    // Two fields naming different calls URLs: which one was meant?
     let both = json!({"simplePushURL": "http://127.0.0.1:7001/a", "simplePushURLs": {"calls": "http://127.0.0.1:7001/b"}});
-    assert_refused(&server, both, "simplePushURL").await;
+    assert_refused(&server, both, "simplePushURLs.calls").await;
+    let both = json!({"simple_push_url": "http://127.0.0.1:7001/a", "simplePushURL": "http://127.0.0.1:7001/b"});
+    assert_refused(&server, both, "simple_push_url").await;
+    // A body that is not JSON, sent without saying so.
+    let response = client()
+        .post(server.endpoint("/registration"))
+        .body("simplePushURL=http://127.0.0.1:7001/a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 406);
+    assert_eq!(response.json::<Value>().await.unwrap()["errno"], 106);
 
     let huge = json!({"simplePushURL": format!("http://127.0.0.1:7001/{}", "a".repeat(20_000))});
     let (status, _, error) = post_registration(&server, &huge.to_string()).await;

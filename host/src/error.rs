@@ -5,7 +5,8 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, OptionalFromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -163,9 +164,41 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        match <Json<T> as FromRequest<S>>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// An optional JSON body: a request with no body at all is `None`; a body
+/// must be JSON, with the same errors as [`LoopJson`].
+impl<S, T> OptionalFromRequest<S> for LoopJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        if req.headers().contains_key(header::CONTENT_TYPE) {
+            return <Self as FromRequest<S>>::from_request(req, state)
+                .await
+                .map(Some);
+        }
+        let body = <Bytes as FromRequest<S>>::from_request(req, state).await.map_err(|err| {
+            if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::TooLarge(crate::app::MAX_BODY_BYTES)
+            } else {
+                AppError::BadJson(err.body_text())
+            }
+        })?;
+        if body.is_empty() {
+            Ok(None)
+        } else {
+            Err(AppError::NotAcceptable(
+                "expected Content-Type: application/json".into(),
+            ))
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod providers;
 pub mod push;

@@ -13,13 +13,11 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/account", delete(delete_account))
 }
 
-/// Removes every session, push URL, call URL and call of the user: for an
-/// FxA user that is every device signed in with that identity.
+/// Forgets the user: every session, push URL, call URL and call.
 async fn delete_account(
     State(state): State<AppState>,
     Authenticated { session }: Authenticated,
 ) -> AppResult<StatusCode> {
-    state.store.delete_user(&session.user_id).await?;
-    state.auth.forget_user(&session.user_id);
+    crate::domain::account::delete(&state, &session.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,9 +18,6 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::RngCore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -81,15 +78,6 @@ where
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(cors_layer(cors_origins))
         .layer(middleware::from_fn(timestamp_header))
-}
-
-/// A fresh random token of `bytes` bytes, URL-safe base64 without padding.
-/// Call URL tokens, call ids and websocket tokens are capabilities: they come
-/// from the OS generator and never from user data.
-pub(crate) fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut buf);
-    URL_SAFE_NO_PAD.encode(buf)
 }
 
 /// Tokens in paths are capabilities, so spans carry the route template

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-use super::call_urls::live_call_url;
+use crate::domain::call_urls;
 use crate::app::AppState;
 use crate::error::AppError;
 
@@ -49,7 +49,7 @@ async fn page(State(state): State<AppState>, Path(token): Path<String>) -> Respo
 /// The page for a call URL: "Do you want to call <issuer>?" and a Call button,
 /// or a readable page saying why the link does not work, with the API's status.
 pub async fn call_page(state: &AppState, token: &str) -> Response {
-    match live_call_url(state, token).await {
+    match call_urls::live(state, token).await {
         Ok(url) => {
             let callee = url.issuer.as_deref().filter(|name| !name.trim().is_empty());
             let question = match callee {

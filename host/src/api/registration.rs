@@ -1,7 +1,7 @@
 //! `POST /registration` (create a device session, or update its push URLs)
 //! and `DELETE /registration` (forget this device's push URLs).
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -10,21 +10,25 @@ use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::auth::{Authenticated, attach_session_token};
+use crate::domain::registration::{self, RequestedPushUrl};
 use crate::error::{AppError, AppResult, LoopJson};
-use crate::push::validate_push_url;
-use crate::store::{PushTopic, PushUrl};
+use crate::store::PushTopic;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/registration", post(register).delete(unregister))
 }
 
-#[derive(Deserialize)]
+/// Every shape Mozilla's server accepts: `simplePushURLs` by topic; for the
+/// `calls` topic alone `simplePushURL`, in the body or the query string, and
+/// the old `simple_push_url` (still sent by Mozilla's load-test client).
+#[derive(Deserialize, Default)]
 struct RegistrationBody {
     #[serde(rename = "simplePushURLs", default)]
     simple_push_urls: Option<PushUrls>,
-    /// Older clients register one URL, for the `calls` topic.
     #[serde(rename = "simplePushURL", default)]
     simple_push_url: Option<String>,
+    #[serde(rename = "simple_push_url", default)]
+    old_simple_push_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -35,30 +39,51 @@ struct PushUrls {
     rooms: Option<String>,
 }
 
-/// `(topic, field name for errors, url)`
-type Registration = Vec<(PushTopic, &'static str, String)>;
+#[derive(Deserialize)]
+struct RegistrationQuery {
+    #[serde(rename = "simplePushURL")]
+    simple_push_url: Option<String>,
+}
 
-fn requested_urls(body: RegistrationBody) -> AppResult<Registration> {
+/// The push URLs asked for. The `calls` URL may come in several fields;
+/// they must agree, and the error names them when they do not.
+fn requested_urls(
+    body: RegistrationBody,
+    query: RegistrationQuery,
+) -> AppResult<Vec<RequestedPushUrl>> {
+    let PushUrls { calls, rooms } = body.simple_push_urls.unwrap_or(PushUrls {
+        calls: None,
+        rooms: None,
+    });
+    let calls_fields = [
+        ("simplePushURL", body.simple_push_url),
+        ("simplePushURL (query)", query.simple_push_url),
+        ("simple_push_url", body.old_simple_push_url),
+        ("simplePushURLs.calls", calls),
+    ];
+    let mut given = calls_fields
+        .into_iter()
+        .filter_map(|(field, url)| url.map(|url| (field, url)));
     let mut urls = Vec::new();
-    if let Some(PushUrls { calls, rooms }) = body.simple_push_urls {
-        if let Some(url) = calls {
-            urls.push((PushTopic::Calls, "simplePushURLs.calls", url));
-        }
-        if let Some(url) = rooms {
-            urls.push((PushTopic::Rooms, "simplePushURLs.rooms", url));
-        }
-    }
-    if let Some(url) = body.simple_push_url {
-        if urls.iter().any(|(topic, ..)| *topic == PushTopic::Calls) {
+    if let Some((field, url)) = given.next() {
+        if let Some((other, _)) = given.find(|(_, other_url)| *other_url != url) {
             return Err(AppError::invalid(
-                "simplePushURL",
-                "give the calls URL either as simplePushURL or as simplePushURLs.calls, not both",
+                field,
+                format!("{field} and {other} give different calls push URLs; give one"),
             ));
         }
-        urls.push((PushTopic::Calls, "simplePushURL", url));
+        urls.push(RequestedPushUrl {
+            topic: PushTopic::Calls,
+            field,
+            url,
+        });
     }
-    if urls.is_empty() {
-        return Err(AppError::missing("simplePushURLs"));
+    if let Some(url) = rooms {
+        urls.push(RequestedPushUrl {
+            topic: PushTopic::Rooms,
+            field: "simplePushURLs.rooms",
+            url,
+        });
     }
     Ok(urls)
 }
@@ -66,45 +91,17 @@ fn requested_urls(body: RegistrationBody) -> AppResult<Registration> {
 async fn register(
     State(state): State<AppState>,
     authenticated: Option<Authenticated>,
-    LoopJson(body): LoopJson<RegistrationBody>,
+    query: Result<Query<RegistrationQuery>, axum::extract::rejection::QueryRejection>,
+    body: Option<LoopJson<RegistrationBody>>,
 ) -> AppResult<Response> {
-    let urls = requested_urls(body)?;
-    // Every URL is checked before anything is written: a refused URL leaves
-    // neither a session nor a half-updated registration behind.
-    let mut validated = Vec::with_capacity(urls.len());
-    for (topic, field, url) in urls {
-        let url = validate_push_url(&state.config.push, field, &url).await?;
-        validated.push((topic, url));
-    }
-    let push_urls: Vec<PushUrl> = validated
-        .into_iter()
-        .map(|(topic, url)| PushUrl {
-            topic,
-            url: url.into(),
-        })
-        .collect();
-    let new_token = match authenticated {
-        Some(Authenticated { session }) => {
-            for push_url in &push_urls {
-                state
-                    .store
-                    .set_push_url(&session.id_hmac, push_url.topic, &push_url.url)
-                    .await?;
-            }
-            None
-        }
-        // A new device: its session and push URLs are stored together.
-        None => Some(
-            state
-                .auth
-                .create_session(state.store.as_ref(), None, &push_urls)
-                .await?
-                .token_hex,
-        ),
-    };
+    let Query(query) = query.map_err(|err| AppError::invalid("query", err.body_text()))?;
+    let body = body.map(|LoopJson(body)| body).unwrap_or_default();
+    let requested = requested_urls(body, query)?;
+    let session = authenticated.map(|Authenticated { session }| session);
+    let new_session = registration::register(&state, session.as_ref(), requested).await?;
     let mut response = (StatusCode::OK, Json(serde_json::json!({}))).into_response();
-    if let Some(token) = new_token {
-        attach_session_token(&mut response, &token);
+    if let Some(new_session) = new_session {
+        attach_session_token(&mut response, &new_session.token_hex);
     }
     Ok(response)
 }
@@ -113,6 +110,6 @@ async fn unregister(
     State(state): State<AppState>,
     Authenticated { session }: Authenticated,
 ) -> AppResult<StatusCode> {
-    state.store.delete_push_urls(&session.id_hmac).await?;
+    registration::unregister(&state, &session).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,7 +22,7 @@ use sha2::Sha256;
 use crate::app::AppState;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
-use crate::secrets::Secrets;
+use crate::secrets::{HostSecret, Secrets};
 use crate::store::{PushUrl, Session, Store};
 
 pub use self::browserid::BrowserIdVerifier;
@@ -129,7 +129,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Authenticated {
 
 impl Auth {
     pub fn new(config: &Config, secrets: &Secrets, http: reqwest::Client) -> anyhow::Result<Self> {
-        let id_secret = secrets.get_or_create("hawk-id-hmac")?;
+        let id_secret = secrets.host(HostSecret::HawkIdKey)?;
         let session_duration = i64::try_from(config.auth.hawk_session_duration)
             .map_err(|_| anyhow::anyhow!("auth.hawk_session_duration: too large"))?;
         let clock_skew = i64::try_from(config.auth.hawk_clock_skew_seconds)
@@ -167,11 +167,15 @@ impl Auth {
         self.sessions.remove(id_hmac);
     }
 
-    /// Drops the user's cached sessions once they are deleted from storage.
-    /// Only memory hygiene: deleted sessions are refused anyway.
-    pub fn forget_user(&self, user_id: &str) {
+    /// Deletes the user's sessions (with everything else the user owns) from
+    /// storage, then from this instance's cache. Sessions are only ever
+    /// deleted here, so no caller can forget the cache; and a deleted session
+    /// cached by another instance is refused there anyway, by the nonce check.
+    pub async fn delete_user(&self, store: &dyn Store, user_id: &str) -> AppResult<()> {
+        store.delete_user(user_id).await?;
         self.sessions
             .retain(|_, session| session.user_id != user_id);
+        Ok(())
     }
 
     /// HMAC of a Hawk id under the server secret: the session's storage key.
@@ -283,16 +287,17 @@ mod tests {
 
     #[test]
     fn credentials_match_mozilla_derivation() {
-        // Independent check of the HKDF layout: id then key, 32 bytes each.
-        let token = [7u8; 32];
+        // The session token 00 01 … 1f, derived by requests-hawk (the Python
+        // client Loop clients used) and by RFC 5869 written out by hand.
+        let token: Vec<u8> = (0u8..32).collect();
         let creds = derive_credentials(&token);
-        let mut okm = [0u8; 64];
-        Hkdf::<Sha256>::new(None, &token)
-            .expand(SESSION_TOKEN_INFO, &mut okm)
-            .unwrap();
-        assert_eq!(creds.id, hex::encode(&okm[..32]));
-        assert_eq!(creds.key, hex::encode(&okm[32..]));
-        assert_eq!(creds.id.len(), 64);
-        assert_ne!(creds.id, creds.key);
+        assert_eq!(
+            creds.id,
+            "5fa7b1a9a3266f052b766e956f525b583607e777f264a5bb67b57ed5e34c2c5c"
+        );
+        assert_eq!(
+            creds.key,
+            "4f05fbeb8c81b662f52d5c21595c1033a5126f3b7dabd872c4cfd8298254651c"
+        );
     }
 }

@@ -132,6 +132,14 @@ pub trait Store: Send + Sync + 'static {
         topic: PushTopic,
         url: &str,
     ) -> Result<(), sqlx::Error>;
+    /// Replaces this session's push URLs for the topics given.
+    async fn set_push_urls(&self, id_hmac: &str, push_urls: &[PushUrl]) -> Result<(), sqlx::Error> {
+        for push_url in push_urls {
+            self.set_push_url(id_hmac, push_url.topic, &push_url.url)
+                .await?;
+        }
+        Ok(())
+    }
     /// Forgets every push URL of this session.
     async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error>;
     /// The push URLs for `topic` of the user's sessions live at `now`, each

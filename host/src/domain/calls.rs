@@ -1,0 +1,146 @@
+//! Calls: Alice calls through a call URL (a provider session and tokens are
+//! made, the callee's side is stored, the callee's devices are pinged); the
+//! callee's devices then list the calls waiting for them.
+
+use super::call_urls::{self, MAX_SUBJECT_CHARS, optional_text};
+use crate::app::AppState;
+use crate::error::AppResult;
+use crate::providers::{CallSetupRequest, CallType};
+use crate::store::{Call, Timestamp};
+
+/// How long provider tokens stay usable. A call is listed for only
+/// `calls.duration_seconds`, but the conversation itself may last much longer
+/// and clients reconnect with the same token (Mozilla used a day too).
+const PROVIDER_TOKEN_LIFETIME_SECONDS: u32 = 24 * 3600;
+/// The longest `channel` name accepted.
+const MAX_CHANNEL_CHARS: usize = 64;
+/// Call ids and websocket tokens: 128 random bits each.
+const CALL_TOKEN_BYTES: usize = 16;
+
+/// What the caller asks for.
+#[derive(Debug)]
+pub struct CallRequest {
+    pub call_type: CallType,
+    /// Picks the provider (`providers.channels`); none or empty: the default.
+    pub channel: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// What the caller gets: the stored call and the caller's provider token.
+pub struct PlacedCall {
+    pub call: Call,
+    pub caller_token: String,
+}
+
+/// Places a call through the call URL `token`.
+pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppResult<PlacedCall> {
+    let channel = optional_text("channel", request.channel, MAX_CHANNEL_CHARS)?
+        .filter(|channel| !channel.is_empty());
+    let subject = optional_text("subject", request.subject, MAX_SUBJECT_CHARS)?;
+    // Validated again at call time: the URL may have been revoked or have
+    // expired since Alice opened it.
+    let (url, push_urls) = call_urls::live_with_callee_push_urls(state, token).await?;
+
+    let call_id = super::random_token(CALL_TOKEN_BYTES);
+    let provider = state.providers.provider_for(channel.as_deref()).to_string();
+    let setup = state
+        .providers
+        .setup_call(
+            &provider,
+            CallSetupRequest {
+                call_id: call_id.clone(),
+                call_type: request.call_type,
+                caller: url.caller_id.clone(),
+                callee: url.user_id.clone(),
+                channel,
+                caller_display_name: url.caller_id.clone(),
+                callee_display_name: url.issuer.clone().unwrap_or_default(),
+                token_lifetime_seconds: PROVIDER_TOKEN_LIFETIME_SECONDS,
+            },
+        )
+        .await?;
+
+    let now = crate::clock::now();
+    let duration = i64::try_from(state.config.calls.duration_seconds).unwrap_or(i64::MAX / 4);
+    let call = Call {
+        call_id,
+        call_url: call_urls::link(state, &url.token),
+        user_id: url.user_id,
+        call_token: url.token,
+        url_creation_date: url.created_at,
+        caller_id: url.caller_id,
+        call_type: call_type_name(request.call_type).into(),
+        subject: subject.or(url.subject),
+        provider,
+        session_id: setup.session_id,
+        callee_token: setup.callee_token,
+        api_key: setup.api_key,
+        websocket_token: super::random_token(CALL_TOKEN_BYTES),
+        progress_url: progress_url(&state.public_url),
+        created_at: now,
+        expires_at: now.saturating_add(duration),
+    };
+    state.store.create_call(&call).await?;
+
+    // The call is stored: a device that misses this ping still finds it when it
+    // next lists its calls, so push trouble is logged, not reported to Alice.
+    state.push.notify(push_urls, call.created_at);
+
+    Ok(PlacedCall {
+        call,
+        caller_token: setup.caller_token,
+    })
+}
+
+/// The calls waiting for `user_id` placed at or after `version`.
+pub async fn incoming(state: &AppState, user_id: &str, version: Timestamp) -> AppResult<Vec<Call>> {
+    Ok(state
+        .store
+        .calls(user_id, version, crate::clock::now())
+        .await?)
+}
+
+fn call_type_name(call_type: CallType) -> &'static str {
+    match call_type {
+        CallType::Audio => "audio",
+        CallType::AudioVideo => "audio-video",
+    }
+}
+
+/// `ws(s)://<public host>/websocket`: where clients follow a call's progress.
+fn progress_url(public_url: &str) -> String {
+    match url::Url::parse(public_url) {
+        Ok(mut url) => {
+            let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+            // http→ws and https→wss are allowed scheme changes for `url`.
+            let _ = url.set_scheme(scheme);
+            url.set_query(None);
+            url.set_fragment(None);
+            let base = url.path().trim_end_matches('/').to_string();
+            url.set_path(&format!("{base}/websocket"));
+            url.to_string()
+        }
+        Err(_) => format!("{}/websocket", public_url.replacen("http", "ws", 1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_url;
+
+    #[test]
+    fn progress_url_follows_the_public_scheme_and_path() {
+        assert_eq!(
+            progress_url("http://127.0.0.1:5000"),
+            "ws://127.0.0.1:5000/websocket"
+        );
+        assert_eq!(
+            progress_url("https://loop.example.com"),
+            "wss://loop.example.com/websocket"
+        );
+        assert_eq!(
+            progress_url("https://example.com/loop/"),
+            "wss://example.com/loop/websocket"
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! What Loop does, apart from how it is asked: registering devices, handing
+//! out call URLs, placing calls and listing them, forgetting accounts.
+//!
+//! The HTTP handlers in `api/` parse a request, call one function here and
+//! render its answer; the progress websocket and rooms call the same
+//! functions, so every rule (a call URL's expiry, who may touch it, which
+//! sessions a deletion ends) lives in one place.
+
+pub mod account;
+pub mod call_urls;
+pub mod calls;
+pub mod registration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+
+/// A fresh random token of `bytes` bytes, URL-safe base64 without padding.
+/// Call URL tokens, call ids and websocket tokens are capabilities: they come
+/// from the OS generator and never from user data.
+pub(crate) fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
