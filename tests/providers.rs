@@ -21,6 +21,7 @@ fn plugin(component: PathBuf) -> PluginConfig {
     PluginConfig {
         component,
         allowed_hosts: Vec::new(),
+        allow_private: false,
         limits: PluginLimits::default(),
         generated_secrets: Vec::new(),
         settings: toml::Table::new(),
@@ -44,11 +45,8 @@ fn config(data_dir: &Path, plugins: Vec<(&str, PluginConfig)>) -> Config {
 }
 
 async fn load(config: &Config) -> anyhow::Result<ProviderRuntime> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), http).await
+    let net = loop_server::net::Net::new(&config.net)?;
+    ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), &net).await
 }
 
 fn call(id: &str) -> CallSetupRequest {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod net;
 pub mod providers;
 pub mod push;
 pub mod secrets;

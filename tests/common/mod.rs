@@ -6,6 +6,7 @@
 //! every server gets a fresh database of its own unless a test shares one.
 #![allow(dead_code)]
 
+pub mod fake_dns;
 pub mod fake_push;
 pub mod hawk;
 

@@ -73,7 +73,7 @@ async fn register(
     // neither a session nor a half-updated registration behind.
     let mut validated = Vec::with_capacity(urls.len());
     for (topic, field, url) in urls {
-        let url = validate_push_url(&state.config.push, field, &url).await?;
+        let url = validate_push_url(&state.net, &state.config.push, field, &url).await?;
         validated.push((topic, url));
     }
     let push_urls: Vec<PushUrl> = validated
