@@ -296,7 +296,7 @@ fn bad_net_keys_are_configuration_errors_naming_the_key() {
     ] {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, format!("{toml}{plugin}")).unwrap();
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_loop-server"))
+        let output = std::process::Command::new(common::server_binary())
             .arg("--config")
             .arg(&path)
             .current_dir(dir.path())

@@ -24,6 +24,16 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `loop-server` binary under test: `LOOP_TEST_SERVER_BIN` if set, else the
+/// one cargo built. Worktrees that share a target directory overwrite each
+/// other's `target/debug/loop-server`; the variable pins a build that stays put
+/// (its `target/debug/deps/loop_server-<hash>`, which is per worktree).
+pub fn server_binary() -> PathBuf {
+    std::env::var_os("LOOP_TEST_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_loop-server")))
+}
+
 /// The committed loopback component.
 pub fn loopback_wasm() -> PathBuf {
     workspace_root().join("plugins/loopback/loopback.wasm")
@@ -222,7 +232,7 @@ impl TestServer {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_loop-server"));
+        let mut command = Command::new(server_binary());
         command
             .arg("--config")
             .arg(&config_path)
