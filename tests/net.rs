@@ -281,6 +281,56 @@ async fn a_name_trusted_for_one_use_is_not_trusted_for_another() {
     assert!(push.pings().is_empty(), "{:?}", push.pings());
 }
 
+#[tokio::test]
+async fn the_verifier_reaches_a_private_address_only_with_fxa_allow_private() {
+    use base64::Engine;
+    let dns = FakeDns::start().await;
+    let name = "verifier.example.test";
+    dns.set(name, &[LOOPBACK]);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/v2",
+        axum::routing::post(move || async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"status": "failure", "reason": "test verifier"}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let audience = "https://loop.example.test";
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"aud": audience}).to_string());
+    let assertion = format!("eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln");
+    for (allow_private, status) in [(false, 503), (true, 401)] {
+        let fxa = format!(
+            "[fxa]\nverifier_url = \"http://{name}:{port}/v2\"\naudiences = [{audience:?}]\n\
+             trusted_issuers = [\"issuer.example.test\"]\nallow_private = {allow_private}\n\n"
+        );
+        let server = start(&dns, &fxa).await;
+        let response = client()
+            .post(server.endpoint("/v0/registration"))
+            .header("Authorization", format!("BrowserID {assertion}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            status,
+            "fxa.allow_private = {allow_private}"
+        );
+        let reached = usize::from(allow_private);
+        assert_eq!(hits.load(Ordering::SeqCst), reached);
+        if !allow_private {
+            let logs = server.wait_for_log("BrowserID verifier refused").await;
+            assert!(logs.contains("fxa.allow_private is off"), "{logs}");
+        }
+    }
+}
+
 #[test]
 fn bad_net_keys_are_configuration_errors_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,7 +32,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-pub use self::addr::{is_local_name, is_public_ip};
+use self::addr::{is_local_name, is_public_ip};
 use crate::config::{FxaConfig, NetConfig, PluginConfig, PushConfig};
 
 /// A host name that does not resolve within this time is refused.
