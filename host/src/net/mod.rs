@@ -44,7 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Which addresses one use of the network may reach.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// The configuration table of the use (`push`, `fxa`, `plugins.vendor`),
     /// so that a refusal names the key that would change it.
@@ -88,7 +88,7 @@ impl Policy {
 
 /// Why a name cannot be used under a policy. Travels inside a transport
 /// error, so that callers can tell a refusal from an unreachable server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     /// The name resolved to nothing, or not in time.
     Unresolved { host: String },
