@@ -13,7 +13,7 @@ use common::{ServerOptions, TestServer, loopback_wasm};
 fn refuse(dir: &Path, toml: &str, env: &[(&str, &str)]) -> String {
     let path = dir.join("config.toml");
     std::fs::write(&path, toml).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_loop-server"));
+    let mut command = Command::new(common::server_binary());
     command.arg("--config").arg(&path).current_dir(dir);
     for (key, value) in env {
         command.env(key, value);
@@ -153,7 +153,7 @@ fn an_invalid_configuration_exits_non_zero_naming_the_key() {
 #[test]
 fn a_missing_config_file_named_on_the_command_line_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loop-server"))
+    let output = Command::new(common::server_binary())
         .arg("--config")
         .arg(dir.path().join("nope.toml"))
         .output()

@@ -13,6 +13,7 @@ mod config;
 mod crash;
 mod errors;
 mod multi_instance;
+mod net;
 mod providers;
 mod registration;
 mod store;

@@ -21,6 +21,7 @@ fn plugin(component: PathBuf) -> PluginConfig {
     PluginConfig {
         component,
         allowed_hosts: Vec::new(),
+        allow_private: false,
         limits: PluginLimits::default(),
         generated_secrets: Vec::new(),
         settings: toml::Table::new(),
@@ -44,11 +45,8 @@ fn config(data_dir: &Path, plugins: Vec<(&str, PluginConfig)>) -> Config {
 }
 
 async fn load(config: &Config) -> anyhow::Result<ProviderRuntime> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), http).await
+    let net = loop_server::net::Net::new(&config.net)?;
+    ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), &net).await
 }
 
 fn call(id: &str) -> CallSetupRequest {
@@ -631,7 +629,7 @@ async fn components_that_do_not_implement_the_world_are_refused() {
 #[test]
 fn plugins_check_validates_and_lists_imports_and_exports() {
     let run = |path: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_loop-server"))
+        std::process::Command::new(common::server_binary())
             .args(["plugins", "check"])
             .arg(path)
             .env("LOOP_LOG", "warn")

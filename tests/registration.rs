@@ -196,7 +196,7 @@ async fn listed_origins_are_allowed_even_on_loopback() {
     .await;
 
     for body in [
-        json!({"simplePushURLs": {"calls": "http://127.0.0.1:7001/calls", "rooms": "http://localhost:7002/rooms"}}),
+        json!({"simplePushURLs": {"calls": "http://127.0.0.1:7001/calls", "rooms": "http://127.0.0.1:7001/rooms"}}),
         json!({"simplePushURL": "http://127.0.0.1:7001/legacy"}),
     ] {
         let (status, token, error) = post_registration(&server, &body.to_string()).await;
@@ -208,6 +208,9 @@ async fn listed_origins_are_allowed_even_on_loopback() {
         "https://127.0.0.1:7001/",
         "http://127.0.0.2:7001/",
         "https://push.example.com/",
+        // Listed, but a host name: it may not resolve to loopback without
+        // push.allow_private (only IP literals are taken as written).
+        "http://localhost:7002/",
     ] {
         assert_refused(
             &server,

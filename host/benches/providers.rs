@@ -28,6 +28,7 @@ fn plugin(component: PathBuf, generated_secrets: &[&str]) -> PluginConfig {
     PluginConfig {
         component,
         allowed_hosts: Vec::new(),
+        allow_private: false,
         limits: PluginLimits::default(),
         generated_secrets: generated_secrets.iter().map(|s| s.to_string()).collect(),
         settings: toml::Table::new(),
@@ -55,11 +56,8 @@ fn config(data_dir: &Path) -> Config {
 }
 
 async fn load(config: &Config) -> ProviderRuntime {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), http)
+    let net = loop_server::net::Net::new(&config.net).unwrap();
+    ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), &net)
         .await
         .unwrap()
 }

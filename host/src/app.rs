@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::net::Net;
 use crate::providers::ProviderRuntime;
 use crate::push::Push;
 use crate::secrets::Secrets;
@@ -27,8 +28,8 @@ pub struct AppState {
     pub providers: Arc<ProviderRuntime>,
     pub push: Arc<Push>,
     pub auth: Arc<Auth>,
-    /// The one outbound HTTP client (push, BrowserID, plugins' HTTP import).
-    pub http: reqwest::Client,
+    /// Builds the outbound client of each use; checks push URLs' host names.
+    pub net: Net,
 }
 
 /// A server bound to its address, ready to serve.
@@ -60,11 +61,11 @@ impl Server {
             );
         }
         let secrets = Secrets::from_config(&config)?;
-        let http = crate::push::http_client(&config)?;
+        let net = Net::new(&config.net)?;
         let store = crate::store::connect(&config).await?;
-        let providers = Arc::new(ProviderRuntime::load(&config, &secrets, http.clone()).await?);
-        let auth = Arc::new(Auth::new(&config, &secrets, http.clone())?);
-        let push = Arc::new(Push::new(&config, http.clone()));
+        let providers = Arc::new(ProviderRuntime::load(&config, &secrets, &net).await?);
+        let auth = Arc::new(Auth::new(&config, &secrets, &net)?);
+        let push = Arc::new(Push::new(&config, &net)?);
         let state = AppState {
             config: Arc::new(config),
             public_url,
@@ -72,7 +73,7 @@ impl Server {
             providers,
             push,
             auth,
-            http,
+            net,
         };
         let router = crate::api::router(state.clone());
         Ok(Self {

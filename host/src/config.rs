@@ -2,7 +2,7 @@
 //! `LOOP_*` environment variables (`__` separates nesting levels).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -23,6 +23,7 @@ pub struct Config {
     pub push: PushConfig,
     pub cors: CorsConfig,
     pub fxa: FxaConfig,
+    pub net: NetConfig,
     pub providers: ProvidersConfig,
     pub plugins: BTreeMap<String, PluginConfig>,
     pub secrets: SecretsConfig,
@@ -83,7 +84,12 @@ pub struct CallsConfig {
 pub struct PushConfig {
     /// Origins (`https://push.example.com`) push URLs may point at. Empty: any
     /// public https origin, never a loopback, private or link-local address.
+    /// A listed IP literal is reachable even if private; a listed host name
+    /// still only at its public addresses, unless `allow_private`.
     pub allowed_origins: Vec<String>,
+    /// Push URLs' host names may resolve to loopback, private and link-local
+    /// addresses (a push server on the internal network).
+    pub allow_private: bool,
     pub timeout_ms: u64,
     /// Returned by `GET /push-server-config`.
     pub server_uri: String,
@@ -103,6 +109,17 @@ pub struct FxaConfig {
     pub verifier_url: Option<String>,
     pub audiences: Vec<String>,
     pub trusted_issuers: Vec<String>,
+    /// The verifier's host name may resolve to loopback, private and
+    /// link-local addresses (an IP literal in `verifier_url` always may).
+    pub allow_private: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    /// The DNS server (`IP` or `IP:PORT`; UDP, then TCP) that resolves the
+    /// host names of outbound requests. Unset: the system resolver.
+    pub resolver: Option<String>,
 }
 
 /// Server secrets given by the operator, each 32 bytes as 64 hex digits, for
@@ -151,6 +168,10 @@ pub struct PluginConfig {
     /// Origins (`https://api.vendor.com`, `http://127.0.0.1:8080`) the plugin may reach.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Host names in `allowed_hosts` may resolve to loopback, private and
+    /// link-local addresses, for this plugin only.
+    #[serde(default)]
+    pub allow_private: bool,
     #[serde(default)]
     pub limits: PluginLimits,
     /// Settings keys the host fills with a generated secret (kept in the data
@@ -231,6 +252,7 @@ impl Default for PushConfig {
     fn default() -> Self {
         Self {
             allowed_origins: Vec::new(),
+            allow_private: false,
             timeout_ms: 2000,
             server_uri: "wss://push.services.mozilla.com/".into(),
         }
@@ -269,6 +291,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "push",
     "cors",
     "fxa",
+    "net",
     "providers",
     "plugins",
     "secrets",
@@ -412,6 +435,7 @@ impl Config {
                 format!("secrets.{key} (LOOP_SECRETS__{})", key.to_ascii_uppercase())
             })?;
         }
+        self.net.resolver_addr()?;
         anyhow::ensure!(
             self.plugins.contains_key(&self.providers.default),
             "providers.default: no [plugins.{}] table",
@@ -492,5 +516,23 @@ impl Config {
                 self.server.data_dir.join("loop.db").display()
             ),
         }
+    }
+}
+
+impl NetConfig {
+    /// `net.resolver` as an address; port 53 when it names none.
+    pub fn resolver_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(text) = &self.resolver else {
+            return Ok(None);
+        };
+        let addr = text
+            .parse::<SocketAddr>()
+            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "net.resolver: {text:?} is not a DNS server address like 10.0.0.53 or 127.0.0.1:5353"
+                )
+            })?;
+        Ok(Some(addr))
     }
 }

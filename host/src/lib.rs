@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod net;
 pub mod providers;
 pub mod push;
 pub mod secrets;

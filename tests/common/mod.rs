@@ -6,6 +6,7 @@
 //! every server gets a fresh database of its own unless a test shares one.
 #![allow(dead_code)]
 
+pub mod fake_dns;
 pub mod fake_push;
 pub mod hawk;
 
@@ -21,6 +22,16 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// The `loop-server` binary under test: `LOOP_TEST_SERVER_BIN` if set, else the
+/// one cargo built. Worktrees that share a target directory overwrite each
+/// other's `target/debug/loop-server`; the variable pins a build that stays put
+/// (its `target/debug/deps/loop_server-<hash>`, which is per worktree).
+pub fn server_binary() -> PathBuf {
+    std::env::var_os("LOOP_TEST_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_loop-server")))
 }
 
 /// The committed loopback component.
@@ -341,7 +352,7 @@ impl Launched {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_loop-server"));
+        let mut command = Command::new(server_binary());
         command
             .arg("--config")
             .arg(&config_path)

@@ -23,6 +23,7 @@ use super::{Authenticated, attach_session_token};
 use crate::app::AppState;
 use crate::config::FxaConfig;
 use crate::error::AppError;
+use crate::net::{Net, Policy};
 
 /// How long the verifier may take before the request fails with 503.
 const VERIFIER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,7 +72,7 @@ enum Failure {
 
 impl BrowserIdVerifier {
     /// `None` when `fxa.verifier_url` is unset (BrowserID is off).
-    pub fn from_config(config: &FxaConfig, http: reqwest::Client) -> anyhow::Result<Option<Self>> {
+    pub fn from_config(config: &FxaConfig, net: &Net) -> anyhow::Result<Option<Self>> {
         let Some(verifier_url) = &config.verifier_url else {
             return Ok(None);
         };
@@ -87,7 +88,7 @@ impl BrowserIdVerifier {
             verifier_url: verifier_url.clone(),
             audiences: config.audiences.clone(),
             trusted_issuers: config.trusted_issuers.clone(),
-            http,
+            http: net.client(Policy::verifier(config))?,
         }))
     }
 
@@ -110,8 +111,11 @@ impl BrowserIdVerifier {
             })
             .send()
             .await
-            .map_err(|err| {
-                Failure::Unavailable(format!("BrowserID verifier unreachable: {err}"))
+            .map_err(|err| match crate::net::refusal(&err) {
+                Some(refused) => {
+                    Failure::Unavailable(format!("BrowserID verifier refused: {refused}"))
+                }
+                None => Failure::Unavailable(format!("BrowserID verifier unreachable: {err}")),
             })?;
         let status = response.status();
         if status.is_server_error() {

@@ -22,6 +22,7 @@ use sha2::Sha256;
 use crate::app::AppState;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
+use crate::net::Net;
 use crate::secrets::{HostSecret, Secrets};
 use crate::store::{PushUrl, Session, Store};
 
@@ -128,7 +129,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Authenticated {
 }
 
 impl Auth {
-    pub fn new(config: &Config, secrets: &Secrets, http: reqwest::Client) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, secrets: &Secrets, net: &Net) -> anyhow::Result<Self> {
         let id_secret = secrets.host(HostSecret::HawkIdKey)?;
         let session_duration = i64::try_from(config.auth.hawk_session_duration)
             .map_err(|_| anyhow::anyhow!("auth.hawk_session_duration: too large"))?;
@@ -140,7 +141,7 @@ impl Auth {
             Some(Ok(url)) if url.scheme() == "https" => 443,
             _ => 80,
         };
-        let browserid = BrowserIdVerifier::from_config(&config.fxa, http)?;
+        let browserid = BrowserIdVerifier::from_config(&config.fxa, net)?;
         Ok(Self {
             id_secret,
             session_duration,

@@ -540,7 +540,7 @@ impl ProviderRuntime {
     pub async fn load(
         config: &Config,
         secrets: &Secrets,
-        http: reqwest::Client,
+        net: &crate::net::Net,
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let pool = PoolSize {
@@ -598,7 +598,7 @@ impl ProviderRuntime {
                     component
                 }
             };
-            let context = plugin_context(name, plugin_config, secrets, http.clone())?;
+            let context = plugin_context(name, plugin_config, secrets, net)?;
             let pre = link(&engine, &linker, &component).with_context(|| {
                 format!(
                     "plugins.{name}: {} is not a loop:provider plugin",
@@ -805,7 +805,7 @@ fn plugin_context(
     name: &str,
     config: &PluginConfig,
     secrets: &Secrets,
-    http: reqwest::Client,
+    net: &crate::net::Net,
 ) -> anyhow::Result<PluginContext> {
     let mut settings = BTreeMap::new();
     for (key, value) in &config.settings {
@@ -837,7 +837,7 @@ fn plugin_context(
         settings,
         allowed_origins,
         limits: config.limits.clone(),
-        http,
+        http: net.client(crate::net::Policy::plugin(name, config))?,
     })
 }
 
@@ -959,9 +959,8 @@ async fn check_component_inner(path: &PathBuf) -> anyhow::Result<()> {
         settings: BTreeMap::new(),
         allowed_origins: Vec::new(),
         limits,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?,
+        http: crate::net::Net::new(&Default::default())?
+            .client(crate::net::Policy::new("plugins.check", false))?,
     };
     let plugin = Plugin::new(context, pre);
     let info = describe(&engine, &plugin)

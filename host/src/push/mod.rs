@@ -1,8 +1,8 @@
-//! Push URLs: validation against SSRF (`guard`), and the pings that wake a
-//! callee's devices (`notify`).
+//! Push URLs: which the server stores and pings (`guard`), and the pings
+//! that wake a callee's devices (`notify`), through the push client of `net`.
 
 mod guard;
 mod notify;
 
-pub use guard::{http_client, validate_push_url};
-pub use notify::{Push, PushStats};
+pub use guard::validate_push_url;
+pub use notify::Push;

@@ -6,13 +6,14 @@
 //! it up longer than `push.timeout_ms`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
+use super::guard::check_push_url;
+use crate::config::{Config, PushConfig};
+use crate::net::{Net, Policy};
 
 /// Pings in flight at once across the server. Beyond this the push servers are
 /// not keeping up, and queueing more would only grow memory.
@@ -20,41 +21,31 @@ const MAX_IN_FLIGHT: usize = 1024;
 
 pub struct Push {
     http: reqwest::Client,
+    config: Arc<PushConfig>,
     timeout: Duration,
     in_flight: Arc<Semaphore>,
-    counters: Arc<Counters>,
 }
 
-#[derive(Default)]
-struct Counters {
-    sent: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// Totals since start-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct PushStats {
-    /// Pings the push server accepted (2xx).
-    pub sent: u64,
-    /// Pings refused, unreachable, timed out, or dropped because too many were in flight.
-    pub failed: u64,
+/// What became of one ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The push server accepted it (2xx).
+    Sent,
+    /// Not sent: the push policy refuses the URL or the addresses it resolves to.
+    Refused,
+    /// Refused by the push server, unreachable, timed out, or dropped because
+    /// too many were in flight.
+    Failed,
 }
 
 impl Push {
-    pub fn new(config: &Config, http: reqwest::Client) -> Self {
-        Self {
-            http,
+    pub fn new(config: &Config, net: &Net) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: net.client(Policy::push(&config.push))?,
+            config: Arc::new(config.push.clone()),
             timeout: Duration::from_millis(config.push.timeout_ms.max(1)),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            counters: Arc::default(),
-        }
-    }
-
-    pub fn stats(&self) -> PushStats {
-        PushStats {
-            sent: self.counters.sent.load(Ordering::Relaxed),
-            failed: self.counters.failed.load(Ordering::Relaxed),
-        }
+        })
     }
 
     /// False while every ping slot is taken: push servers are not keeping up.
@@ -65,14 +56,16 @@ impl Push {
     /// Pings every URL concurrently with `version=<version>`, each bounded by
     /// `push.timeout_ms`, on a task of their own: the call is answered without
     /// waiting for anyone's push server, and a client that hangs up cancels
-    /// nothing. The outcome is counted and logged.
+    /// nothing. Each URL is checked against the push policy again first: it
+    /// was stored under the configuration of its registration. The outcome
+    /// is logged.
     pub fn notify(&self, urls: Vec<String>, version: i64) {
         if urls.is_empty() {
             return;
         }
         let http = self.http.clone();
+        let config = self.config.clone();
         let timeout = self.timeout;
-        let counters = self.counters.clone();
         // Slots are taken here, before the task starts, so that `drain` sees
         // every ping the moment its call is answered.
         let pings: Vec<_> = urls
@@ -82,20 +75,28 @@ impl Push {
         tokio::spawn(async move {
             let pings = pings.into_iter().map(|(permit, url)| {
                 let http = http.clone();
+                let config = config.clone();
                 async move {
+                    if let Err(reason) = check_push_url(&config, &url) {
+                        // The reason names the origin at most.
+                        tracing::warn!(origin = %origin(&url), %reason, "push refused: the push policy no longer allows this URL");
+                        return Outcome::Refused;
+                    }
                     let Some(_permit) = permit else {
                         tracing::warn!(origin = %origin(&url), "push not sent: too many pings in flight");
-                        return false;
+                        return Outcome::Failed;
                     };
                     ping(&http, &url, version, timeout).await
                 }
             });
-            let results = join_all(pings).await;
-            let sent = results.iter().filter(|ok| **ok).count() as u64;
-            let failed = results.len() as u64 - sent;
-            counters.sent.fetch_add(sent, Ordering::Relaxed);
-            counters.failed.fetch_add(failed, Ordering::Relaxed);
-            tracing::debug!(sent, failed, version, "callee notified");
+            let outcomes = join_all(pings).await;
+            let count = |outcome| outcomes.iter().filter(|o| **o == outcome).count();
+            let (sent, failed, refused) = (
+                count(Outcome::Sent),
+                count(Outcome::Failed),
+                count(Outcome::Refused),
+            );
+            tracing::debug!(sent, failed, refused, version, "callee notified");
         });
     }
 
@@ -116,7 +117,7 @@ impl Push {
     }
 }
 
-async fn ping(http: &reqwest::Client, url: &str, version: i64, timeout: Duration) -> bool {
+async fn ping(http: &reqwest::Client, url: &str, version: i64, timeout: Duration) -> Outcome {
     // A push URL is a capability for someone's device: log its origin only.
     let origin = origin(url);
     let result = http
@@ -132,21 +133,28 @@ async fn ping(http: &reqwest::Client, url: &str, version: i64, timeout: Duration
     match result {
         Ok(response) if response.status().is_success() => {
             tracing::debug!(%origin, version, "push sent");
-            true
+            Outcome::Sent
         }
         Ok(response) => {
             tracing::warn!(%origin, status = response.status().as_u16(), "push failed: refused by the push server");
-            false
+            Outcome::Failed
         }
         Err(err) if err.is_timeout() => {
             tracing::warn!(%origin, timeout_ms = timeout.as_millis() as u64, "push failed: timed out");
-            false
+            Outcome::Failed
         }
-        Err(err) => {
-            // Display of a reqwest error includes the URL; strip it.
-            tracing::warn!(%origin, error = %err.without_url(), "push failed: unreachable");
-            false
-        }
+        Err(err) => match crate::net::refusal(&err) {
+            // The name resolved to addresses push may not reach (DNS rebinding).
+            Some(refused) => {
+                tracing::warn!(%origin, reason = %refused, "push refused: no address the push policy allows");
+                Outcome::Refused
+            }
+            None => {
+                // Display of a reqwest error includes the URL; strip it.
+                tracing::warn!(%origin, error = %err.without_url(), "push failed: unreachable");
+                Outcome::Failed
+            }
+        },
     }
 }
 

@@ -1,0 +1,359 @@
+//! The outbound network policy, black-box: the real binary resolving host
+//! names through a fake DNS server on 127.0.0.1 (`net.resolver`), so that a
+//! public-looking name can be pointed at a loopback address at will.
+
+use crate::common;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::fake_dns::FakeDns;
+use common::fake_push::FakePush;
+use common::hawk::Device;
+use common::{ServerOptions, TestServer, client, place_call};
+use loop_server::config::{Config, PluginConfig, PluginLimits};
+use loop_server::net::Net;
+use loop_server::providers::{CallSetupRequest, CallType, ProviderRuntime};
+use loop_server::secrets::Secrets;
+use serde_json::{Value, json};
+
+const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// A public address the fake DNS hands out while a name should look public.
+/// Nothing ever connects to it: every connection resolves afresh.
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(1, 2, 3, 4);
+
+/// `http://<name>:<port of the fake push server>`
+fn origin_on(name: &str, push: &FakePush) -> String {
+    let port = push.origin.rsplit(':').next().unwrap();
+    format!("http://{name}:{port}")
+}
+
+async fn start(dns: &FakeDns, push_toml: &str) -> TestServer {
+    TestServer::start_with(ServerOptions {
+        extra_toml: format!("{}{push_toml}", dns.config()),
+        ..ServerOptions::default()
+    })
+    .await
+}
+
+async fn register(server: &TestServer, push_url: &str) -> (u16, Value) {
+    let response = client()
+        .post(server.endpoint("/registration"))
+        .json(&json!({"simplePushURLs": {"calls": push_url}}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn assert_refused_as_private(server: &TestServer, push_url: &str) {
+    let (status, error) = register(server, push_url).await;
+    assert_eq!((status, &error["errno"]), (400, &json!(107)), "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("simplePushURLs.calls:") && message.contains("push.allow_private"),
+        "{message}"
+    );
+}
+
+/// Alice calls Bob through a call URL Bob made: Bob's devices are pinged.
+async fn call(server: &TestServer, bob: &Device) {
+    let token = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    place_call(
+        &client(),
+        &server.endpoint(&format!("/calls/{token}")),
+        &json!({"callType": "audio"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_name_rebound_to_loopback_is_refused_at_registration_and_at_ping_time() {
+    let (dns, push) = (FakeDns::start().await, FakePush::start().await);
+    let name = "push.example.test";
+    let origin = origin_on(name, &push);
+    let server = start(&dns, &format!("[push]\nallowed_origins = [{origin:?}]\n\n")).await;
+    let url = format!("{origin}/push/bob");
+
+    // Listed by the operator, but a host name: its loopback answer is refused.
+    dns.set(name, &[LOOPBACK]);
+    assert_refused_as_private(&server, &url).await;
+    // One private answer among public ones is enough.
+    dns.set(name, &[PUBLIC, LOOPBACK]);
+    assert_refused_as_private(&server, &url).await;
+
+    // Public at registration, loopback at ping time: DNS rebinding.
+    dns.set(name, &[PUBLIC]);
+    let bob = Device::register(&server.url, &url).await;
+    dns.set(name, &[LOOPBACK]);
+    let asked = dns.queries_for(name);
+    call(&server, &bob).await;
+    let logs = server
+        .wait_for_log("callee notified sent=0 failed=0 refused=1")
+        .await;
+    assert!(
+        logs.contains("push refused: no address the push policy allows"),
+        "{logs}"
+    );
+    assert!(dns.queries_for(name) > asked, "the ping resolved afresh");
+    assert!(push.pings().is_empty(), "{:?}", push.pings());
+    assert!(!logs.contains("/push/bob"), "push URLs are not logged");
+}
+
+#[tokio::test]
+async fn allow_private_lets_push_names_resolve_to_private_addresses() {
+    let (dns, push) = (FakeDns::start().await, FakePush::start().await);
+    let name = "push.internal.test";
+    let origin = origin_on(name, &push);
+    let server = start(
+        &dns,
+        &format!("[push]\nallowed_origins = [{origin:?}]\nallow_private = true\n\n"),
+    )
+    .await;
+    dns.set(name, &[LOOPBACK]);
+    let bob = Device::register(&server.url, &format!("{origin}/push/bob")).await;
+    call(&server, &bob).await;
+    let pings = push.wait_for("bob", 1).await;
+    assert_eq!(pings[0].kind, "push");
+}
+
+#[tokio::test]
+async fn a_stored_push_url_is_not_pinged_once_its_origin_is_no_longer_allowed() {
+    let push = FakePush::start().await;
+    let mut server = TestServer::start_with(ServerOptions {
+        extra_toml: push.config(2000),
+        ..ServerOptions::default()
+    })
+    .await;
+    let bob = Device::register(&server.url, &format!("{}/push/bob?t=SECRET", push.origin)).await;
+
+    // The operator removes the origin; the URL stays stored.
+    let config = std::fs::read_to_string(&server.config_path).unwrap();
+    let tightened = config.replace(
+        &format!("allowed_origins = [{:?}]", push.origin),
+        "allowed_origins = [\"https://push.example.com\"]",
+    );
+    assert_ne!(config, tightened);
+    std::fs::write(&server.config_path, tightened).unwrap();
+    server.restart();
+
+    call(&server, &bob.on(&server.url)).await;
+    let logs = server
+        .wait_for_log("callee notified sent=0 failed=0 refused=1")
+        .await;
+    assert!(
+        logs.contains("push refused: the push policy no longer allows this URL"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("origin={}", push.origin)),
+        "the origin is logged: {logs}"
+    );
+    assert!(
+        !logs.contains("SECRET"),
+        "the path and query are not: {logs}"
+    );
+    assert!(push.pings().is_empty(), "{:?}", push.pings());
+}
+
+/// A vendor API on 127.0.0.1 that counts its `POST /v1/sessions`.
+async fn fake_vendor() -> (u16, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/v1/sessions",
+        axum::routing::post(move || async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"sessionId": "vendor-session-1"}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, hits)
+}
+
+fn vendor(origin: &str, allow_private: bool) -> PluginConfig {
+    let mut settings = toml::Table::new();
+    settings.insert("api_url".into(), origin.into());
+    settings.insert("api_key".into(), "key-1".into());
+    PluginConfig {
+        component: common::workspace_root().join("tests/plugins/vendor/vendor.wasm"),
+        allowed_hosts: vec![origin.to_string()],
+        allow_private,
+        limits: PluginLimits::default(),
+        generated_secrets: vec!["api_secret".into()],
+        settings,
+    }
+}
+
+fn setup_request() -> CallSetupRequest {
+    CallSetupRequest {
+        call_id: "c".into(),
+        call_type: CallType::AudioVideo,
+        caller: "alice@example.com".into(),
+        callee: "bob@example.com".into(),
+        channel: None,
+        caller_display_name: "Alice".into(),
+        callee_display_name: "Bob".into(),
+        token_lifetime_seconds: 3600,
+    }
+}
+
+#[tokio::test]
+async fn a_name_trusted_for_one_use_is_not_trusted_for_another() {
+    let dns = FakeDns::start().await;
+    let name = "vendor.example.test";
+    dns.set(name, &[LOOPBACK]);
+    let (port, hits) = fake_vendor().await;
+    let origin = format!("http://{name}:{port}");
+
+    // Plugins: only the one with allow_private reaches the loopback answer.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.net.resolver = Some(dns.addr.clone());
+    config.plugins.insert(
+        "loopback".into(),
+        PluginConfig {
+            generated_secrets: vec!["secret".into()],
+            ..vendor("http://127.0.0.1:1", false)
+        },
+    );
+    config.plugins.get_mut("loopback").unwrap().component = common::loopback_wasm();
+    config
+        .plugins
+        .insert("trusted".into(), vendor(&origin, true));
+    config
+        .plugins
+        .insert("untrusted".into(), vendor(&origin, false));
+    let net = Net::new(&config.net).unwrap();
+    let runtime = ProviderRuntime::load(&config, &Secrets::new(dir.path()), &net)
+        .await
+        .unwrap();
+    runtime
+        .setup_call("untrusted", setup_request())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "plugins.untrusted got through"
+    );
+    let setup = runtime
+        .setup_call("trusted", setup_request())
+        .await
+        .unwrap();
+    assert_eq!(setup.session_id, "vendor-session-1");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // Push, in a server whose plugin trusts the name: push URLs on it are
+    // still refused, at registration and at ping time.
+    let push = FakePush::start().await;
+    let push_origin = origin_on(name, &push);
+    let plugin = format!(
+        "[plugins.vendor]\ncomponent = {:?}\nallowed_hosts = [{push_origin:?}]\nallow_private = true\n\n",
+        common::workspace_root()
+            .join("tests/plugins/vendor/vendor.wasm")
+            .display()
+            .to_string()
+    );
+    let server = start(
+        &dns,
+        &format!("[push]\nallowed_origins = [{push_origin:?}]\n\n{plugin}"),
+    )
+    .await;
+    let url = format!("{push_origin}/push/bob");
+    assert_refused_as_private(&server, &url).await;
+
+    dns.set(name, &[PUBLIC]);
+    let bob = Device::register(&server.url, &url).await;
+    dns.set(name, &[LOOPBACK]);
+    call(&server, &bob).await;
+    server
+        .wait_for_log("callee notified sent=0 failed=0 refused=1")
+        .await;
+    assert!(push.pings().is_empty(), "{:?}", push.pings());
+}
+
+#[tokio::test]
+async fn the_verifier_reaches_a_private_address_only_with_fxa_allow_private() {
+    use base64::Engine;
+    let dns = FakeDns::start().await;
+    let name = "verifier.example.test";
+    dns.set(name, &[LOOPBACK]);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/v2",
+        axum::routing::post(move || async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"status": "failure", "reason": "test verifier"}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let audience = "https://loop.example.test";
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"aud": audience}).to_string());
+    let assertion = format!("eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln");
+    for (allow_private, status) in [(false, 503), (true, 401)] {
+        let fxa = format!(
+            "[fxa]\nverifier_url = \"http://{name}:{port}/v2\"\naudiences = [{audience:?}]\n\
+             trusted_issuers = [\"issuer.example.test\"]\nallow_private = {allow_private}\n\n"
+        );
+        let server = start(&dns, &fxa).await;
+        let response = client()
+            .post(server.endpoint("/v0/registration"))
+            .header("Authorization", format!("BrowserID {assertion}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            status,
+            "fxa.allow_private = {allow_private}"
+        );
+        let reached = usize::from(allow_private);
+        assert_eq!(hits.load(Ordering::SeqCst), reached);
+        if !allow_private {
+            let logs = server.wait_for_log("BrowserID verifier refused").await;
+            assert!(logs.contains("fxa.allow_private is off"), "{logs}");
+        }
+    }
+}
+
+#[test]
+fn bad_net_keys_are_configuration_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = format!(
+        "[plugins.loopback]\ncomponent = {:?}\ngenerated_secrets = [\"secret\"]\n",
+        common::loopback_wasm().display().to_string()
+    );
+    for (toml, key) in [
+        ("[net]\nresolver = \"dns.example.com\"\n", "net.resolver"),
+        ("[net]\nresolvers = \"127.0.0.1\"\n", "resolvers"),
+        ("[push]\nallow_private = \"yes\"\n", "push.allow_private"),
+        ("[fxa]\nallow_private = 1\n", "fxa.allow_private"),
+    ] {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, format!("{toml}{plugin}")).unwrap();
+        let output = std::process::Command::new(common::server_binary())
+            .arg("--config")
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{toml}");
+        assert!(stderr.contains(key), "{toml}: {stderr}");
+    }
+}
