@@ -6,6 +6,7 @@ use crate::common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::fake_push::FakePush;
 use common::hawk::Device;
 use common::{ServerOptions, TestServer, loopback_wasm};
 
@@ -274,8 +275,10 @@ async fn variables_that_configure_nothing_are_named_in_a_warning() {
 /// every other, which an empty or half-read key would break.
 #[tokio::test]
 async fn instances_starting_at_once_on_a_fresh_data_directory_share_one_key() {
+    let push = FakePush::start().await;
     let servers = TestServer::start_all(ServerOptions {
         processes: 8,
+        extra_toml: push.config(2000),
         ..Default::default()
     })
     .await;
@@ -284,7 +287,7 @@ async fn instances_starting_at_once_on_a_fresh_data_directory_share_one_key() {
     assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key:?}");
     for (i, server) in servers.iter().enumerate() {
         let next = &servers[(i + 1) % servers.len()];
-        let device = Device::register(&server.url, "https://push.example.com/x").await;
+        let device = Device::register(&server.url, &push.url("x")).await;
         let response = device.on(&next.url).get("/call-url").await;
         assert_eq!(response.status(), 200, "server {i}'s session on the next one");
     }
@@ -294,21 +297,24 @@ async fn instances_starting_at_once_on_a_fresh_data_directory_share_one_key() {
 /// given the Hawk id key in the environment, and then act as one service.
 #[tokio::test]
 async fn secrets_given_in_the_environment_replace_generated_ones() {
+    let push = FakePush::start().await;
     let key = hex::encode(rand::random::<[u8; 32]>());
     let env = vec![("LOOP_SECRETS__HAWK_ID_KEY".to_string(), key.clone())];
     let a = TestServer::start_with(ServerOptions {
         env: env.clone(),
+        extra_toml: push.config(2000),
         ..Default::default()
     })
     .await;
     let b = TestServer::start_with(ServerOptions {
         env,
+        extra_toml: push.config(2000),
         database_url: Some(a.database_url.clone()),
         ..Default::default()
     })
     .await;
     assert_ne!(a.dir, b.dir);
-    let bob = Device::register(&a.url, "https://push.example.com/bob").await;
+    let bob = Device::register(&a.url, &push.url("bob")).await;
     assert_eq!(bob.on(&b.url).get("/call-url").await.status(), 200);
     // The key came from the environment: none was generated, none logged.
     for server in [&a, &b] {

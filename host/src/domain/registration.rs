@@ -28,7 +28,7 @@ pub async fn register(
 ) -> AppResult<Option<NewSession>> {
     let mut push_urls = Vec::with_capacity(requested.len());
     for RequestedPushUrl { topic, field, url } in requested {
-        let url = validate_push_url(&state.config.push, field, &url).await?;
+        let url = validate_push_url(&state.net, &state.config.push, field, &url).await?;
         push_urls.push(PushUrl {
             topic,
             url: url.into(),
