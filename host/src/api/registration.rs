@@ -85,12 +85,10 @@ async fn register(
         .collect();
     let new_token = match authenticated {
         Some(Authenticated { session }) => {
-            for push_url in &push_urls {
-                state
-                    .store
-                    .set_push_url(&session.id_hmac, push_url.topic, &push_url.url)
-                    .await?;
-            }
+            state
+                .store
+                .set_push_urls(&session.id_hmac, &push_urls)
+                .await?;
             None
         }
         // A new device: its session and push URLs are stored together.
