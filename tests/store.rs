@@ -1585,13 +1585,23 @@ async fn a_database_gone_away_is_503_with_retry_after() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
     let name = database.url.rsplit('/').next().unwrap().to_string();
-    sqlx::raw_sql(&format!(
-        "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
-         SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = '{name}'"
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    // Committed before the connections are cut, so none comes back.
+    sqlx::raw_sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+    }
 
     // The first request may meet a cut connection, the next a refused one.
     for _ in 0..2 {
