@@ -334,3 +334,28 @@ async fn secrets_given_in_the_environment_replace_generated_ones() {
     .await;
     assert_eq!(bob.on(&c.url).get("/call-url").await.status(), 401);
 }
+
+#[test]
+fn sqlite_synchronous_is_normal_or_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = loopback_table();
+    let cases: Vec<InvalidCase> = vec![
+        (
+            format!("[database]\nsqlite_synchronous = \"off\"\n{plugins}"),
+            vec![],
+            "database.sqlite_synchronous",
+        ),
+        (
+            plugins.clone(),
+            vec![("LOOP_DATABASE__SQLITE_SYNCHRONOUS", "extra")],
+            "database.sqlite_synchronous",
+        ),
+    ];
+    for (toml, env, key) in cases {
+        let stderr = refuse(dir.path(), &toml, &env);
+        assert!(
+            stderr.to_ascii_lowercase().contains(key) && stderr.contains("normal"),
+            "expected {key:?} and the accepted values in the error for {toml:?} {env:?}, got: {stderr}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use loop_server::config::Config;
 use loop_server::store::{
-    self, Call, CallUrl, CallUrlUpdate, PushTopic, PushUrl, Session, SqlStore, Store,
+    self, Call, CallUrl, CallUrlUpdate, PushTopic, PushUrl, Session, SqlStore, Store, StoreError,
 };
 use tempfile::TempDir;
 
@@ -59,6 +59,15 @@ impl Db {
             .unwrap()
     }
 
+    /// The store as its concrete type, for what only it shows (batch stats).
+    async fn open_sql(&self) -> Arc<SqlStore> {
+        Arc::new(
+            SqlStore::connect(&config(&self.url))
+                .await
+                .unwrap_or_else(|err| panic!("{}: connect: {err:#}", self.name)),
+        )
+    }
+
     async fn open(&self) -> Arc<dyn Store> {
         store::connect(&config(&self.url))
             .await
@@ -86,6 +95,13 @@ fn session(user_id: &str, expires_at: i64) -> Session {
         key: hex::encode(rand::random::<[u8; 32]>()),
         user_id: user_id.into(),
         expires_at,
+    }
+}
+
+fn push(topic: PushTopic, url: impl Into<String>) -> PushUrl {
+    PushUrl {
+        topic,
+        url: url.into(),
     }
 }
 
@@ -160,8 +176,11 @@ async fn sessions_are_live_until_they_expire_and_touch_extends_them() {
         let mut clash = session("intruder", NOW + 60);
         clash.id_hmac = live.id_hmac.clone();
         assert!(
-            store.create_session(&clash, &[]).await.is_err(),
-            "{name}: duplicate session id accepted"
+            matches!(
+                store.create_session(&clash, &[]).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{name}: duplicate session id accepted, or not reported as a conflict"
         );
         assert_eq!(
             store
@@ -284,35 +303,38 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
         }
 
         store
-            .set_push_url(
+            .set_push_urls(
                 &phone.id_hmac,
-                PushTopic::Calls,
-                "https://push.test/phone-old",
+                &[push(PushTopic::Calls, "https://push.test/phone-old")],
             )
             .await
             .unwrap();
         store
-            .set_push_url(&phone.id_hmac, PushTopic::Calls, "https://push.test/phone")
-            .await
-            .unwrap();
-        store
-            .set_push_url(
+            .set_push_urls(
                 &phone.id_hmac,
-                PushTopic::Rooms,
-                "https://push.test/phone-rooms",
+                &[push(PushTopic::Calls, "https://push.test/phone")],
             )
             .await
             .unwrap();
         store
-            .set_push_url(
+            .set_push_urls(
+                &phone.id_hmac,
+                &[push(PushTopic::Rooms, "https://push.test/phone-rooms")],
+            )
+            .await
+            .unwrap();
+        store
+            .set_push_urls(
                 &laptop.id_hmac,
-                PushTopic::Calls,
-                "https://push.test/laptop",
+                &[push(PushTopic::Calls, "https://push.test/laptop")],
             )
             .await
             .unwrap();
         store
-            .set_push_url(&other.id_hmac, PushTopic::Calls, "https://push.test/other")
+            .set_push_urls(
+                &other.id_hmac,
+                &[push(PushTopic::Calls, "https://push.test/other")],
+            )
             .await
             .unwrap();
 
@@ -353,10 +375,9 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
 
         // The same device URL registered by two sessions is notified once.
         store
-            .set_push_url(
+            .set_push_urls(
                 &laptop.id_hmac,
-                PushTopic::Rooms,
-                "https://push.test/phone-rooms",
+                &[push(PushTopic::Rooms, "https://push.test/phone-rooms")],
             )
             .await
             .unwrap();
@@ -517,11 +538,14 @@ async fn a_session_is_created_with_its_push_urls_which_end_with_it() {
 /// store/batch.rs); a row that breaks a constraint must fail alone, and every
 /// other write in its group must be stored and answered truthfully. On the
 /// single-threaded test runtime every write below is queued before the first
-/// group runs, so each clash shares a statement with good rows.
+/// group runs, so each clash shares a statement with good rows; the batch
+/// stats show both that rows shared statements and that the failed ones were
+/// retried row by row.
 #[tokio::test]
 async fn concurrent_writes_are_grouped_and_a_bad_row_fails_alone() {
     for db in backends().await {
-        let store = db.open().await;
+        let sql = db.open_sql().await;
+        let store: Arc<dyn Store> = sql.clone();
         let name = db.name;
         let existing_session = session("user-x", NOW + 60);
         let existing_url = call_url("user-x", NOW, NOW + 60);
@@ -598,18 +622,45 @@ async fn concurrent_writes_are_grouped_and_a_bad_row_fails_alone() {
                 ));
             }
         }
+        let before = sql.batch_stats();
+        let writes = tasks.len() as u64;
         let mut accepted_nonces = 0;
         let mut refused_clashes = 0;
         for (what, task) in tasks {
             match (what, task.await.unwrap()) {
-                ("clash", result) => refused_clashes += usize::from(result.is_err()),
+                ("clash", result) => {
+                    refused_clashes += usize::from(matches!(result, Err(StoreError::Conflict(_))))
+                }
                 ("nonce", Ok(accepted)) => accepted_nonces += usize::from(accepted),
                 (_, Ok(stored)) => assert!(stored),
                 (what, Err(err)) => panic!("{name}: {what} failed: {err}"),
             }
         }
         assert_eq!(accepted_nonces, 20, "{name}: each nonce accepted once");
-        assert_eq!(refused_clashes, 3, "{name}: every clash refused");
+        assert_eq!(
+            refused_clashes, 3,
+            "{name}: every clash refused as a conflict"
+        );
+        let after = sql.batch_stats();
+        let (jobs, rounds, statements, retries) = (
+            after.jobs - before.jobs,
+            after.rounds - before.rounds,
+            after.statements - before.statements,
+            after.row_retries - before.row_retries,
+        );
+        assert_eq!(jobs, writes, "{name}: {after:?}");
+        // 41 rows of each kind but nonces (40), in chunks of 32 + 8 (+ 1) rows:
+        // 11 statements when all share one round, against 163 writes.
+        assert!(
+            rounds <= 3 && statements <= 3 * 12,
+            "{name}: {writes} writes took {rounds} rounds and {statements} statements"
+        );
+        // Each clash sat in a chunk with good rows: its chunk failed and was
+        // retried row by row, which a clash alone in a statement is not.
+        assert!(
+            retries >= 3 * 2,
+            "{name}: {retries} row-by-row retries; the clashes did not share statements"
+        );
 
         let pushed = store
             .push_urls("user-g", PushTopic::Calls, NOW)
@@ -706,8 +757,11 @@ async fn call_urls_expire_but_stay_readable_by_token() {
             ..call_url("user-2", NOW, NOW + 60)
         };
         assert!(
-            store.create_call_url(&clash).await.is_err(),
-            "{name}: duplicate token accepted"
+            matches!(
+                store.create_call_url(&clash).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{name}: duplicate token accepted, or not reported as a conflict"
         );
         assert_eq!(
             store.call_url(&first.token).await.unwrap(),
@@ -876,8 +930,11 @@ async fn calls_are_listed_by_version_until_they_expire() {
             ..call("user-2", NOW, NOW + 60)
         };
         assert!(
-            store.create_call(&clash).await.is_err(),
-            "{name}: duplicate call id accepted"
+            matches!(
+                store.create_call(&clash).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{name}: duplicate call id accepted, or not reported as a conflict"
         );
     }
 }
@@ -900,10 +957,12 @@ async fn populate(store: &Arc<dyn Store>, user_id: &str) -> UserData {
                 .unwrap()
         );
         store
-            .set_push_url(
+            .set_push_urls(
                 &s.id_hmac,
-                PushTopic::Calls,
-                &format!("https://push.test/{}", s.id_hmac),
+                &[push(
+                    PushTopic::Calls,
+                    format!("https://push.test/{}", s.id_hmac),
+                )],
             )
             .await
             .unwrap();
@@ -1033,7 +1092,7 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
         }
         let expired_session = &expired_sessions[0];
         // Long expired: purged. Recently expired: kept so its link still says "expired".
-        let retention = loop_server::store::sql::EXPIRED_CALL_URL_RETENTION_SECONDS;
+        let retention = loop_server::store::EXPIRED_CALL_URL_RETENTION_SECONDS;
         let expired_url = call_url("user-live", NOW - retention - 100, NOW - retention);
         store.create_call_url(&expired_url).await.unwrap();
         let recently_expired_url = call_url("user-live", NOW - 100, NOW - 1);
@@ -1213,10 +1272,9 @@ async fn sqlite_concurrent_writers_wait_for_each_other() {
                 .remember_nonce_of_live_session(&s.id_hmac, "nonce", NOW + 60, NOW)
                 .await?;
             store
-                .set_push_url(
+                .set_push_urls(
                     &s.id_hmac,
-                    PushTopic::Calls,
-                    &format!("https://push.test/{i}"),
+                    &[push(PushTopic::Calls, format!("https://push.test/{i}"))],
                 )
                 .await?;
             store.create_call(&call(&s.user_id, NOW, NOW + 60)).await?;
@@ -1224,7 +1282,7 @@ async fn sqlite_concurrent_writers_wait_for_each_other() {
             if i % 10 == 0 {
                 store.purge_expired(NOW).await?;
             }
-            Ok::<_, sqlx::Error>(s)
+            Ok::<_, StoreError>(s)
         })
     });
     let sessions: Vec<Session> = futures::future::join_all(writers)
@@ -1312,7 +1370,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "durability_child",
+            "store::durability_child",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
@@ -1346,4 +1404,342 @@ async fn acknowledged_writes_survive_kill_9() {
             "acknowledged session {id} lost after kill -9"
         );
     }
+}
+
+/// Creates a table and a trigger recording every UPDATE of a `sessions` row:
+/// a row-level trigger fires once per statement that changes the row, so it
+/// counts statements, which no query of ours can.
+async fn count_session_updates(sql: &SqlStore, name: &str) {
+    let ddl = if name == "sqlite" {
+        "CREATE TABLE test_session_updates (id_hmac TEXT NOT NULL); \
+         CREATE TRIGGER test_session_updates AFTER UPDATE ON sessions \
+         BEGIN INSERT INTO test_session_updates VALUES (NEW.id_hmac); END;"
+    } else {
+        "CREATE TABLE test_session_updates (id_hmac TEXT NOT NULL); \
+         CREATE FUNCTION test_session_update() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN INSERT INTO test_session_updates VALUES (NEW.id_hmac); RETURN NEW; END $$; \
+         CREATE TRIGGER test_session_updates AFTER UPDATE ON sessions \
+         FOR EACH ROW EXECUTE FUNCTION test_session_update();"
+    };
+    sqlx::raw_sql(ddl).execute(sql.pool()).await.unwrap();
+}
+
+async fn session_updates(sql: &SqlStore, id_hmac: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM test_session_updates WHERE id_hmac = $1")
+        .bind(id_hmac)
+        .fetch_one(sql.pool())
+        .await
+        .unwrap()
+}
+
+/// A re-registration (`POST /registration` with a session) writes every topic
+/// it gives in one statement, and a topic it does not give keeps its URL, as
+/// in Mozilla's server: a device re-registering `calls` is still woken for
+/// `rooms`.
+#[tokio::test]
+async fn set_push_urls_writes_the_given_topics_in_one_statement_and_keeps_the_others() {
+    use PushTopic::{Calls, Rooms};
+    for db in backends().await {
+        let sql = db.open_sql().await;
+        let store: Arc<dyn Store> = sql.clone();
+        let name = db.name;
+        count_session_updates(&sql, name).await;
+        let phone = session("user-1", NOW + 60);
+        let laptop = session("user-1", NOW + 60);
+        store
+            .create_session(
+                &phone,
+                &[
+                    push(Calls, "https://push.test/calls-1"),
+                    push(Rooms, "https://push.test/rooms-1"),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .create_session(&laptop, &[push(Calls, "https://push.test/laptop")])
+            .await
+            .unwrap();
+        let urls = |topic| {
+            let store = store.clone();
+            async move { store.push_urls("user-1", topic, NOW).await.unwrap() }
+        };
+
+        // Both topics: one statement.
+        store
+            .set_push_urls(
+                &phone.id_hmac,
+                &[
+                    push(Calls, "https://push.test/calls-2"),
+                    push(Rooms, "https://push.test/rooms-2"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            session_updates(&sql, &phone.id_hmac).await,
+            1,
+            "{name}: statements"
+        );
+        assert_eq!(
+            urls(Calls).await,
+            ["https://push.test/calls-2", "https://push.test/laptop"],
+            "{name}"
+        );
+        assert_eq!(urls(Rooms).await, ["https://push.test/rooms-2"], "{name}");
+
+        // Only calls: rooms keeps its URL.
+        store
+            .set_push_urls(&phone.id_hmac, &[push(Calls, "https://push.test/calls-3")])
+            .await
+            .unwrap();
+        assert_eq!(
+            urls(Calls).await,
+            ["https://push.test/calls-3", "https://push.test/laptop"],
+            "{name}"
+        );
+        assert_eq!(
+            urls(Rooms).await,
+            ["https://push.test/rooms-2"],
+            "{name}: rooms lost"
+        );
+
+        // Only rooms, twice: the last one wins, calls is kept.
+        store
+            .set_push_urls(
+                &phone.id_hmac,
+                &[
+                    push(Rooms, "https://push.test/rooms-x"),
+                    push(Rooms, "https://push.test/rooms-3"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            urls(Calls).await,
+            ["https://push.test/calls-3", "https://push.test/laptop"],
+            "{name}: calls lost"
+        );
+        assert_eq!(urls(Rooms).await, ["https://push.test/rooms-3"], "{name}");
+
+        // Nothing given writes nothing; the other session was never touched.
+        store.set_push_urls(&phone.id_hmac, &[]).await.unwrap();
+        assert_eq!(session_updates(&sql, &phone.id_hmac).await, 3, "{name}");
+        assert_eq!(session_updates(&sql, &laptop.id_hmac).await, 0, "{name}");
+        // An unknown session is harmless.
+        store
+            .set_push_urls("unknown", &[push(Calls, "https://push.test/nobody")])
+            .await
+            .unwrap();
+    }
+}
+
+/// SQLite's write lock held (by another process) past the busy timeout: the
+/// write fails as a timeout, which the API answers with 503 and Retry-After,
+/// and writes resume once the lock is released.
+#[tokio::test]
+async fn sqlite_write_lock_held_too_long_is_a_timeout() {
+    use sqlx::Connection;
+    let db = Db::sqlite();
+    let store = db.open().await;
+    let mut other = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let result = store
+        .create_session(&session("user-1", NOW + 60), &[])
+        .await;
+    assert!(matches!(result, Err(StoreError::Timeout(_))), "{result:?}");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    store
+        .create_session(&session("user-1", NOW + 60), &[])
+        .await
+        .unwrap();
+}
+
+/// PostgreSQL going away under a running server (connections cut, new ones
+/// refused): requests get Mozilla's "backend unavailable" answer, 503 with
+/// errno 201 and Retry-After, as before storage had an error type of its own.
+#[tokio::test]
+async fn a_database_gone_away_is_503_with_retry_after() {
+    use sqlx::Connection;
+    let database = common::fresh_postgres_database().await;
+    let server = common::TestServer::start_with(common::ServerOptions {
+        database_url: Some(database.url.clone()),
+        extra_toml: "[push]\nallowed_origins = [\"http://127.0.0.1:9\"]\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let register = || {
+        common::client()
+            .post(server.endpoint("/registration"))
+            .json(&serde_json::json!({"simplePushURL": "http://127.0.0.1:9/push"}))
+            .send()
+    };
+    assert_eq!(register().await.unwrap().status(), 200);
+
+    // The test's admin database: PostgreSQL refuses to lock out connections
+    // to the database one is connected to.
+    let admin = std::env::var("LOOP_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let name = database.url.rsplit('/').next().unwrap().to_string();
+    // Committed before the connections are cut, so none comes back.
+    sqlx::raw_sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+    }
+
+    // The first request may meet a cut connection, the next a refused one.
+    for _ in 0..2 {
+        let response = register().await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "30");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["errno"], 201, "{body}");
+    }
+    drop(server);
+}
+
+/// Runs `loop-server` on `database_url` and expects it to refuse to start;
+/// returns its stderr. A server that starts anyway is killed, and fails the test.
+fn refuse_to_start(database_url: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[database]\nurl = {database_url:?}\n\n\
+             [plugins.loopback]\ncomponent = {:?}\ngenerated_secrets = [\"secret\"]\n",
+            dir.path().join("data").display().to_string(),
+            common::loopback_wasm().display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loop-server"))
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loop-server started on {database_url}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
+/// A database that a newer release has migrated is refused at start-up,
+/// naming the migration this binary does not know, instead of running on a
+/// schema it may not understand (see host/migrations/README.md).
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_release_is_refused_at_start() {
+    for db in backends().await {
+        let name = db.name;
+        let sql = db.open_sql().await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES ($1, $2, TRUE, $3, 0)",
+        )
+        .bind(29_991_231_000_000_i64)
+        .bind("drop the sessions table")
+        .bind(vec![0u8; 48])
+        .execute(sql.pool())
+        .await
+        .unwrap();
+        drop(sql);
+        let url = db.url.clone();
+        let stderr = tokio::task::spawn_blocking(move || refuse_to_start(&url))
+            .await
+            .unwrap();
+        assert!(
+            stderr.contains("29991231000000") && stderr.contains("drop the sessions table"),
+            "{name}: {stderr}"
+        );
+        // The check is the store's, not only the binary's.
+        let error = store::connect(&config(&db.url)).await.err();
+        assert!(error.is_some(), "{name}: the store opened it");
+    }
+}
+
+/// `database.sqlite_synchronous` reaches the writer connection: the server
+/// logs the value it reads back from the writer (`PRAGMA synchronous`).
+#[tokio::test]
+async fn sqlite_synchronous_is_applied_to_the_writer() {
+    for (value, expected) in [(None, "normal"), (Some("full"), "full")] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = common::TestServer::start_with(common::ServerOptions {
+            dir: Some(dir.path().to_path_buf()),
+            database_url: Some(format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("loop.db").display()
+            )),
+            env: value
+                .map(|v| {
+                    (
+                        "LOOP_DATABASE__SQLITE_SYNCHRONOUS".to_string(),
+                        v.to_string(),
+                    )
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        })
+        .await;
+        server
+            .wait_for_log(&format!("sqlite_synchronous={expected}"))
+            .await;
+    }
+}
+
+/// The SQLite database holds call URL tokens and callees' provider tokens:
+/// it and its -wal and -shm files are the owner's only, whatever the umask.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_sqlite_database_and_its_wal_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db/loop.db");
+    let server = common::TestServer::start_with(common::ServerOptions {
+        dir: Some(dir.path().to_path_buf()),
+        database_url: Some(format!("sqlite://{}?mode=rwc", path.display())),
+        ..Default::default()
+    })
+    .await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file)
+            .unwrap_or_else(|err| panic!("{file}: {err}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} is {:o}", mode & 0o777);
+    }
+    drop(server);
 }

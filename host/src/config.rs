@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::store::sql::Backend;
+use crate::store::{Backend, SqliteSynchronous};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,6 +52,9 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How often expired rows are purged.
     pub purge_interval_seconds: u64,
+    /// What an acknowledged write survives on SQLite: `normal` (a process
+    /// crash) or `full` (a power loss too). See `config.toml`.
+    pub sqlite_synchronous: SqliteSynchronous,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,6 +220,7 @@ impl Default for DatabaseConfig {
             url: None,
             max_connections: 16,
             purge_interval_seconds: 60,
+            sqlite_synchronous: SqliteSynchronous::Normal,
         }
     }
 }

@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::store::StoreError;
+
 /// Loop's errno numbers (a subset of Mozilla's loop-server `errors.js`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
@@ -117,8 +119,13 @@ impl AppError {
     }
 }
 
-impl From<sqlx::Error> for AppError {
-    fn from(err: sqlx::Error) -> Self {
+/// Every storage failure is a 503 with errno 201 and Retry-After, as Mozilla's
+/// server answers any storage error: the client can do nothing but retry,
+/// and a clash on a random key does go away when it retries with fresh keys.
+/// The kind (unavailable, timeout, conflict, other) goes to the log, where it
+/// tells an outage from a bug.
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
         tracing::error!(error = %err, "storage error");
         Self::Backend("storage is unavailable".into())
     }

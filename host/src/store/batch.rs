@@ -18,12 +18,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::Row;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::sql::{CALL_COLUMNS, CALL_URL_COLUMNS, Conn, WriterHandle};
-use crate::store::{Call, CallUrl, PushTopic, PushUrl, Session, Timestamp};
+use super::connection::{Conn, WriterHandle};
+use super::queries::{CALL_COLUMNS, CALL_URL_COLUMNS};
+use crate::store::{Call, CallUrl, PushTopic, PushUrl, Session, StoreError, Timestamp};
 
 /// Most rows in one statement. Bounded so statements stay short (SQLite
 /// holds its write lock for the whole statement) and the number of distinct
@@ -99,13 +101,40 @@ const KINDS: [Kind; 4] = [Kind::Session, Kind::Nonce, Kind::CallUrl, Kind::Call]
 /// when every conditional write (a nonce) took effect.
 struct Job {
     writes: Vec<Write>,
-    reply: oneshot::Sender<Result<bool, sqlx::Error>>,
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// What the writer has done since the store opened: whether writes really
+/// share statements is otherwise invisible from outside (tests, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Requests answered.
+    pub jobs: u64,
+    /// Rounds run, each one checkout of the writer.
+    pub rounds: u64,
+    /// Statements run for chunks of rows, the retries below not included.
+    pub statements: u64,
+    /// Statements run for one row each, after the chunk holding it failed.
+    pub row_retries: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    jobs: AtomicU64,
+    rounds: AtomicU64,
+    statements: AtomicU64,
+    row_retries: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: usize) {
+    counter.fetch_add(by as u64, Ordering::Relaxed);
 }
 
 /// The queue in front of the writer. Cheap to share; the round loop ends when
 /// the last handle is dropped.
 pub(super) struct WriteBatcher {
     jobs: mpsc::Sender<Job>,
+    counters: Arc<Counters>,
 }
 
 impl WriteBatcher {
@@ -114,22 +143,46 @@ impl WriteBatcher {
     /// different rows do not wait for each other.
     pub fn start(writer: WriterHandle, concurrency: usize) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_rounds(writer, queue, concurrency.max(1)));
-        WriteBatcher { jobs }
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(run_rounds(
+            writer,
+            queue,
+            concurrency.max(1),
+            counters.clone(),
+        ));
+        WriteBatcher { jobs, counters }
     }
 
     /// Writes `writes` in order, in the next round; see [`Job`] for the answer.
-    pub async fn write(&self, writes: Vec<Write>) -> Result<bool, sqlx::Error> {
+    pub async fn write(&self, writes: Vec<Write>) -> Result<bool, StoreError> {
+        // The round loop only ends with the store; a request that outlives
+        // it finds storage gone.
+        let gone = || StoreError::from(sqlx::Error::WorkerCrashed);
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { writes, reply })
             .await
-            .map_err(|_| sqlx::Error::WorkerCrashed)?;
-        answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        let c = &self.counters;
+        BatchStats {
+            jobs: c.jobs.load(Ordering::Relaxed),
+            rounds: c.rounds.load(Ordering::Relaxed),
+            statements: c.statements.load(Ordering::Relaxed),
+            row_retries: c.row_retries.load(Ordering::Relaxed),
+        }
     }
 }
 
-async fn run_rounds(writer: WriterHandle, mut queue: mpsc::Receiver<Job>, concurrency: usize) {
+async fn run_rounds(
+    writer: WriterHandle,
+    mut queue: mpsc::Receiver<Job>,
+    concurrency: usize,
+    counters: Arc<Counters>,
+) {
     let rounds = Arc::new(Semaphore::new(concurrency));
     loop {
         // Waiting for a free round first lets the queue fill meanwhile: the
@@ -142,8 +195,9 @@ async fn run_rounds(writer: WriterHandle, mut queue: mpsc::Receiver<Job>, concur
             return;
         }
         let writer = writer.clone();
+        let counters = counters.clone();
         tokio::spawn(async move {
-            run_round(&writer, jobs).await;
+            run_round(&writer, jobs, &counters).await;
             drop(permit);
         });
     }
@@ -155,18 +209,19 @@ struct Pending<'a> {
     write: &'a Write,
 }
 
-async fn run_round(writer: &WriterHandle, jobs: Vec<Job>) {
+async fn run_round(writer: &WriterHandle, jobs: Vec<Job>, counters: &Counters) {
+    bump(&counters.rounds, 1);
+    bump(&counters.jobs, jobs.len());
     let mut conn = match writer.acquire().await {
         Ok(conn) => conn,
         Err(err) => {
-            let message = err.to_string();
             for job in jobs {
-                let _ = job.reply.send(Err(sqlx::Error::Protocol(message.clone())));
+                let _ = job.reply.send(Err(err.clone()));
             }
             return;
         }
     };
-    let mut errors: Vec<Option<sqlx::Error>> = jobs.iter().map(|_| None).collect();
+    let mut errors: Vec<Option<StoreError>> = jobs.iter().map(|_| None).collect();
     let mut took_effect = vec![true; jobs.len()];
     for kind in KINDS {
         let rows: Vec<Pending> = jobs
@@ -185,22 +240,24 @@ async fn run_round(writer: &WriterHandle, jobs: Vec<Job>) {
             let size = chunk_size(rest.len());
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
+            bump(&counters.statements, 1);
             match write_rows(&mut conn, kind, chunk).await {
                 Ok(effective) => {
                     for (row, ok) in chunk.iter().zip(effective) {
                         took_effect[row.job] &= ok;
                     }
                 }
-                Err(err) if chunk.len() == 1 => errors[chunk[0].job] = Some(err),
+                Err(err) if chunk.len() == 1 => errors[chunk[0].job] = Some(err.into()),
                 Err(_) => {
                     // Find the row at fault: one statement per row.
                     for row in chunk {
                         if errors[row.job].is_some() {
                             continue;
                         }
+                        bump(&counters.row_retries, 1);
                         match write_rows(&mut conn, kind, std::slice::from_ref(row)).await {
                             Ok(effective) => took_effect[row.job] &= effective[0],
-                            Err(err) => errors[row.job] = Some(err),
+                            Err(err) => errors[row.job] = Some(err.into()),
                         }
                     }
                 }

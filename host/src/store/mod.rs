@@ -1,12 +1,67 @@
 //! Storage: one small trait, one SQL implementation that serves SQLite and
 //! PostgreSQL with the same queries, the backend chosen from the URL scheme.
+//!
+//! - `connection.rs`: opening SQLite or PostgreSQL, their settings, migrations.
+//! - `queries.rs`: the `Store` implementation, one set of queries for both.
+//! - `batch.rs`: the group-commit writer behind the hot writes.
+//! - `error.rs`: [`StoreError`], what a failure means to the caller.
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 mod batch;
-pub mod sql;
+mod connection;
+mod error;
+mod queries;
 
-pub use sql::{SqlStore, connect};
+pub use batch::BatchStats;
+pub use connection::{SqlStore, connect};
+pub use error::{StoreError, StoreErrorSource};
+pub use queries::EXPIRED_CALL_URL_RETENTION_SECONDS;
+
+/// The database `database.url` names, by its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub(crate) fn of(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            anyhow::bail!("database.url: must start with sqlite: or postgres://")
+        }
+    }
+}
+
+/// `database.sqlite_synchronous`: when a SQLite commit is acknowledged,
+/// what it survives. The database is in WAL mode either way and is never
+/// corrupted by a crash; the choice is only how recent the last committed
+/// writes are after one. See `config.toml`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// Commits reach the OS, not the disk: they survive the process
+    /// crashing, but a power loss or OS crash may lose the last ones.
+    #[default]
+    Normal,
+    /// Every commit is fsynced before it is acknowledged: it survives a
+    /// power loss too, for one fsync per write round.
+    Full,
+}
+
+impl SqliteSynchronous {
+    pub(crate) fn pragma_value(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Normal => "NORMAL",
+            SqliteSynchronous::Full => "FULL",
+        }
+    }
+}
 
 /// Unix seconds; every timestamp in storage uses it.
 pub type Timestamp = i64;
@@ -101,17 +156,17 @@ pub struct Call {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for `/__heartbeat__`.
-    async fn ping(&self) -> Result<(), sqlx::Error>;
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Stores a new session together with its device's push URLs.
     async fn create_session(
         &self,
         session: &Session,
         push_urls: &[PushUrl],
-    ) -> Result<(), sqlx::Error>;
+    ) -> Result<(), StoreError>;
     /// A live (not expired at `now`) session.
-    async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, sqlx::Error>;
-    async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), sqlx::Error>;
+    async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, StoreError>;
+    async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), StoreError>;
     /// Records a Hawk nonce for a session only if the session exists and is
     /// live at `now`, in one statement; false if the nonce was already seen (a
     /// replay) or the session is gone. Lets Hawk check a session's key from a
@@ -123,25 +178,16 @@ pub trait Store: Send + Sync + 'static {
         nonce: &str,
         expires_at: Timestamp,
         now: Timestamp,
-    ) -> Result<bool, sqlx::Error>;
+    ) -> Result<bool, StoreError>;
 
-    /// Replaces this session's push URL for `topic`.
-    async fn set_push_url(
-        &self,
-        id_hmac: &str,
-        topic: PushTopic,
-        url: &str,
-    ) -> Result<(), sqlx::Error>;
-    /// Replaces this session's push URLs for the topics given.
-    async fn set_push_urls(&self, id_hmac: &str, push_urls: &[PushUrl]) -> Result<(), sqlx::Error> {
-        for push_url in push_urls {
-            self.set_push_url(id_hmac, push_url.topic, &push_url.url)
-                .await?;
-        }
-        Ok(())
-    }
+    /// Replaces this session's push URLs for the topics in `push_urls` (the
+    /// last one per topic wins), in one statement; a topic not given keeps
+    /// its URL. That is Mozilla's semantics (its Redis storage `HMSET`s the
+    /// given topics): a device re-registering only `calls` is still woken
+    /// for `rooms`. `DELETE /registration` is how a device forgets them.
+    async fn set_push_urls(&self, id_hmac: &str, push_urls: &[PushUrl]) -> Result<(), StoreError>;
     /// Forgets every push URL of this session.
-    async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), sqlx::Error>;
+    async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), StoreError>;
     /// The push URLs for `topic` of the user's sessions live at `now`, each
     /// once, in order.
     async fn push_urls(
@@ -149,11 +195,11 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         topic: PushTopic,
         now: Timestamp,
-    ) -> Result<Vec<String>, sqlx::Error>;
+    ) -> Result<Vec<String>, StoreError>;
 
-    async fn create_call_url(&self, call_url: &CallUrl) -> Result<(), sqlx::Error>;
+    async fn create_call_url(&self, call_url: &CallUrl) -> Result<(), StoreError>;
     /// The call URL whatever its expiry (the API tells expired from unknown).
-    async fn call_url(&self, token: &str) -> Result<Option<CallUrl>, sqlx::Error>;
+    async fn call_url(&self, token: &str) -> Result<Option<CallUrl>, StoreError>;
     /// The call URL (whatever its expiry) with the `topic` push URLs of its
     /// owner's sessions live at `now`, as `push_urls` lists them, in one read.
     async fn call_url_with_push_urls(
@@ -161,31 +207,31 @@ pub trait Store: Send + Sync + 'static {
         token: &str,
         topic: PushTopic,
         now: Timestamp,
-    ) -> Result<Option<(CallUrl, Vec<String>)>, sqlx::Error>;
-    async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, sqlx::Error>;
+    ) -> Result<Option<(CallUrl, Vec<String>)>, StoreError>;
+    async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, StoreError>;
     /// Updates an owner's call URL; false if no such token for that owner.
     async fn update_call_url(
         &self,
         token: &str,
         user_id: &str,
         update: &CallUrlUpdate,
-    ) -> Result<bool, sqlx::Error>;
+    ) -> Result<bool, StoreError>;
     /// Revokes a call URL; false if no such token for that owner.
-    async fn delete_call_url(&self, token: &str, user_id: &str) -> Result<bool, sqlx::Error>;
+    async fn delete_call_url(&self, token: &str, user_id: &str) -> Result<bool, StoreError>;
 
-    async fn create_call(&self, call: &Call) -> Result<(), sqlx::Error>;
+    async fn create_call(&self, call: &Call) -> Result<(), StoreError>;
     /// Calls of `user_id` with `created_at >= version` that have not expired at `now`.
     async fn calls(
         &self,
         user_id: &str,
         version: Timestamp,
         now: Timestamp,
-    ) -> Result<Vec<Call>, sqlx::Error>;
+    ) -> Result<Vec<Call>, StoreError>;
 
     /// Deletes the user's sessions, push URLs, call URLs and calls.
-    async fn delete_user(&self, user_id: &str) -> Result<(), sqlx::Error>;
+    async fn delete_user(&self, user_id: &str) -> Result<(), StoreError>;
     /// Removes rows expired at `now`; returns how many.
-    async fn purge_expired(&self, now: Timestamp) -> Result<u64, sqlx::Error>;
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
 /// Purges expired rows every `database.purge_interval_seconds`.

@@ -1,0 +1,391 @@
+//! The `Store` implementation: one set of queries over sqlx's `Any` driver,
+//! serving SQLite and PostgreSQL alike.
+//!
+//! Portability rules the queries follow: `$N` placeholders (sqlx-sqlite maps
+//! `$N` to the N-th bound value), `ON CONFLICT` upserts, TEXT and 64-bit
+//! integers only, and affected-row counts instead of `RETURNING` (the
+//! group-commit writer's nonce insert is the one exception; see `batch.rs`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::{Connection, Row};
+
+use super::batch::Write;
+use super::{
+    Backend, Call, CallUrl, CallUrlUpdate, PushTopic, PushUrl, Session, SqlStore, Store,
+    StoreError, Timestamp,
+};
+
+/// Rows deleted per statement by `purge_expired`: small enough that SQLite's
+/// single write lock is released every few milliseconds even when a million
+/// rows have expired at once, so request writers keep flowing.
+const PURGE_BATCH: i64 = 1000;
+
+/// Pause between purge batches on SQLite. Writers waiting for the lock poll
+/// it from SQLite's busy handler; back-to-back batches would leave them no
+/// gap to get in and a big purge could starve them into SQLITE_BUSY.
+const SQLITE_PURGE_PAUSE: Duration = Duration::from_millis(10);
+
+/// Expired call URLs are kept this long before the purge deletes them, so that
+/// someone opening an old link is told it expired (410) rather than that it
+/// never existed (404).
+pub const EXPIRED_CALL_URL_RETENTION_SECONDS: Timestamp = 30 * 24 * 3600;
+
+fn session_from_row(row: &AnyRow) -> Result<Session, sqlx::Error> {
+    Ok(Session {
+        id_hmac: row.try_get("id_hmac")?,
+        key: row.try_get("key")?,
+        user_id: row.try_get("user_id")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+pub(super) const CALL_URL_COLUMNS: &str =
+    "token, user_id, caller_id, issuer, subject, created_at, expires_at";
+
+fn call_url_from_row(row: &AnyRow) -> Result<CallUrl, sqlx::Error> {
+    Ok(CallUrl {
+        token: row.try_get("token")?,
+        user_id: row.try_get("user_id")?,
+        caller_id: row.try_get("caller_id")?,
+        issuer: row.try_get("issuer")?,
+        subject: row.try_get("subject")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+pub(super) const CALL_COLUMNS: &str = "call_id, user_id, call_token, call_url, url_creation_date, caller_id, call_type, subject, \
+     provider, session_id, callee_token, api_key, websocket_token, progress_url, created_at, expires_at";
+
+fn call_from_row(row: &AnyRow) -> Result<Call, sqlx::Error> {
+    Ok(Call {
+        call_id: row.try_get("call_id")?,
+        user_id: row.try_get("user_id")?,
+        call_token: row.try_get("call_token")?,
+        call_url: row.try_get("call_url")?,
+        url_creation_date: row.try_get("url_creation_date")?,
+        caller_id: row.try_get("caller_id")?,
+        call_type: row.try_get("call_type")?,
+        subject: row.try_get("subject")?,
+        provider: row.try_get("provider")?,
+        session_id: row.try_get("session_id")?,
+        callee_token: row.try_get("callee_token")?,
+        api_key: row.try_get("api_key")?,
+        websocket_token: row.try_get("websocket_token")?,
+        progress_url: row.try_get("progress_url")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+impl SqlStore {
+    async fn pause_between_batches(&self) {
+        match self.backend {
+            Backend::Sqlite => tokio::time::sleep(SQLITE_PURGE_PAUSE).await,
+            // Row locks: a batch never blocks writers of live rows.
+            Backend::Postgres => tokio::task::yield_now().await,
+        }
+    }
+
+    /// Runs `sql` (which deletes at most `PURGE_BATCH` rows expired at `now`)
+    /// until a batch comes back short; returns the total.
+    async fn purge_in_batches(&self, sql: &str, now: Timestamp) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(sql)
+                .bind(now)
+                .bind(PURGE_BATCH)
+                .execute(&mut *self.writer().await?)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+            self.pause_between_batches().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.reader().await?)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        session: &Session,
+        push_urls: &[PushUrl],
+    ) -> Result<(), StoreError> {
+        self.batcher
+            .write(vec![Write::session(session.clone(), push_urls)])
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id_hmac, key, user_id, expires_at FROM sessions WHERE id_hmac = $1 AND expires_at > $2",
+        )
+        .bind(id_hmac)
+        .bind(now)
+        .fetch_optional(&mut *self.reader().await?)
+        .await?;
+        Ok(row.as_ref().map(session_from_row).transpose()?)
+    }
+
+    async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET expires_at = $2 WHERE id_hmac = $1")
+            .bind(id_hmac)
+            .bind(expires_at)
+            .execute(&mut *self.writer().await?)
+            .await?;
+        Ok(())
+    }
+
+    async fn remember_nonce_of_live_session(
+        &self,
+        id_hmac: &str,
+        nonce: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.batcher
+            .write(vec![Write::Nonce {
+                id_hmac: id_hmac.into(),
+                nonce: nonce.into(),
+                expires_at,
+                now,
+            }])
+            .await
+    }
+
+    async fn set_push_urls(&self, id_hmac: &str, push_urls: &[PushUrl]) -> Result<(), StoreError> {
+        if push_urls.is_empty() {
+            return Ok(());
+        }
+        let url_for = |topic| {
+            push_urls
+                .iter()
+                .rev()
+                .find(|p: &&PushUrl| p.topic == topic)
+                .map(|p| p.url.as_str())
+        };
+        // A NULL parameter keeps the column: COALESCE picks the current value.
+        sqlx::query(
+            "UPDATE sessions SET calls_push_url = COALESCE($2, calls_push_url), \
+             rooms_push_url = COALESCE($3, rooms_push_url) WHERE id_hmac = $1",
+        )
+        .bind(id_hmac)
+        .bind(url_for(PushTopic::Calls))
+        .bind(url_for(PushTopic::Rooms))
+        .execute(&mut *self.writer().await?)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET calls_push_url = NULL, rooms_push_url = NULL WHERE id_hmac = $1",
+        )
+        .bind(id_hmac)
+        .execute(&mut *self.writer().await?)
+        .await?;
+        Ok(())
+    }
+
+    async fn push_urls(
+        &self,
+        user_id: &str,
+        topic: PushTopic,
+        now: Timestamp,
+    ) -> Result<Vec<String>, StoreError> {
+        // DISTINCT: a device that registered again under a new session must
+        // not be notified twice.
+        let column = topic.column();
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT DISTINCT {column} FROM sessions \
+             WHERE user_id = $1 AND expires_at > $2 AND {column} IS NOT NULL ORDER BY {column}"
+        ))
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&mut *self.reader().await?)
+        .await?)
+    }
+
+    async fn create_call_url(&self, call_url: &CallUrl) -> Result<(), StoreError> {
+        self.batcher
+            .write(vec![Write::CallUrl(call_url.clone())])
+            .await?;
+        Ok(())
+    }
+
+    async fn call_url(&self, token: &str) -> Result<Option<CallUrl>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE token = $1"
+        ))
+        .bind(token)
+        .fetch_optional(&mut *self.reader().await?)
+        .await?;
+        Ok(row.as_ref().map(call_url_from_row).transpose()?)
+    }
+
+    async fn call_url_with_push_urls(
+        &self,
+        token: &str,
+        topic: PushTopic,
+        now: Timestamp,
+    ) -> Result<Option<(CallUrl, Vec<String>)>, StoreError> {
+        // One row per push URL, or one with a NULL push URL.
+        let column = topic.column();
+        let rows = sqlx::query(&format!(
+            "SELECT u.token, u.user_id, u.caller_id, u.issuer, u.subject, u.created_at, u.expires_at, \
+             s.{column} AS push_url FROM call_urls u LEFT JOIN sessions s \
+             ON s.user_id = u.user_id AND s.expires_at > $2 AND s.{column} IS NOT NULL \
+             WHERE u.token = $1"
+        ))
+        .bind(token)
+        .bind(now)
+        .fetch_all(&mut *self.reader().await?)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut push_urls = rows
+            .iter()
+            .map(|row| row.try_get::<Option<String>, _>("push_url"))
+            .filter_map(Result::transpose)
+            .collect::<Result<Vec<_>, _>>()?;
+        push_urls.sort_unstable();
+        push_urls.dedup();
+        Ok(Some((call_url_from_row(first)?, push_urls)))
+    }
+
+    async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE user_id = $1 AND expires_at > $2 \
+             ORDER BY created_at, token"
+        ))
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&mut *self.reader().await?)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(call_url_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn update_call_url(
+        &self,
+        token: &str,
+        user_id: &str,
+        update: &CallUrlUpdate,
+    ) -> Result<bool, StoreError> {
+        // A NULL parameter keeps the column: COALESCE picks the current value.
+        let updated = sqlx::query(
+            "UPDATE call_urls SET caller_id = COALESCE($3, caller_id), issuer = COALESCE($4, issuer), \
+             subject = COALESCE($5, subject), expires_at = COALESCE($6, expires_at) \
+             WHERE token = $1 AND user_id = $2",
+        )
+        .bind(token)
+        .bind(user_id)
+        .bind(&update.caller_id)
+        .bind(&update.issuer)
+        .bind(&update.subject)
+        .bind(update.expires_at)
+        .execute(&mut *self.writer().await?)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    async fn delete_call_url(&self, token: &str, user_id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM call_urls WHERE token = $1 AND user_id = $2")
+            .bind(token)
+            .bind(user_id)
+            .execute(&mut *self.writer().await?)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn create_call(&self, call: &Call) -> Result<(), StoreError> {
+        self.batcher
+            .write(vec![Write::Call(Box::new(call.clone()))])
+            .await?;
+        Ok(())
+    }
+
+    async fn calls(
+        &self,
+        user_id: &str,
+        version: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<Call>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE user_id = $1 AND created_at >= $2 AND expires_at > $3 \
+             ORDER BY created_at, call_id"
+        ))
+        .bind(user_id)
+        .bind(version)
+        .bind(now)
+        .fetch_all(&mut *self.reader().await?)
+        .await?;
+        Ok(rows.iter().map(call_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<(), StoreError> {
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
+        // Nonces first, while the sessions still name them; push URLs go
+        // with their sessions.
+        for sql in [
+            "DELETE FROM hawk_nonces WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE user_id = $1)",
+            "DELETE FROM sessions WHERE user_id = $1",
+            "DELETE FROM call_urls WHERE user_id = $1",
+            "DELETE FROM calls WHERE user_id = $1",
+        ] {
+            sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+        }
+        Ok(tx.commit().await?)
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        // A session's push URLs go with it; its nonces expire on their own.
+        let mut total = self
+            .purge_in_batches(
+                "DELETE FROM sessions WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE expires_at <= $1 LIMIT $2)",
+                now,
+            )
+            .await?;
+        // `(a, b) IN (SELECT …)` row values: SQLite ≥ 3.15 and PostgreSQL.
+        total += self
+            .purge_in_batches(
+                "DELETE FROM hawk_nonces WHERE (id_hmac, nonce) IN \
+                 (SELECT id_hmac, nonce FROM hawk_nonces WHERE expires_at <= $1 LIMIT $2)",
+                now,
+            )
+            .await?;
+        total += self
+            .purge_in_batches(
+                "DELETE FROM call_urls WHERE token IN (SELECT token FROM call_urls WHERE expires_at <= $1 LIMIT $2)",
+                now - EXPIRED_CALL_URL_RETENTION_SECONDS,
+            )
+            .await?;
+        total += self
+            .purge_in_batches(
+                "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls WHERE expires_at <= $1 LIMIT $2)",
+                now,
+            )
+            .await?;
+        Ok(total)
+    }
+}
