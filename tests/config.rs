@@ -183,7 +183,10 @@ async fn secrets_are_generated_once_private_and_reused() {
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["hawk-id-hmac", "plugin-loopback-secret"]);
+    assert_eq!(
+        names,
+        ["hawk-id-hmac", "plugin-cache-mac", "plugin-loopback-secret"]
+    );
     let before: Vec<Vec<u8>> = names
         .iter()
         .map(|name| std::fs::read(secrets.join(name)).unwrap())
@@ -216,4 +219,62 @@ async fn secrets_are_generated_once_private_and_reused() {
             .lines()
             .any(|line| line.trim_start().starts_with("secret"))
     );
+}
+
+#[test]
+fn plugin_memory_is_bounded_per_instance_and_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let plugins = loopback_table();
+    let cases: Vec<InvalidCase> = vec![
+        (
+            format!("{plugins}[plugins.loopback.limits]\nmemory_mib = 257\n"),
+            vec![],
+            "plugins.loopback.limits.memory_mib",
+        ),
+        (
+            format!("{plugins}[plugins.loopback.limits]\nmemory_mib = 0\n"),
+            vec![],
+            "plugins.loopback.limits.memory_mib",
+        ),
+        (
+            format!("[providers]\nmax_total_memory_mib = 0\n{plugins}"),
+            vec![],
+            "providers.max_total_memory_mib",
+        ),
+        (
+            format!("[providers]\nmax_total_memory_mib = 1000000\n{plugins}"),
+            vec![],
+            "providers.max_total_memory_mib",
+        ),
+        (
+            plugins.clone(),
+            vec![("LOOP_PROVIDERS__MAX_TOTAL_MEMORY_MIB", "0")],
+            "providers.max_total_memory_mib",
+        ),
+        // One instance larger than the total could never run.
+        (
+            format!("[providers]\nmax_total_memory_mib = 8\n{plugins}"),
+            vec![],
+            "plugins.loopback.limits.memory_mib",
+        ),
+    ];
+    for (toml, env, key) in cases {
+        let stderr = refuse(dir, &toml, &env);
+        assert!(
+            stderr.to_ascii_lowercase().contains(key),
+            "expected {key:?} in the error for {toml:?} {env:?}, got: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_largest_plugin_memory_limit_is_accepted() {
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: "[plugins.loopback.limits]\nmemory_mib = 256\n\n[providers]\nmax_total_memory_mib = 256\n".into(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let logs = server.wait_for_log("loaded provider plugin").await;
+    assert!(logs.contains("provider runtime ready"), "{logs}");
 }

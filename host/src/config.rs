@@ -111,6 +111,12 @@ pub struct ProvidersConfig {
     pub default: String,
     /// `channel = "plugin name"`.
     pub channels: BTreeMap<String, String>,
+    /// Linear memory all plugin instances together may hold, in MiB. Each
+    /// call reserves its plugin's `limits.memory_mib` from this before it
+    /// starts and waits (within its wall time) while the total is taken, so
+    /// hostile plugins cannot make the host allocate more than this however
+    /// many calls run at once.
+    pub max_total_memory_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,8 +141,9 @@ pub struct PluginConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
+    /// Linear memory of one instance, at most [`MAX_PLUGIN_MEMORY_MIB`].
     pub memory_mib: u64,
-    /// Wasm CPU time per call, enforced by epoch interruption.
+    /// Wasm CPU time per export call, metered as wasmtime fuel.
     pub cpu_ms: u64,
     /// Wall time per call, host HTTP included.
     pub wall_ms: u64,
@@ -212,6 +219,8 @@ impl Default for ProvidersConfig {
         Self {
             default: "loopback".into(),
             channels: BTreeMap::new(),
+            // The default plugin's 64 concurrent calls of 16 MiB each.
+            max_total_memory_mib: 1024,
         }
     }
 }
@@ -228,6 +237,15 @@ impl Default for PluginLimits {
         }
     }
 }
+
+/// Largest `limits.memory_mib`. Everything a plugin returns is copied out of
+/// its linear memory before the host can check its size, so this also bounds
+/// what one call can make the host allocate; 256 MiB is far more than a
+/// provider that signs tokens and calls one HTTP API needs (the bundled ones
+/// run in 16), and every pool slot reserves address space for the largest.
+pub const MAX_PLUGIN_MEMORY_MIB: u64 = 256;
+/// Largest `providers.max_total_memory_mib`.
+pub const MAX_TOTAL_PLUGIN_MEMORY_MIB: u64 = 64 * 1024;
 
 /// The top-level tables of [`Config`], as `LOOP_<SECTION>__…` variables name them.
 const CONFIG_SECTIONS: &[&str] = &[
@@ -357,6 +375,11 @@ impl Config {
                 "providers.channels.{channel}: no [plugins.{plugin}] table"
             );
         }
+        let total_memory = self.providers.max_total_memory_mib;
+        anyhow::ensure!(
+            (1..=MAX_TOTAL_PLUGIN_MEMORY_MIB).contains(&total_memory),
+            "providers.max_total_memory_mib: must be between 1 and {MAX_TOTAL_PLUGIN_MEMORY_MIB}"
+        );
         for (name, plugin) in &self.plugins {
             for host in &plugin.allowed_hosts {
                 let parsed = url::Url::parse(host).with_context(|| {
@@ -371,10 +394,6 @@ impl Config {
             }
             let limits = &plugin.limits;
             anyhow::ensure!(
-                limits.memory_mib >= 1,
-                "plugins.{name}.limits.memory_mib: must be at least 1"
-            );
-            anyhow::ensure!(
                 limits.cpu_ms >= 1,
                 "plugins.{name}.limits.cpu_ms: must be at least 1"
             );
@@ -383,8 +402,13 @@ impl Config {
                 "plugins.{name}.limits.wall_ms: must be at least 1"
             );
             anyhow::ensure!(
-                (1..=4096).contains(&limits.memory_mib),
-                "plugins.{name}.limits.memory_mib: must be between 1 and 4096"
+                (1..=MAX_PLUGIN_MEMORY_MIB).contains(&limits.memory_mib),
+                "plugins.{name}.limits.memory_mib: must be between 1 and {MAX_PLUGIN_MEMORY_MIB}"
+            );
+            anyhow::ensure!(
+                limits.memory_mib <= total_memory,
+                "plugins.{name}.limits.memory_mib: {} is more than providers.max_total_memory_mib ({total_memory}), so no call could ever start",
+                limits.memory_mib
             );
             anyhow::ensure!(
                 limits.max_return_bytes >= 1,
