@@ -260,11 +260,6 @@ impl ProviderRuntime {
         self.plugins.get(plugin).map(|plugin| &plugin.info)
     }
 
-    /// The configured plugin names.
-    pub fn plugins(&self) -> impl Iterator<Item = &str> {
-        self.plugins.keys().map(String::as_str)
-    }
-
     /// Per-plugin call counts and health, for the heartbeat.
     pub fn health(&self) -> Vec<PluginHealth> {
         self.plugins
