@@ -114,8 +114,8 @@ impl Plugin {
         store.limiter(|state| state);
         store.epoch_deadline_callback(|mut ctx| ctx.data_mut().on_epoch_deadline());
         store.set_epoch_deadline(1);
-        // Yield to the executor after each millisecond's worth of guest work
-        // too, so a plugin cannot hold its thread until the next epoch tick.
+        // Also yield after every `FUEL_PER_CPU_MS` of guest work (a millisecond
+        // or two), so a plugin cannot hold its thread until the next epoch tick.
         let configured = store
             .fuel_async_yield_interval(Some(FUEL_PER_CPU_MS))
             .and_then(|()| store.set_fuel(fuel_budget(self.limits())));
