@@ -601,6 +601,23 @@ async fn compiled_code_in_the_cache_is_loaded_only_with_the_servers_mac() {
     assert!(plugin_message(&err).contains("unreachable"), "{err}");
     drop(runtime);
 
+    // A FIFO planted under its name is refused (reading it would block the
+    // start for ever) and replaced.
+    std::fs::remove_file(&trap_file).unwrap();
+    let fifo = std::ffi::CString::new(trap_file.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let loaded = tokio::time::timeout(std::time::Duration::from_secs(30), load(&config)).await;
+    let Ok(runtime) = loaded else {
+        // Unblock the stuck reader so this failure is reported, not hung.
+        drop(std::fs::OpenOptions::new().write(true).open(&trap_file));
+        panic!("a planted FIFO blocked the start");
+    };
+    let runtime = runtime.unwrap();
+    assert_eq!(counts(&runtime), (1, 1, 1));
+    drop(runtime);
+    assert!(std::fs::metadata(&trap_file).unwrap().is_file());
+
     // Compiled code from a server with another secret is refused too.
     let secret = dir.path().join("secrets/plugin-cache-mac");
     std::fs::remove_file(&secret).unwrap();

@@ -26,6 +26,10 @@ use super::types::wasm_error;
 
 /// Length of the MAC that starts every cache file.
 const TAG_LEN: usize = 32;
+/// Largest cache file read. Compiled code is a small multiple of the
+/// component's size; anything far larger was planted, and reading it whole
+/// before the MAC check would let it exhaust memory at start-up.
+const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Domain separation: the key may only ever authenticate cache files.
 const MAC_CONTEXT: &[u8] = b"loop plugin-cache v1\0";
 
@@ -77,8 +81,8 @@ impl CompileCache {
         let mut origin = Origin::Compiled;
         // Read into memory rather than mapping the file: another process
         // replacing or truncating it after the check must not change the code.
-        if let Ok(file) = std::fs::read(&path) {
-            match self.authentic(&name, &file) {
+        if let Ok(file) = read_bounded(&path) {
+            match file.as_deref().and_then(|file| self.authentic(&name, file)) {
                 Some(compiled) => {
                     // SAFETY: `compiled` carries a MAC made with this server's
                     // secret over this file name and these exact bytes, so it
@@ -162,6 +166,19 @@ impl CompileCache {
         }
         written.with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// The file's bytes, or `None` if it is not a regular file (opening a FIFO
+/// would block the start) or is larger than [`MAX_FILE_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    if !std::fs::metadata(path)?.is_file() {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= MAX_FILE_BYTES).then_some(bytes))
 }
 
 /// The cache directory, owner-only (0700) even if it already existed wider.
