@@ -1,5 +1,5 @@
 // Hostile test plugin: `create-session` never returns. The host must stop it at
-// the CPU budget (epoch interruption) and keep serving other calls.
+// the CPU budget (out of fuel) and keep serving other calls.
 #include "loop_plugin.h"
 
 void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provider_provider_info_t *ret) {
