@@ -130,7 +130,10 @@ fn an_invalid_configuration_exits_non_zero_naming_the_key() {
             "secrets.hawk_id_key",
         ),
         (
-            format!("[secrets]\nhawk_id_key = \"{}\"\n{plugins}", "zz".repeat(32)),
+            format!(
+                "[secrets]\nhawk_id_key = \"{}\"\n{plugins}",
+                "zz".repeat(32)
+            ),
             vec![],
             "secrets.hawk_id_key",
         ),
@@ -207,7 +210,10 @@ async fn secrets_are_generated_once_private_and_reused() {
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["hawk-id-hmac", "plugin-loopback-secret"]);
+    assert_eq!(
+        names,
+        ["hawk-id-hmac", "plugin-cache-mac", "plugin-loopback-secret"]
+    );
     let before: Vec<Vec<u8>> = names
         .iter()
         .map(|name| std::fs::read(secrets.join(name)).unwrap())
@@ -289,7 +295,11 @@ async fn instances_starting_at_once_on_a_fresh_data_directory_share_one_key() {
         let next = &servers[(i + 1) % servers.len()];
         let device = Device::register(&server.url, &push.url("x")).await;
         let response = device.on(&next.url).get("/call-url").await;
-        assert_eq!(response.status(), 200, "server {i}'s session on the next one");
+        assert_eq!(
+            response.status(),
+            200,
+            "server {i}'s session on the next one"
+        );
     }
 }
 
@@ -358,4 +368,62 @@ fn sqlite_synchronous_is_normal_or_full() {
             "expected {key:?} and the accepted values in the error for {toml:?} {env:?}, got: {stderr}"
         );
     }
+}
+
+#[test]
+fn plugin_memory_is_bounded_per_instance_and_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let plugins = loopback_table();
+    let cases: Vec<InvalidCase> = vec![
+        (
+            format!("{plugins}[plugins.loopback.limits]\nmemory_mib = 257\n"),
+            vec![],
+            "plugins.loopback.limits.memory_mib",
+        ),
+        (
+            format!("{plugins}[plugins.loopback.limits]\nmemory_mib = 0\n"),
+            vec![],
+            "plugins.loopback.limits.memory_mib",
+        ),
+        (
+            format!("[providers]\nmax_total_memory_mib = 0\n{plugins}"),
+            vec![],
+            "providers.max_total_memory_mib",
+        ),
+        (
+            format!("[providers]\nmax_total_memory_mib = 1000000\n{plugins}"),
+            vec![],
+            "providers.max_total_memory_mib",
+        ),
+        (
+            plugins.clone(),
+            vec![("LOOP_PROVIDERS__MAX_TOTAL_MEMORY_MIB", "0")],
+            "providers.max_total_memory_mib",
+        ),
+        // One instance larger than the total could never run.
+        (
+            format!("[providers]\nmax_total_memory_mib = 8\n{plugins}"),
+            vec![],
+            "plugins.loopback.limits.memory_mib",
+        ),
+    ];
+    for (toml, env, key) in cases {
+        let stderr = refuse(dir, &toml, &env);
+        assert!(
+            stderr.to_ascii_lowercase().contains(key),
+            "expected {key:?} in the error for {toml:?} {env:?}, got: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_largest_plugin_memory_limit_is_accepted() {
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: "[plugins.loopback.limits]\nmemory_mib = 256\n\n[providers]\nmax_total_memory_mib = 256\n".into(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let logs = server.wait_for_log("loaded provider plugin").await;
+    assert!(logs.contains("provider runtime ready"), "{logs}");
 }

@@ -96,14 +96,32 @@ async fn every_registration_shape_of_mozillas_server_is_accepted() {
     .await;
     let http = client();
     let shapes: Vec<(&str, Option<Value>, Option<String>)> = vec![
-        ("topics", Some(json!({"simplePushURLs": {"calls": push.url("topics")}})), None),
-        ("body", Some(json!({"simplePushURL": push.url("body")})), None),
-        ("old", Some(json!({"simple_push_url": push.url("old")})), None),
+        (
+            "topics",
+            Some(json!({"simplePushURLs": {"calls": push.url("topics")}})),
+            None,
+        ),
+        (
+            "body",
+            Some(json!({"simplePushURL": push.url("body")})),
+            None,
+        ),
+        (
+            "old",
+            Some(json!({"simple_push_url": push.url("old")})),
+            None,
+        ),
         ("query", None, Some(push.url("query"))),
-        ("query-and-body", Some(json!({})), Some(push.url("query-and-body"))),
+        (
+            "query-and-body",
+            Some(json!({})),
+            Some(push.url("query-and-body")),
+        ),
         (
             "agreeing",
-            Some(json!({"simplePushURL": push.url("agreeing"), "simplePushURLs": {"calls": push.url("agreeing")}})),
+            Some(
+                json!({"simplePushURL": push.url("agreeing"), "simplePushURLs": {"calls": push.url("agreeing")}}),
+            ),
             None,
         ),
     ];
@@ -136,10 +154,17 @@ async fn every_registration_shape_of_mozillas_server_is_accepted() {
     }
 
     // No push URL at all, with an empty object or no body: a session all the same.
-    for body in [Some("{}"), Some("{\"simplePushURLs\": {}}"), Some("{\"unknown\": 1}"), None] {
+    for body in [
+        Some("{}"),
+        Some("{\"simplePushURLs\": {}}"),
+        Some("{\"unknown\": 1}"),
+        None,
+    ] {
         let mut request = http.post(server.endpoint("/registration"));
         if let Some(body) = body {
-            request = request.header("Content-Type", "application/json").body(body);
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body);
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200, "{body:?}");
@@ -165,8 +190,16 @@ async fn every_registration_shape_of_mozillas_server_is_accepted() {
 
     // The SSRF guard holds for every shape.
     for (body, query, field) in [
-        (Some(json!({"simple_push_url": "https://10.0.0.1/"})), None, "simple_push_url"),
-        (None, Some("https://169.254.169.254/"), "simplePushURL (query)"),
+        (
+            Some(json!({"simple_push_url": "https://10.0.0.1/"})),
+            None,
+            "simple_push_url",
+        ),
+        (
+            None,
+            Some("https://169.254.169.254/"),
+            "simplePushURL (query)",
+        ),
     ] {
         let mut request = http.post(server.endpoint("/registration"));
         if let Some(url) = query {
@@ -180,7 +213,10 @@ async fn every_registration_shape_of_mozillas_server_is_accepted() {
         assert!(response.headers().get("hawk-session-token").is_none());
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["errno"], 107, "{error}");
-        assert!(error["message"].as_str().unwrap().contains(field), "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(field),
+            "{error}"
+        );
     }
 }
 

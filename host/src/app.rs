@@ -52,8 +52,7 @@ impl Server {
         };
         // Owner-only: it holds the database (call URL tokens, callees'
         // provider tokens), generated secrets and compiled plugin code.
-        crate::secrets::create_private_dir(&config.server.data_dir)
-            .context("server.data_dir")?;
+        crate::secrets::create_private_dir(&config.server.data_dir).context("server.data_dir")?;
         if crate::secrets::is_shared(&config.server.data_dir) {
             tracing::warn!(
                 data_dir = %config.server.data_dir.display(),

@@ -135,14 +135,20 @@ pub struct SecretsConfig {
     /// Key of the HMAC that turns Hawk ids into storage keys. Every instance
     /// sharing a database must have the same one.
     pub hawk_id_key: Option<String>,
+    /// Key of the MAC that authenticates compiled plugins in the compile
+    /// cache (`<data_dir>/plugin-cache/`); each instance may have its own.
+    pub plugin_cache_key: Option<String>,
 }
 
 impl SecretsConfig {
     /// The secrets given, by key.
     pub fn given(&self) -> impl Iterator<Item = (&'static str, &String)> {
-        [("hawk_id_key", &self.hawk_id_key)]
-            .into_iter()
-            .filter_map(|(key, value)| value.as_ref().map(|value| (key, value)))
+        [
+            ("hawk_id_key", &self.hawk_id_key),
+            ("plugin_cache_key", &self.plugin_cache_key),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_ref().map(|value| (key, value)))
     }
 }
 
@@ -150,7 +156,9 @@ impl SecretsConfig {
 impl std::fmt::Debug for SecretsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let keys: Vec<&str> = self.given().map(|(key, _)| key).collect();
-        f.debug_struct("SecretsConfig").field("given", &keys).finish()
+        f.debug_struct("SecretsConfig")
+            .field("given", &keys)
+            .finish()
     }
 }
 
@@ -161,6 +169,12 @@ pub struct ProvidersConfig {
     pub default: String,
     /// `channel = "plugin name"`.
     pub channels: BTreeMap<String, String>,
+    /// Linear memory all plugin instances together may hold, in MiB. Each
+    /// call reserves its plugin's `limits.memory_mib` from this before it
+    /// starts and waits (within its wall time) while the total is taken, so
+    /// hostile plugins cannot make the host allocate more than this however
+    /// many calls run at once.
+    pub max_total_memory_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,8 +203,9 @@ pub struct PluginConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
+    /// Linear memory of one instance, at most [`MAX_PLUGIN_MEMORY_MIB`].
     pub memory_mib: u64,
-    /// Wasm CPU time per call, enforced by epoch interruption.
+    /// Wasm CPU time per export call, metered as wasmtime fuel.
     pub cpu_ms: u64,
     /// Wall time per call, host HTTP included.
     pub wall_ms: u64,
@@ -268,6 +283,8 @@ impl Default for ProvidersConfig {
         Self {
             default: "loopback".into(),
             channels: BTreeMap::new(),
+            // The default plugin's 64 concurrent calls of 16 MiB each.
+            max_total_memory_mib: 1024,
         }
     }
 }
@@ -284,6 +301,15 @@ impl Default for PluginLimits {
         }
     }
 }
+
+/// Largest `limits.memory_mib`. Everything a plugin returns is copied out of
+/// its linear memory before the host can check its size, so this also bounds
+/// what one call can make the host allocate; 256 MiB is far more than a
+/// provider that signs tokens and calls one HTTP API needs (the bundled ones
+/// run in 16), and every pool slot reserves address space for the largest.
+pub const MAX_PLUGIN_MEMORY_MIB: u64 = 256;
+/// Largest `providers.max_total_memory_mib`.
+pub const MAX_TOTAL_PLUGIN_MEMORY_MIB: u64 = 64 * 1024;
 
 /// The top-level tables of [`Config`], as `LOOP_<SECTION>__…` variables name them.
 const CONFIG_SECTIONS: &[&str] = &[
@@ -451,6 +477,11 @@ impl Config {
                 "providers.channels.{channel}: no [plugins.{plugin}] table"
             );
         }
+        let total_memory = self.providers.max_total_memory_mib;
+        anyhow::ensure!(
+            (1..=MAX_TOTAL_PLUGIN_MEMORY_MIB).contains(&total_memory),
+            "providers.max_total_memory_mib: must be between 1 and {MAX_TOTAL_PLUGIN_MEMORY_MIB}"
+        );
         for (name, plugin) in &self.plugins {
             for host in &plugin.allowed_hosts {
                 let parsed = url::Url::parse(host).with_context(|| {
@@ -465,10 +496,6 @@ impl Config {
             }
             let limits = &plugin.limits;
             anyhow::ensure!(
-                limits.memory_mib >= 1,
-                "plugins.{name}.limits.memory_mib: must be at least 1"
-            );
-            anyhow::ensure!(
                 limits.cpu_ms >= 1,
                 "plugins.{name}.limits.cpu_ms: must be at least 1"
             );
@@ -477,8 +504,13 @@ impl Config {
                 "plugins.{name}.limits.wall_ms: must be at least 1"
             );
             anyhow::ensure!(
-                (1..=4096).contains(&limits.memory_mib),
-                "plugins.{name}.limits.memory_mib: must be between 1 and 4096"
+                (1..=MAX_PLUGIN_MEMORY_MIB).contains(&limits.memory_mib),
+                "plugins.{name}.limits.memory_mib: must be between 1 and {MAX_PLUGIN_MEMORY_MIB}"
+            );
+            anyhow::ensure!(
+                limits.memory_mib <= total_memory,
+                "plugins.{name}.limits.memory_mib: {} is more than providers.max_total_memory_mib ({total_memory}), so no call could ever start",
+                limits.memory_mib
             );
             anyhow::ensure!(
                 limits.max_return_bytes >= 1,

@@ -4,8 +4,8 @@
 //! the errno numbers of Mozilla's Loop server so existing clients understand them.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, OptionalFromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -193,13 +193,15 @@ where
                 .await
                 .map(Some);
         }
-        let body = <Bytes as FromRequest<S>>::from_request(req, state).await.map_err(|err| {
-            if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::TooLarge(crate::app::MAX_BODY_BYTES)
-            } else {
-                AppError::BadJson(err.body_text())
-            }
-        })?;
+        let body = <Bytes as FromRequest<S>>::from_request(req, state)
+            .await
+            .map_err(|err| {
+                if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::TooLarge(crate::app::MAX_BODY_BYTES)
+                } else {
+                    AppError::BadJson(err.body_text())
+                }
+            })?;
         if body.is_empty() {
             Ok(None)
         } else {

@@ -27,6 +27,9 @@ pub enum HostSecret {
     /// Key of the HMAC that turns Hawk ids and FxA identities into storage
     /// keys. Every instance sharing a database needs the same one.
     HawkIdKey,
+    /// Key of the MAC over each compiled plugin in the compile cache: code
+    /// whose MAC does not check out is compiled again, never loaded.
+    PluginCacheKey,
 }
 
 impl HostSecret {
@@ -34,6 +37,7 @@ impl HostSecret {
     pub fn config_key(self) -> &'static str {
         match self {
             HostSecret::HawkIdKey => "hawk_id_key",
+            HostSecret::PluginCacheKey => "plugin_cache_key",
         }
     }
 
@@ -42,6 +46,7 @@ impl HostSecret {
     fn file_name(self) -> &'static str {
         match self {
             HostSecret::HawkIdKey => "hawk-id-hmac",
+            HostSecret::PluginCacheKey => "plugin-cache-mac",
         }
     }
 }
@@ -108,8 +113,9 @@ impl Secrets {
                 Ok(secret)
             }
             // Another process linked its secret first: everybody uses that one.
-            Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => read(&path)?
-                .with_context(|| format!("{} vanished while starting", path.display())),
+            Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                read(&path)?.with_context(|| format!("{} vanished while starting", path.display()))
+            }
             Err(err) => Err(err.error).with_context(|| format!("creating {}", path.display())),
         }
     }

@@ -2,7 +2,7 @@
 // that `cargo xtask plugins` generates for the `plugin` world (plugin.h).
 //
 // Everything here is header-only and uses no libc I/O, so a plugin that includes it
-// still imports nothing but the host's loop:provider interfaces. Memory handed to
+// still imports nothing but the host's loopcall:provider interfaces. Memory handed to
 // the host (return values) must come from malloc: the generated post-return
 // functions free it once the host has copied it out.
 #ifndef LOOP_PLUGIN_H
@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef exports_loop_provider_provider_provider_error_t lp_error_t;
+typedef exports_loopcall_provider_provider_provider_error_t lp_error_t;
 
 // Out of memory inside a plugin cannot be reported as a provider error reliably
 // (building the error allocates too), so it traps; the host maps a trap to a
@@ -112,31 +112,31 @@ static inline void lp_error(lp_error_t *err, uint8_t tag, const char *message) {
 }
 
 static inline bool lp_misconfigured(lp_error_t *err, const char *message) {
-  lp_error(err, LOOP_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED, message);
+  lp_error(err, LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED, message);
   return false;
 }
 
 static inline bool lp_unavailable(lp_error_t *err, const char *message) {
-  lp_error(err, LOOP_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE, message);
+  lp_error(err, LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE, message);
   return false;
 }
 
 static inline bool lp_rejected(lp_error_t *err, const char *message) {
-  lp_error(err, LOOP_PROVIDER_TYPES_PROVIDER_ERROR_REJECTED, message);
+  lp_error(err, LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_REJECTED, message);
   return false;
 }
 
 // ---- host imports --------------------------------------------------------
 
-static inline void lp_log(loop_provider_log_level_t level, const char *message) {
+static inline void lp_log(loopcall_provider_log_level_t level, const char *message) {
   plugin_string_t m = {(uint8_t *)message, strlen(message)};
-  loop_provider_log_log(level, &m);
+  loopcall_provider_log_log(level, &m);
 }
 
 // Reads setting `key`; false when absent. The caller owns `out` afterwards.
 static inline bool lp_setting(const char *key, plugin_string_t *out) {
   plugin_string_t k = {(uint8_t *)key, strlen(key)};
-  return loop_provider_settings_get(&k, out);
+  return loopcall_provider_settings_get(&k, out);
 }
 
 // Reads setting `key` only when it is present and non-empty.
@@ -153,12 +153,12 @@ static inline void lp_hmac_sha256(const uint8_t *key, size_t key_len, const uint
                                   size_t data_len, plugin_list_u8_t *mac) {
   plugin_list_u8_t k = {(uint8_t *)key, key_len};
   plugin_list_u8_t d = {(uint8_t *)data, data_len};
-  loop_provider_crypto_hmac_sha256(&k, &d, mac);
+  loopcall_provider_crypto_hmac_sha256(&k, &d, mac);
 }
 
 static inline uint64_t lp_now_seconds(void) {
-  loop_provider_clock_datetime_t now;
-  loop_provider_clock_now(&now);
+  loopcall_provider_clock_datetime_t now;
+  loopcall_provider_clock_now(&now);
   return now.seconds;
 }
 
@@ -246,19 +246,19 @@ static inline void lp_json_escape(lp_buf_t *out, const uint8_t *s, size_t len) {
 // ---- describe ------------------------------------------------------------
 
 // Fills `describe` for a provider that carries both call types and accepts every role.
-static inline void lp_describe_all(exports_loop_provider_provider_provider_info_t *ret,
+static inline void lp_describe_all(exports_loopcall_provider_provider_provider_info_t *ret,
                                    const char *name, const char *version, bool verifies_tokens) {
   lp_string_cstr(&ret->name, name);
   lp_string_cstr(&ret->version, version);
   ret->call_types.len = 2;
-  ret->call_types.ptr = (loop_provider_types_call_type_t *)lp_alloc(2);
-  ret->call_types.ptr[0] = LOOP_PROVIDER_TYPES_CALL_TYPE_AUDIO;
-  ret->call_types.ptr[1] = LOOP_PROVIDER_TYPES_CALL_TYPE_AUDIO_VIDEO;
+  ret->call_types.ptr = (loopcall_provider_types_call_type_t *)lp_alloc(2);
+  ret->call_types.ptr[0] = LOOPCALL_PROVIDER_TYPES_CALL_TYPE_AUDIO;
+  ret->call_types.ptr[1] = LOOPCALL_PROVIDER_TYPES_CALL_TYPE_AUDIO_VIDEO;
   ret->roles.len = 3;
-  ret->roles.ptr = (loop_provider_types_role_t *)lp_alloc(3);
-  ret->roles.ptr[0] = LOOP_PROVIDER_TYPES_ROLE_PUBLISHER;
-  ret->roles.ptr[1] = LOOP_PROVIDER_TYPES_ROLE_SUBSCRIBER;
-  ret->roles.ptr[2] = LOOP_PROVIDER_TYPES_ROLE_MODERATOR;
+  ret->roles.ptr = (loopcall_provider_types_role_t *)lp_alloc(3);
+  ret->roles.ptr[0] = LOOPCALL_PROVIDER_TYPES_ROLE_PUBLISHER;
+  ret->roles.ptr[1] = LOOPCALL_PROVIDER_TYPES_ROLE_SUBSCRIBER;
+  ret->roles.ptr[2] = LOOPCALL_PROVIDER_TYPES_ROLE_MODERATOR;
   ret->verifies_tokens = verifies_tokens;
 }
 

@@ -27,17 +27,17 @@
 // Version, both fields at their maximum, the MAC and separators, base64url-encoded.
 #define MAX_TOKEN_BYTES 2048
 
-void exports_loop_provider_provider_describe(exports_loop_provider_provider_provider_info_t *ret) {
+void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provider_provider_info_t *ret) {
   lp_describe_all(ret, "loopback", "0.1.0", true);
 }
 
-bool exports_loop_provider_provider_create_session(
-    exports_loop_provider_provider_session_request_t *request,
-    exports_loop_provider_provider_session_t *ret, lp_error_t *err) {
-  exports_loop_provider_provider_session_request_free(request);
+bool exports_loopcall_provider_provider_create_session(
+    exports_loopcall_provider_provider_session_request_t *request,
+    exports_loopcall_provider_provider_session_t *ret, lp_error_t *err) {
+  exports_loopcall_provider_provider_session_request_free(request);
 
   plugin_list_u8_t random;
-  loop_provider_crypto_random_bytes(SESSION_ID_RANDOM_BYTES, &random);
+  loopcall_provider_crypto_random_bytes(SESSION_ID_RANDOM_BYTES, &random);
   if (random.len != SESSION_ID_RANDOM_BYTES) {
     plugin_list_u8_free(&random);
     return lp_unavailable(err, "the host returned too few random bytes");
@@ -77,8 +77,8 @@ static void append_mac(lp_buf_t *out, const plugin_string_t *secret, const uint8
   plugin_list_u8_free(&mac);
 }
 
-bool exports_loop_provider_provider_issue_token(
-    exports_loop_provider_provider_token_request_t *request, plugin_string_t *ret,
+bool exports_loopcall_provider_provider_issue_token(
+    exports_loopcall_provider_provider_token_request_t *request, plugin_string_t *ret,
     lp_error_t *err) {
   bool ok = false;
   plugin_string_t secret = {0};
@@ -132,7 +132,7 @@ done:
   if (secret.ptr) plugin_string_free(&secret);
   lp_buf_free(&payload);
   lp_buf_free(&token);
-  exports_loop_provider_provider_token_request_free(request);
+  exports_loopcall_provider_provider_token_request_free(request);
   return ok;
 }
 
@@ -159,9 +159,9 @@ static bool split_token(const plugin_string_t *token, size_t *signed_len, lp_buf
          lp_b64url_decode(mac, dot + 1, rest_len - payload_len - 1) && mac->len == MAC_BYTES;
 }
 
-bool exports_loop_provider_provider_verify_token(plugin_string_t *token,
+bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
                                                  plugin_string_t *session_id,
-                                                 exports_loop_provider_provider_grant_t *ret,
+                                                 exports_loopcall_provider_provider_grant_t *ret,
                                                  lp_error_t *err) {
   bool ok = false;
   plugin_string_t secret = {0};
@@ -187,7 +187,7 @@ bool exports_loop_provider_provider_verify_token(plugin_string_t *token,
   // deployment or a future format must not make this read out of bounds.
   const uint8_t *p = payload.ptr;
   size_t n = payload.len;
-  if (n < 1 + 8 + 2 || p[0] > LOOP_PROVIDER_TYPES_ROLE_MODERATOR) {
+  if (n < 1 + 8 + 2 || p[0] > LOOPCALL_PROVIDER_TYPES_ROLE_MODERATOR) {
     lp_rejected(err, "malformed");
     goto done;
   }

@@ -14,7 +14,7 @@ use wit_parser::{Resolve, WorldId};
 
 /// The only interfaces a plugin may import: the host's capabilities. Anything else
 /// (WASI in particular) would mean the plugin reaches past the capability model.
-const WIT_PACKAGE: &str = "loop:provider";
+const WIT_PACKAGE: &str = "loopcall:provider";
 const WIT_VERSION: &str = "0.1.0";
 const WIT_DIR: &str = "wit/since_v0.1.0";
 const WORLD: &str = "plugin";

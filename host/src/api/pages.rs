@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-use crate::domain::call_urls;
 use crate::app::AppState;
+use crate::domain::call_urls;
 use crate::error::AppError;
 
 const CALL_JS: &str = include_str!("pages/call.js");

@@ -189,8 +189,7 @@ pub(super) async fn authenticate(
     // body may go unhashed, as Hawk clients sign GETs and DELETEs.
     match &hawk_header.hash {
         Some(sent_hash) => {
-            let computed = match PayloadHasher::hash(media_type(&parts.headers), SHA256, &body)
-            {
+            let computed = match PayloadHasher::hash(media_type(&parts.headers), SHA256, &body) {
                 Ok(hash) => hash,
                 Err(err) => {
                     return AppError::Internal(anyhow::anyhow!("payload hash: {err}"))

@@ -59,10 +59,7 @@ pub async fn create(
 
 /// The owner's call URLs that are still live.
 pub async fn list(state: &AppState, user_id: &str) -> AppResult<Vec<CallUrl>> {
-    Ok(state
-        .store
-        .call_urls(user_id, crate::clock::now())
-        .await?)
+    Ok(state.store.call_urls(user_id, crate::clock::now()).await?)
 }
 
 /// Changes the fields given; returns the call URL's expiry afterwards.

@@ -1,23 +1,19 @@
-//! The wasmtime engine shared by every plugin: its configuration (pooling
-//! allocator sized to the configured plugins), the epoch ticker that enforces
-//! CPU budgets, and the on-disk cache of compiled components.
+//! The wasmtime engine shared by every plugin: its configuration (fuel for
+//! CPU budgets, pooling allocator sized to the configured plugins) and the
+//! epoch ticker that makes running plugins yield and enforces wall time.
 
-use std::hash::Hasher;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::wasm_error;
+use super::types::wasm_error;
 
-/// How often the engine's epoch advances. CPU budgets are checked at this
-/// granularity, and a plugin that keeps running yields to the async executor
-/// this often, so one busy plugin cannot starve other requests.
+/// How often the engine's epoch advances. A plugin that keeps running yields
+/// to the async executor this often, so one busy plugin cannot starve other
+/// requests, and the wall-time deadline is checked at this granularity.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Native stack for wasm frames. C plugins keep their data on a shadow stack in
@@ -29,7 +25,9 @@ const ASYNC_STACK: usize = 1024 * 1024;
 
 /// Sizing of the engine-wide instance pool.
 pub(crate) struct PoolSize {
-    /// Sum over plugins of `limits.max_concurrent_calls`.
+    /// Instances that can run at once: bounded by the sum over plugins of
+    /// `limits.max_concurrent_calls` and by how many of the smallest plugin
+    /// fit in `providers.max_total_memory_mib`.
     pub concurrent_instances: u32,
     /// Largest `limits.memory_mib` of any plugin, in bytes.
     pub max_memory_bytes: u64,
@@ -67,6 +65,10 @@ pub(crate) fn build_engine(pool: &PoolSize) -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
     config
         .wasm_component_model(true)
+        // CPU budgets are fuel (executed instructions), not time: a plugin is
+        // not charged for waiting on a busy core. Epochs only make running
+        // code yield and stop it at its wall-time deadline.
+        .consume_fuel(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
         // A slot is exactly as large as the biggest memory any plugin may have:
@@ -116,94 +118,5 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-/// How a component came to be ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Origin {
-    Compiled,
-    Cache,
-}
-
-/// Compiled components on disk under `<data_dir>/plugin-cache/`.
-pub(crate) struct CompileCache {
-    dir: PathBuf,
-    /// Hex digest of wasmtime's compatibility hash: its version, target,
-    /// tunables and features, everything that makes compiled code reusable.
-    engine_key: String,
-}
-
-impl CompileCache {
-    pub(crate) fn new(data_dir: &Path, engine: &Engine) -> Self {
-        let mut hasher = DigestHasher(Sha256::new());
-        // Includes wasmtime's exact crate version (its `module_version`).
-        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
-        let engine_key = hex::encode(&hasher.0.finalize()[..12]);
-        Self {
-            dir: data_dir.join("plugin-cache"),
-            engine_key,
-        }
-    }
-
-    /// The component for `bytes`: from the cache when a compatible compiled
-    /// copy exists, else compiled now and stored for the next start.
-    pub(crate) fn load(
-        &self,
-        engine: &Engine,
-        bytes: &[u8],
-        source: &Path,
-    ) -> anyhow::Result<(Component, Origin)> {
-        let digest = hex::encode(Sha256::digest(bytes));
-        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_key));
-        // Read into memory rather than mapping the file: another process
-        // replacing or truncating it must not pull code out from under us.
-        if let Ok(compiled) = std::fs::read(&path) {
-            // SAFETY: the file is one this server wrote into its own data
-            // directory (keyed by content hash and engine compatibility), not
-            // input from a plugin vendor; wasmtime still checks its header.
-            match unsafe { Component::deserialize(engine, &compiled) } {
-                Ok(component) => return Ok((component, Origin::Cache)),
-                Err(err) => tracing::warn!(
-                    path = %path.display(),
-                    error = %wasm_error(err),
-                    "ignoring an unusable compiled plugin in the cache; recompiling"
-                ),
-            }
-        }
-        let compiled = engine.precompile_component(bytes).map_err(|err| {
-            wasm_error(err).context(format!("{} is not a valid component", source.display()))
-        })?;
-        if let Err(err) = self.store(&path, &compiled) {
-            // The cache only saves time; a read-only data dir must not stop the server.
-            tracing::warn!(path = %path.display(), error = %err, "cannot write the plugin compile cache");
-        }
-        // SAFETY: `compiled` was produced by `precompile_component` on this engine just above.
-        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(wasm_error)?;
-        Ok((component, Origin::Compiled))
-    }
-
-    fn store(&self, path: &Path, compiled: &[u8]) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        // Write then rename, so a concurrent start never maps a half-written file.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, compiled).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-        Ok(())
-    }
-}
-
-/// Feeds `Hash` implementations into SHA-256, so the cache key is stable
-/// across processes (std's `DefaultHasher` is not guaranteed to be).
-struct DigestHasher(Sha256);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
     }
 }

@@ -7,23 +7,23 @@
 // A test configures two plugins and checks neither sees the other's table.
 #include "loop_plugin.h"
 
-void exports_loop_provider_provider_describe(exports_loop_provider_provider_provider_info_t *ret) {
+void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provider_provider_info_t *ret) {
   lp_describe_all(ret, "settings-echo", "0.1.0", false);
 }
 
-bool exports_loop_provider_provider_create_session(
-    exports_loop_provider_provider_session_request_t *request,
-    exports_loop_provider_provider_session_t *ret, lp_error_t *err) {
-  exports_loop_provider_provider_session_request_free(request);
+bool exports_loopcall_provider_provider_create_session(
+    exports_loopcall_provider_provider_session_request_t *request,
+    exports_loopcall_provider_provider_session_t *ret, lp_error_t *err) {
+  exports_loopcall_provider_provider_session_request_free(request);
   plugin_list_string_t keys;
-  loop_provider_settings_keys(&keys);
+  loopcall_provider_settings_keys(&keys);
   lp_buf_t out = {0};
   for (size_t i = 0; i < keys.len; i++) {
     if (i) lp_buf_byte(&out, ';');
     lp_buf_put(&out, keys.ptr[i].ptr, keys.ptr[i].len);
     lp_buf_byte(&out, '=');
     plugin_string_t value;
-    if (loop_provider_settings_get(&keys.ptr[i], &value)) {
+    if (loopcall_provider_settings_get(&keys.ptr[i], &value)) {
       lp_buf_put(&out, value.ptr, value.len);
       plugin_string_free(&value);
     } else {
@@ -38,24 +38,24 @@ bool exports_loop_provider_provider_create_session(
   return true;
 }
 
-bool exports_loop_provider_provider_issue_token(
-    exports_loop_provider_provider_token_request_t *request, plugin_string_t *ret,
+bool exports_loopcall_provider_provider_issue_token(
+    exports_loopcall_provider_provider_token_request_t *request, plugin_string_t *ret,
     lp_error_t *err) {
-  bool ok = loop_provider_settings_get(&request->identity, ret);
+  bool ok = loopcall_provider_settings_get(&request->identity, ret);
   if (!ok) {
     lp_buf_t msg = {0};
     lp_buf_str(&msg, "no setting named ");
     lp_buf_put(&msg, request->identity.ptr, request->identity.len);
-    err->tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_REJECTED;
+    err->tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_REJECTED;
     lp_buf_into_string(&msg, &err->val.rejected);
   }
-  exports_loop_provider_provider_token_request_free(request);
+  exports_loopcall_provider_provider_token_request_free(request);
   return ok;
 }
 
-bool exports_loop_provider_provider_verify_token(plugin_string_t *token,
+bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
                                                  plugin_string_t *session_id,
-                                                 exports_loop_provider_provider_grant_t *ret,
+                                                 exports_loopcall_provider_provider_grant_t *ret,
                                                  lp_error_t *err) {
   plugin_string_free(token);
   plugin_string_free(session_id);

@@ -5,24 +5,24 @@
 // session id, which lets a test prove what the plugin could reach.
 #include "loop_plugin.h"
 
-void exports_loop_provider_provider_describe(exports_loop_provider_provider_provider_info_t *ret) {
+void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provider_provider_info_t *ret) {
   lp_describe_all(ret, "snoop", "0.1.0", false);
 }
 
-static bool http_failure(lp_error_t *err, const loop_provider_http_http_error_t *e) {
+static bool http_failure(lp_error_t *err, const loopcall_provider_http_http_error_t *e) {
   lp_buf_t msg = {0};
   switch (e->tag) {
-  case LOOP_PROVIDER_HTTP_HTTP_ERROR_DENIED:
+  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_DENIED:
     lp_buf_str(&msg, "denied: ");
     lp_buf_put(&msg, e->val.denied.ptr, e->val.denied.len);
     break;
-  case LOOP_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
+  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
     lp_buf_str(&msg, "timeout");
     break;
-  case LOOP_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
+  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
     lp_buf_str(&msg, "too large");
     break;
-  case LOOP_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
+  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
     lp_buf_str(&msg, "transport: ");
     lp_buf_put(&msg, e->val.transport.ptr, e->val.transport.len);
     break;
@@ -31,29 +31,29 @@ static bool http_failure(lp_error_t *err, const loop_provider_http_http_error_t 
     lp_buf_put(&msg, e->val.invalid_request.ptr, e->val.invalid_request.len);
     break;
   }
-  err->tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
+  err->tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
   lp_buf_into_string(&msg, &err->val.unavailable);
   return false;
 }
 
-bool exports_loop_provider_provider_create_session(
-    exports_loop_provider_provider_session_request_t *request,
-    exports_loop_provider_provider_session_t *ret, lp_error_t *err) {
-  exports_loop_provider_provider_session_request_free(request);
+bool exports_loopcall_provider_provider_create_session(
+    exports_loopcall_provider_provider_session_request_t *request,
+    exports_loopcall_provider_provider_session_t *ret, lp_error_t *err) {
+  exports_loopcall_provider_provider_session_request_free(request);
   plugin_string_t target;
   if (!lp_setting_nonempty("target", &target))
     return lp_misconfigured(err, "setting `target` is not set");
 
-  loop_provider_http_request_t req = {0};
-  req.method = LOOP_PROVIDER_HTTP_METHOD_GET;
+  loopcall_provider_http_request_t req = {0};
+  req.method = LOOPCALL_PROVIDER_HTTP_METHOD_GET;
   req.url = target;
-  loop_provider_http_response_t resp;
-  loop_provider_http_http_error_t http_err;
-  bool sent = loop_provider_http_send(&req, &resp, &http_err);
+  loopcall_provider_http_response_t resp;
+  loopcall_provider_http_http_error_t http_err;
+  bool sent = loopcall_provider_http_send(&req, &resp, &http_err);
   plugin_string_free(&target);
   if (!sent) {
     bool r = http_failure(err, &http_err);
-    loop_provider_http_http_error_free(&http_err);
+    loopcall_provider_http_http_error_free(&http_err);
     return r;
   }
   bool ok = false;
@@ -66,20 +66,20 @@ bool exports_loop_provider_provider_create_session(
     lp_string_cstr(&ret->api_key, "snoop");
     ok = true;
   }
-  loop_provider_http_response_free(&resp);
+  loopcall_provider_http_response_free(&resp);
   return ok;
 }
 
-bool exports_loop_provider_provider_issue_token(
-    exports_loop_provider_provider_token_request_t *request, plugin_string_t *ret,
+bool exports_loopcall_provider_provider_issue_token(
+    exports_loopcall_provider_provider_token_request_t *request, plugin_string_t *ret,
     lp_error_t *err) {
-  exports_loop_provider_provider_token_request_free(request);
+  exports_loopcall_provider_provider_token_request_free(request);
   return lp_rejected(err, "snoop issues no tokens");
 }
 
-bool exports_loop_provider_provider_verify_token(plugin_string_t *token,
+bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
                                                  plugin_string_t *session_id,
-                                                 exports_loop_provider_provider_grant_t *ret,
+                                                 exports_loopcall_provider_provider_grant_t *ret,
                                                  lp_error_t *err) {
   plugin_string_free(token);
   plugin_string_free(session_id);

@@ -1,29 +1,29 @@
 // Hostile test plugin: `create-session` never returns. The host must stop it at
-// the CPU budget (epoch interruption) and keep serving other calls.
+// the CPU budget (out of fuel) and keep serving other calls.
 #include "loop_plugin.h"
 
-void exports_loop_provider_provider_describe(exports_loop_provider_provider_provider_info_t *ret) {
+void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provider_provider_info_t *ret) {
   lp_describe_all(ret, "spin", "0.1.0", false);
 }
 
-bool exports_loop_provider_provider_create_session(
-    exports_loop_provider_provider_session_request_t *request,
-    exports_loop_provider_provider_session_t *ret, lp_error_t *err) {
+bool exports_loopcall_provider_provider_create_session(
+    exports_loopcall_provider_provider_session_request_t *request,
+    exports_loopcall_provider_provider_session_t *ret, lp_error_t *err) {
   // volatile: the compiler may not prove the loop side-effect free and delete it.
   volatile uint64_t spins = 0;
   for (;;) spins++;
 }
 
-bool exports_loop_provider_provider_issue_token(
-    exports_loop_provider_provider_token_request_t *request, plugin_string_t *ret,
+bool exports_loopcall_provider_provider_issue_token(
+    exports_loopcall_provider_provider_token_request_t *request, plugin_string_t *ret,
     lp_error_t *err) {
-  exports_loop_provider_provider_token_request_free(request);
+  exports_loopcall_provider_provider_token_request_free(request);
   return lp_rejected(err, "spin issues no tokens");
 }
 
-bool exports_loop_provider_provider_verify_token(plugin_string_t *token,
+bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
                                                  plugin_string_t *session_id,
-                                                 exports_loop_provider_provider_grant_t *ret,
+                                                 exports_loopcall_provider_provider_grant_t *ret,
                                                  lp_error_t *err) {
   plugin_string_free(token);
   plugin_string_free(session_id);

@@ -27,7 +27,7 @@
 #define MAX_FIELD_BYTES 1024
 #define MAX_LIFETIME_SECONDS (30u * 24 * 3600)
 
-void exports_loop_provider_provider_describe(exports_loop_provider_provider_provider_info_t *ret) {
+void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provider_provider_info_t *ret) {
   lp_describe_all(ret, "vendor", "0.1.0", false);
 }
 
@@ -245,27 +245,27 @@ static bool json_session_id(const uint8_t *body, size_t len, lp_buf_t *out) {
 
 // ---- exports ---------------------------------------------------------------
 
-static bool http_failure(lp_error_t *err, const loop_provider_http_http_error_t *e) {
+static bool http_failure(lp_error_t *err, const loopcall_provider_http_http_error_t *e) {
   lp_buf_t msg = {0};
-  uint8_t tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
+  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
   switch (e->tag) {
-  case LOOP_PROVIDER_HTTP_HTTP_ERROR_DENIED:
-    tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
+  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_DENIED:
+    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
     lp_buf_str(&msg, "the host denied the request to api_url (check allowed_hosts): ");
     lp_buf_put(&msg, e->val.denied.ptr, e->val.denied.len);
     break;
-  case LOOP_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
+  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
     lp_buf_str(&msg, "the vendor API timed out");
     break;
-  case LOOP_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
+  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
     lp_buf_str(&msg, "the vendor API response was too large");
     break;
-  case LOOP_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
+  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
     lp_buf_str(&msg, "cannot reach the vendor API: ");
     lp_buf_put(&msg, e->val.transport.ptr, e->val.transport.len);
     break;
   default:
-    tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
+    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
     lp_buf_str(&msg, "invalid request to the vendor API (check api_url): ");
     lp_buf_put(&msg, e->val.invalid_request.ptr, e->val.invalid_request.len);
     break;
@@ -279,16 +279,16 @@ static bool status_failure(lp_error_t *err, uint16_t status) {
   lp_buf_t msg = {0};
   uint8_t tag;
   if (status == 401 || status == 403) {
-    tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
+    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
     lp_buf_str(&msg, "the vendor API refused the credentials (check api_key/api_secret): HTTP ");
   } else if (status == 429 || status >= 500) {
-    tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
+    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
     lp_buf_str(&msg, "the vendor API is unavailable: HTTP ");
   } else if (status >= 400) {
-    tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_REJECTED;
+    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_REJECTED;
     lp_buf_str(&msg, "the vendor API rejected the session: HTTP ");
   } else {
-    tag = LOOP_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
+    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
     lp_buf_str(&msg, "unexpected answer from the vendor API: HTTP ");
   }
   lp_buf_u64(&msg, status);
@@ -304,12 +304,12 @@ static plugin_tuple2_string_string_t header(const char *name, lp_buf_t *value) {
   return h;
 }
 
-bool exports_loop_provider_provider_create_session(
-    exports_loop_provider_provider_session_request_t *request,
-    exports_loop_provider_provider_session_t *ret, lp_error_t *err) {
+bool exports_loopcall_provider_provider_create_session(
+    exports_loopcall_provider_provider_session_request_t *request,
+    exports_loopcall_provider_provider_session_t *ret, lp_error_t *err) {
   account_t a;
   if (!load_account(&a, err)) {
-    exports_loop_provider_provider_session_request_free(request);
+    exports_loopcall_provider_provider_session_request_free(request);
     return false;
   }
 
@@ -323,7 +323,7 @@ bool exports_loop_provider_provider_create_session(
   lp_buf_str(&body, "{\"callId\":\"");
   lp_json_escape(&body, request->call_id.ptr, request->call_id.len);
   lp_buf_str(&body, "\",\"callType\":\"");
-  lp_buf_str(&body, request->call_type == LOOP_PROVIDER_TYPES_CALL_TYPE_AUDIO ? "audio"
+  lp_buf_str(&body, request->call_type == LOOPCALL_PROVIDER_TYPES_CALL_TYPE_AUDIO ? "audio"
                                                                               : "audio-video");
   lp_buf_byte(&body, '"');
   if (request->channel.is_some) {
@@ -332,7 +332,7 @@ bool exports_loop_provider_provider_create_session(
     lp_buf_byte(&body, '"');
   }
   lp_buf_byte(&body, '}');
-  exports_loop_provider_provider_session_request_free(request);
+  exports_loopcall_provider_provider_session_request_free(request);
 
   lp_buf_t auth = {0}, content_type = {0}, accept = {0};
   bearer(&auth, &a);
@@ -344,8 +344,8 @@ bool exports_loop_provider_provider_create_session(
       header("accept", &accept),
   };
 
-  loop_provider_http_request_t req = {0};
-  req.method = LOOP_PROVIDER_HTTP_METHOD_POST;
+  loopcall_provider_http_request_t req = {0};
+  req.method = LOOPCALL_PROVIDER_HTTP_METHOD_POST;
   lp_buf_into_string(&url, &req.url);
   req.headers.ptr = headers;
   req.headers.len = 3;
@@ -355,9 +355,9 @@ bool exports_loop_provider_provider_create_session(
   req.timeout_ms.is_some = true;
   req.timeout_ms.val = a.timeout_ms;
 
-  loop_provider_http_response_t resp;
-  loop_provider_http_http_error_t http_err;
-  bool sent = loop_provider_http_send(&req, &resp, &http_err);
+  loopcall_provider_http_response_t resp;
+  loopcall_provider_http_http_error_t http_err;
+  bool sent = loopcall_provider_http_send(&req, &resp, &http_err);
   plugin_string_free(&req.url);
   for (size_t i = 0; i < 3; i++) plugin_tuple2_string_string_free(&headers[i]);
   lp_buf_free(&body);
@@ -365,7 +365,7 @@ bool exports_loop_provider_provider_create_session(
   bool ok = false;
   if (!sent) {
     http_failure(err, &http_err);
-    loop_provider_http_http_error_free(&http_err);
+    loopcall_provider_http_http_error_free(&http_err);
   } else {
     if (resp.status < 200 || resp.status > 299) {
       status_failure(err, resp.status);
@@ -378,27 +378,27 @@ bool exports_loop_provider_provider_create_session(
       } else {
         lp_buf_into_string(&sid, &ret->session_id);
         lp_string_from(&ret->api_key, a.api_key.ptr, a.api_key.len);
-        lp_log(LOOP_PROVIDER_LOG_LEVEL_DEBUG, "vendor session created");
+        lp_log(LOOPCALL_PROVIDER_LOG_LEVEL_DEBUG, "vendor session created");
         ok = true;
       }
       lp_buf_free(&sid);
     }
-    loop_provider_http_response_free(&resp);
+    loopcall_provider_http_response_free(&resp);
   }
   account_free(&a);
   return ok;
 }
 
-static const char *role_name(loop_provider_types_role_t role) {
+static const char *role_name(loopcall_provider_types_role_t role) {
   switch (role) {
-  case LOOP_PROVIDER_TYPES_ROLE_PUBLISHER: return "publisher";
-  case LOOP_PROVIDER_TYPES_ROLE_SUBSCRIBER: return "subscriber";
+  case LOOPCALL_PROVIDER_TYPES_ROLE_PUBLISHER: return "publisher";
+  case LOOPCALL_PROVIDER_TYPES_ROLE_SUBSCRIBER: return "subscriber";
   default: return "moderator";
   }
 }
 
-bool exports_loop_provider_provider_issue_token(
-    exports_loop_provider_provider_token_request_t *request, plugin_string_t *ret,
+bool exports_loopcall_provider_provider_issue_token(
+    exports_loopcall_provider_provider_token_request_t *request, plugin_string_t *ret,
     lp_error_t *err) {
   bool ok = false;
   account_t a = {0};
@@ -450,13 +450,13 @@ done:
   account_free(&a);
   lp_buf_free(&claims);
   lp_buf_free(&token);
-  exports_loop_provider_provider_token_request_free(request);
+  exports_loopcall_provider_provider_token_request_free(request);
   return ok;
 }
 
-bool exports_loop_provider_provider_verify_token(plugin_string_t *token,
+bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
                                                  plugin_string_t *session_id,
-                                                 exports_loop_provider_provider_grant_t *ret,
+                                                 exports_loopcall_provider_provider_grant_t *ret,
                                                  lp_error_t *err) {
   plugin_string_free(token);
   plugin_string_free(session_id);

@@ -1,0 +1,374 @@
+//! One plugin and its instances: a fresh instance per call under the plugin's
+//! limits, the checks on what an export returns, and the classification of
+//! every way a call can fail into the error the caller sees.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use wasmtime::{Engine, Store, Trap};
+
+use super::state::{CallState, FUEL_PER_CPU_MS, HostStop, PluginContext, fuel_budget};
+use super::types::{
+    Grant, GuestError, ProviderError, ProviderInfo, Session, SessionRequest, TokenRequest,
+    wasm_error,
+};
+use super::versions::{PluginInstance, PluginPre};
+use crate::config::PluginLimits;
+
+/// Longest message from a plugin's own error kept in logs and errors.
+const MAX_GUEST_MESSAGE_BYTES: usize = 512;
+
+/// Why a plugin call did not produce a result.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Guest(GuestError),
+    Stopped(HostStop),
+    WallTime,
+    Oversized { what: &'static str, len: usize },
+    Invalid(String),
+    Wasm(String),
+}
+
+pub(crate) struct Plugin {
+    pub(crate) context: Arc<PluginContext>,
+    pre: Box<dyn PluginPre>,
+    pub(crate) info: ProviderInfo,
+    /// Bounds this plugin's concurrent instances to its share of the pool.
+    slots: Semaphore,
+    /// `providers.max_total_memory_mib`, shared by every plugin, in MiB permits.
+    memory: Arc<Semaphore>,
+    pub(crate) calls: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) consecutive_failures: AtomicU64,
+}
+
+/// One live plugin instance and the store it runs in.
+pub(crate) struct Call<'p> {
+    plugin: &'p Plugin,
+    instance: Box<dyn PluginInstance>,
+    store: Store<CallState>,
+    // Last, so the store's memory is back in the pool before it is released.
+    _memory: OwnedSemaphorePermit,
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        context: PluginContext,
+        pre: Box<dyn PluginPre>,
+        memory: Arc<Semaphore>,
+    ) -> Self {
+        let slots = Semaphore::new(context.limits.max_concurrent_calls as usize);
+        Self {
+            context: Arc::new(context),
+            pre,
+            // Filled by `describe` right after linking.
+            info: ProviderInfo {
+                name: String::new(),
+                version: String::new(),
+                call_types: Vec::new(),
+                roles: Vec::new(),
+                verifies_tokens: false,
+            },
+            slots,
+            memory,
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.context.name
+    }
+
+    fn limits(&self) -> &PluginLimits {
+        &self.context.limits
+    }
+
+    pub(crate) fn wall_time(&self) -> Duration {
+        Duration::from_millis(self.limits().wall_ms)
+    }
+
+    /// Waits for one of this plugin's concurrent-call slots.
+    pub(crate) async fn slot(&self) -> Result<SemaphorePermit<'_>, Failure> {
+        // Never closed; a caller past its wall time is dropped while waiting.
+        self.slots.acquire().await.map_err(|_| Failure::WallTime)
+    }
+
+    /// A fresh instance, once the plugin's memory limit is free in the total.
+    pub(crate) async fn instantiate(
+        &self,
+        engine: &Engine,
+        wall_deadline: Instant,
+    ) -> Result<Call<'_>, Failure> {
+        let mib = u32::try_from(self.limits().memory_mib).unwrap_or(u32::MAX);
+        let memory = self
+            .memory
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .map_err(|_| Failure::WallTime)?;
+        let mut store = Store::new(engine, CallState::new(self.context.clone(), wall_deadline));
+        store.limiter(|state| state);
+        store.epoch_deadline_callback(|mut ctx| ctx.data_mut().on_epoch_deadline());
+        store.set_epoch_deadline(1);
+        // Also yield after every `FUEL_PER_CPU_MS` of guest work (a millisecond
+        // or two), so a plugin cannot hold its thread until the next epoch tick.
+        let configured = store
+            .fuel_async_yield_interval(Some(FUEL_PER_CPU_MS))
+            .and_then(|()| store.set_fuel(fuel_budget(self.limits())));
+        if let Err(err) = configured {
+            return Err(Failure::Wasm(format!("{:#}", wasm_error(err))));
+        }
+        // Start functions run during instantiation and count against the first budget.
+        let instance = self.pre.instantiate(&mut store).await;
+        match instance {
+            Ok(instance) => Ok(Call {
+                plugin: self,
+                instance,
+                store,
+                _memory: memory,
+            }),
+            Err(err) => Err(classify(&store, err)),
+        }
+    }
+
+    fn check_size(&self, what: &'static str, len: usize) -> Result<(), Failure> {
+        if len > self.limits().max_return_bytes {
+            Err(Failure::Oversized { what, len })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A string an export returned: within the size limit, free of control
+    /// characters (it reaches clients and logs), and not empty when `required`.
+    fn check_returned(
+        &self,
+        export: &str,
+        what: &'static str,
+        value: &str,
+        required: bool,
+    ) -> Result<(), Failure> {
+        self.check_size(what, value.len())?;
+        if required && value.is_empty() {
+            return Err(Failure::Invalid(format!(
+                "{export} returned an empty {what}"
+            )));
+        }
+        check_text(what, value)
+    }
+
+    /// Records the outcome of one call and turns a failure into the caller's error.
+    pub(crate) fn finish<T>(
+        &self,
+        operation: &str,
+        result: Result<T, Failure>,
+    ) -> Result<T, ProviderError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let failure = match result {
+            Ok(value) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                return Ok(value);
+            }
+            Err(failure) => failure,
+        };
+        let provider = self.name().to_owned();
+        let limits = self.limits();
+        let error = match failure {
+            Failure::Guest(GuestError::Misconfigured(message)) => ProviderError::Misconfigured {
+                provider,
+                message: truncate(message),
+            },
+            Failure::Guest(GuestError::Unavailable(message)) => ProviderError::Unavailable {
+                provider,
+                message: truncate(message),
+            },
+            Failure::Guest(GuestError::Rejected(message)) => ProviderError::Rejected {
+                provider,
+                message: truncate(message),
+            },
+            Failure::Stopped(HostStop::Cpu) => ProviderError::Plugin {
+                provider,
+                message: format!("exceeded its CPU budget of {} ms", limits.cpu_ms),
+            },
+            Failure::Stopped(HostStop::Memory) => ProviderError::Plugin {
+                provider,
+                message: format!("exceeded its memory limit of {} MiB", limits.memory_mib),
+            },
+            Failure::Stopped(HostStop::RandomTooLarge) => ProviderError::Plugin {
+                provider,
+                message: "asked for more than 1024 random bytes".into(),
+            },
+            Failure::WallTime | Failure::Stopped(HostStop::WallTime) => ProviderError::Plugin {
+                provider,
+                message: format!("exceeded its wall-time budget of {} ms", limits.wall_ms),
+            },
+            Failure::Oversized { what, len } => ProviderError::Plugin {
+                provider,
+                message: format!(
+                    "returned a {what} of {len} bytes, more than the {} allowed",
+                    limits.max_return_bytes
+                ),
+            },
+            Failure::Invalid(message) => ProviderError::Plugin { provider, message },
+            Failure::Wasm(message) => ProviderError::Plugin {
+                provider,
+                message: truncate(message),
+            },
+        };
+        // A rejected token is the client's fault, not the plugin's.
+        if matches!(error, ProviderError::Rejected { .. }) {
+            tracing::debug!(plugin = %self.name(), operation, error = %error, "provider rejected a request");
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.name(), operation, error = %error, "provider plugin call failed");
+        }
+        Err(error)
+    }
+}
+
+impl Call<'_> {
+    /// Gives the next export call its own full CPU budget.
+    fn start_export_call(&mut self) -> Result<(), Failure> {
+        self.store
+            .set_fuel(fuel_budget(self.plugin.limits()))
+            .map_err(|err| Failure::Wasm(format!("{:#}", wasm_error(err))))
+    }
+
+    pub(crate) async fn describe(&mut self) -> Result<ProviderInfo, Failure> {
+        self.start_export_call()?;
+        let info = self
+            .instance
+            .describe(&mut self.store)
+            .await
+            .map_err(|err| classify(&self.store, err))?;
+        self.plugin
+            .check_size("describe name", info.name.len() + info.version.len())?;
+        if info.name.trim().is_empty() {
+            return Err(Failure::Invalid(
+                "describe returned an empty provider name".into(),
+            ));
+        }
+        check_text("provider name", &info.name)?;
+        check_text("provider version", &info.version)?;
+        Ok(info)
+    }
+
+    pub(crate) async fn create_session(
+        &mut self,
+        request: &SessionRequest<'_>,
+    ) -> Result<Session, Failure> {
+        self.start_export_call()?;
+        let session = self
+            .instance
+            .create_session(&mut self.store, request)
+            .await
+            .map_err(|err| classify(&self.store, err))?
+            .map_err(Failure::Guest)?;
+        self.plugin
+            .check_returned("create-session", "session id", &session.session_id, true)?;
+        self.plugin
+            .check_returned("create-session", "api key", &session.api_key, false)?;
+        Ok(session)
+    }
+
+    pub(crate) async fn issue_token(
+        &mut self,
+        request: &TokenRequest<'_>,
+    ) -> Result<String, Failure> {
+        self.start_export_call()?;
+        let token = self
+            .instance
+            .issue_token(&mut self.store, request)
+            .await
+            .map_err(|err| classify(&self.store, err))?
+            .map_err(Failure::Guest)?;
+        self.plugin
+            .check_returned("issue-token", "token", &token, true)?;
+        Ok(token)
+    }
+
+    pub(crate) async fn verify_token(
+        &mut self,
+        token: &str,
+        session_id: &str,
+    ) -> Result<Grant, Failure> {
+        self.start_export_call()?;
+        let grant = self
+            .instance
+            .verify_token(&mut self.store, token, session_id)
+            .await
+            .map_err(|err| classify(&self.store, err))?
+            .map_err(Failure::Guest)?;
+        self.plugin
+            .check_size("grant", grant.session_id.len() + grant.identity.len())?;
+        // The host, not the plugin, has the last word on what a token is for.
+        if grant.session_id != session_id {
+            return Err(Failure::Guest(GuestError::Rejected(
+                "the token belongs to another session".into(),
+            )));
+        }
+        if grant.expires_at < crate::clock::now().max(0) as u64 {
+            return Err(Failure::Guest(GuestError::Rejected(
+                "the token has expired".into(),
+            )));
+        }
+        Ok(grant)
+    }
+}
+
+/// What went wrong inside wasm: a limit the host enforced, or a trap or
+/// malformed value from the plugin itself.
+fn classify(store: &Store<CallState>, err: wasmtime::Error) -> Failure {
+    if let Some(stop) = store.data().stop {
+        return Failure::Stopped(stop);
+    }
+    if err.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        return Failure::Stopped(HostStop::Cpu);
+    }
+    Failure::Wasm(format!("{:#}", wasm_error(err)))
+}
+
+/// Values handed to clients and logs: no control characters.
+fn check_text(what: &str, value: &str) -> Result<(), Failure> {
+    if value.chars().any(char::is_control) {
+        return Err(Failure::Invalid(format!(
+            "returned a {what} with control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_GUEST_MESSAGE_BYTES {
+        let mut end = MAX_GUEST_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+        .chars()
+        .map(|ch| if ch.is_control() { ' ' } else { ch })
+        .collect()
+}
+
+pub(crate) async fn describe(
+    engine: &Engine,
+    plugin: &Plugin,
+) -> Result<ProviderInfo, ProviderError> {
+    let wall = plugin.wall_time();
+    let work = async {
+        let mut call = plugin.instantiate(engine, Instant::now() + wall).await?;
+        call.describe().await
+    };
+    let result = tokio::time::timeout(wall, work)
+        .await
+        .unwrap_or(Err(Failure::WallTime));
+    plugin.finish("describe", result)
+}

@@ -1,0 +1,328 @@
+//! [`ProviderRuntime`]: loads every configured plugin at start-up and serves
+//! the server's calls through them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::cache::{CompileCache, Origin};
+use super::engine::{self, EpochTicker, PoolSize};
+use super::instance::{Failure, Plugin, describe};
+use super::state::PluginContext;
+use super::types::{
+    CallSetup, CallSetupRequest, Grant, PluginHealth, ProviderError, ProviderInfo, Role,
+    RuntimeStats, SessionRequest, TokenRequest,
+};
+use super::versions::{self, Linkers};
+use crate::config::{Config, PluginConfig};
+use crate::net::{Net, Policy};
+use crate::secrets::{HostSecret, Secrets};
+
+/// Longest token `verify_token` passes to a plugin; longer ones are refused.
+const MAX_VERIFY_TOKEN_BYTES: usize = 8 * 1024;
+/// A plugin is reported unhealthy after this many failed calls in a row.
+const UNHEALTHY_AFTER_FAILURES: u64 = 3;
+
+/// Every configured plugin, ready to serve calls.
+pub struct ProviderRuntime {
+    engine: Engine,
+    plugins: BTreeMap<String, Plugin>,
+    default: String,
+    channels: BTreeMap<String, String>,
+    stats: RuntimeStats,
+    // Last: stops the epoch thread once everything above is gone.
+    _ticker: EpochTicker,
+}
+
+impl ProviderRuntime {
+    /// Compiles (or loads from the compile cache), links and describes every
+    /// configured plugin. Fails, naming the plugin, if any cannot be used.
+    pub async fn load(config: &Config, secrets: &Secrets, net: &Net) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let limits = || config.plugins.values().map(|plugin| &plugin.limits);
+        let total_memory_mib = config.providers.max_total_memory_mib;
+        let smallest_mib = limits().map(|l| l.memory_mib).min().unwrap_or(1).max(1);
+        let largest_mib = limits().map(|l| l.memory_mib).max().unwrap_or(1);
+        let pool = PoolSize {
+            // No more instances can hold memory at once than fit in the total.
+            concurrent_instances: limits()
+                .map(|l| u64::from(l.max_concurrent_calls))
+                .sum::<u64>()
+                .min(total_memory_mib / smallest_mib)
+                .try_into()
+                .unwrap_or(u32::MAX),
+            max_memory_bytes: largest_mib * 1024 * 1024,
+        };
+        let memory = Arc::new(Semaphore::new(
+            usize::try_from(total_memory_mib).context("providers.max_total_memory_mib")?,
+        ));
+        let engine = engine::build_engine(&pool)?;
+        let ticker = EpochTicker::start(&engine)?;
+        let mac_key = secrets
+            .host(HostSecret::PluginCacheKey)
+            .context("the plugin compile cache's MAC key")?;
+        let cache = Arc::new(CompileCache::new(&config.server.data_dir, &engine, mac_key));
+        let linkers = Linkers::new(&engine)?;
+
+        let mut stats = RuntimeStats::default();
+        // One compile per distinct component, however many plugins use it.
+        let mut components: HashMap<[u8; 32], Component> = HashMap::new();
+        let mut plugins = BTreeMap::new();
+        for (name, plugin_config) in &config.plugins {
+            let path = &plugin_config.component;
+            let bytes = tokio::fs::read(path).await.with_context(|| {
+                format!("plugins.{name}.component: cannot read {}", path.display())
+            })?;
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            let component = match components.get(&digest) {
+                Some(component) => component.clone(),
+                None => {
+                    let (component, origin) = {
+                        let (engine, cache, path) = (engine.clone(), cache.clone(), path.clone());
+                        tokio::task::spawn_blocking(move || cache.load(&engine, &bytes, &path))
+                            .await
+                            .context("the plugin compiler panicked")?
+                            .with_context(|| format!("plugins.{name}.component"))?
+                    };
+                    match origin {
+                        Origin::Compiled | Origin::Recompiled => {
+                            stats.compiled += 1;
+                            if origin == Origin::Recompiled {
+                                stats.cache_rejected += 1;
+                            }
+                            tracing::info!(plugin = %name, component = %path.display(), "compiled plugin");
+                        }
+                        Origin::Cache => {
+                            stats.cache_hits += 1;
+                            tracing::info!(plugin = %name, component = %path.display(), "loaded plugin from cache");
+                        }
+                    }
+                    components.insert(digest, component.clone());
+                    component
+                }
+            };
+            let context = plugin_context(name, plugin_config, secrets, net)?;
+            let (_, pre) = versions::link(&engine, &linkers, &component).with_context(|| {
+                format!(
+                    "plugins.{name}: {} is not a loopcall:provider plugin",
+                    path.display()
+                )
+            })?;
+            let mut plugin = Plugin::new(context, pre, memory.clone());
+            plugin.info = describe(&engine, &plugin)
+                .await
+                .map_err(|err| anyhow::anyhow!("plugins.{name}: describe failed: {err}"))?;
+            tracing::info!(
+                plugin = %name,
+                provider = %plugin.info.name,
+                version = %plugin.info.version,
+                verifies_tokens = plugin.info.verifies_tokens,
+                "loaded provider plugin"
+            );
+            plugins.insert(name.clone(), plugin);
+        }
+        anyhow::ensure!(
+            plugins.contains_key(&config.providers.default),
+            "providers.default: no [plugins.{}] table",
+            config.providers.default
+        );
+        for (channel, plugin) in &config.providers.channels {
+            anyhow::ensure!(
+                plugins.contains_key(plugin),
+                "providers.channels.{channel}: no [plugins.{plugin}] table"
+            );
+        }
+        tracing::info!(
+            plugins = plugins.len(),
+            compiled = stats.compiled,
+            cache_hits = stats.cache_hits,
+            cache_rejected = stats.cache_rejected,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "provider runtime ready"
+        );
+        Ok(Self {
+            engine,
+            plugins,
+            default: config.providers.default.clone(),
+            channels: config.providers.channels.clone(),
+            stats,
+            _ticker: ticker,
+        })
+    }
+
+    /// The plugin that serves calls from `channel`.
+    pub fn provider_for(&self, channel: Option<&str>) -> &str {
+        channel
+            .and_then(|channel| self.channels.get(channel))
+            .unwrap_or(&self.default)
+    }
+
+    /// Creates a provider session and one token per side, in one fresh instance.
+    pub async fn setup_call(
+        &self,
+        provider: &str,
+        request: CallSetupRequest,
+    ) -> Result<CallSetup, ProviderError> {
+        let plugin = self.plugin(provider)?;
+        let wall = plugin.wall_time();
+        let wall_deadline = Instant::now() + wall;
+        let work = async {
+            let _slot = plugin.slot().await?;
+            let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
+            let session = call
+                .create_session(&SessionRequest {
+                    call_id: &request.call_id,
+                    call_type: request.call_type,
+                    caller: &request.caller,
+                    callee: &request.callee,
+                    channel: request.channel.as_deref(),
+                })
+                .await?;
+            let caller_token = call
+                .issue_token(&TokenRequest {
+                    session_id: &session.session_id,
+                    role: Role::Publisher,
+                    identity: &request.caller,
+                    display_name: &request.caller_display_name,
+                    lifetime_seconds: request.token_lifetime_seconds,
+                })
+                .await?;
+            let callee_token = call
+                .issue_token(&TokenRequest {
+                    session_id: &session.session_id,
+                    role: Role::Publisher,
+                    identity: &request.callee,
+                    display_name: &request.callee_display_name,
+                    lifetime_seconds: request.token_lifetime_seconds,
+                })
+                .await?;
+            Ok(CallSetup {
+                session_id: session.session_id,
+                api_key: session.api_key,
+                caller_token,
+                callee_token,
+            })
+        };
+        let result = tokio::time::timeout(wall, work)
+            .await
+            .unwrap_or(Err(Failure::WallTime));
+        plugin.finish("setup-call", result)
+    }
+
+    /// Checks a token for `session_id` through the provider that issued it.
+    /// A forged, expired or other-session token is `ProviderError::Rejected`.
+    pub async fn verify_token(
+        &self,
+        provider: &str,
+        token: &str,
+        session_id: &str,
+    ) -> Result<Grant, ProviderError> {
+        let plugin = self.plugin(provider)?;
+        if !plugin.info.verifies_tokens {
+            return Err(ProviderError::Rejected {
+                provider: provider.to_owned(),
+                message: "this provider does not verify tokens".into(),
+            });
+        }
+        if token.len() > MAX_VERIFY_TOKEN_BYTES || session_id.len() > MAX_VERIFY_TOKEN_BYTES {
+            return Err(ProviderError::Rejected {
+                provider: provider.to_owned(),
+                message: "token too long".into(),
+            });
+        }
+        let wall = plugin.wall_time();
+        let wall_deadline = Instant::now() + wall;
+        let work = async {
+            let _slot = plugin.slot().await?;
+            let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
+            call.verify_token(token, session_id).await
+        };
+        let result = tokio::time::timeout(wall, work)
+            .await
+            .unwrap_or(Err(Failure::WallTime));
+        plugin.finish("verify-token", result)
+    }
+
+    /// What each plugin said about itself at load, by `[plugins.<name>]` key.
+    pub fn describe(&self, plugin: &str) -> Option<&ProviderInfo> {
+        self.plugins.get(plugin).map(|plugin| &plugin.info)
+    }
+
+    /// Per-plugin call counts and health, for the heartbeat.
+    pub fn health(&self) -> Vec<PluginHealth> {
+        self.plugins
+            .iter()
+            .map(|(name, plugin)| {
+                let consecutive_failures = plugin.consecutive_failures.load(Ordering::Relaxed);
+                PluginHealth {
+                    plugin: name.clone(),
+                    info: plugin.info.clone(),
+                    calls: plugin.calls.load(Ordering::Relaxed),
+                    failures: plugin.failures.load(Ordering::Relaxed),
+                    consecutive_failures,
+                    healthy: consecutive_failures < UNHEALTHY_AFTER_FAILURES,
+                }
+            })
+            .collect()
+    }
+
+    /// How this runtime's components became ready (compiled or cached).
+    pub fn stats(&self) -> RuntimeStats {
+        self.stats
+    }
+
+    fn plugin(&self, name: &str) -> Result<&Plugin, ProviderError> {
+        self.plugins
+            .get(name)
+            .ok_or_else(|| ProviderError::Unknown(name.to_owned()))
+    }
+}
+
+/// The plugin's settings as it will see them: its own table, plus generated
+/// secrets for keys the operator left unset.
+fn plugin_context(
+    name: &str,
+    config: &PluginConfig,
+    secrets: &Secrets,
+    net: &Net,
+) -> anyhow::Result<PluginContext> {
+    let mut settings = BTreeMap::new();
+    for (key, value) in &config.settings {
+        let value = match value {
+            toml::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        settings.insert(key.clone(), value);
+    }
+    for key in &config.generated_secrets {
+        if !settings.contains_key(key) {
+            let secret = secrets
+                .get_or_create(&format!("plugin-{name}-{key}"))
+                .with_context(|| format!("plugins.{name}.generated_secrets: {key}"))?;
+            settings.insert(key.clone(), hex::encode(secret));
+        }
+    }
+    let allowed_origins = config
+        .allowed_hosts
+        .iter()
+        .map(|host| {
+            url::Url::parse(host)
+                .map(|url| url.origin())
+                .with_context(|| format!("plugins.{name}.allowed_hosts: {host:?} is not an origin"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(PluginContext {
+        name: name.to_owned(),
+        settings,
+        allowed_origins,
+        limits: config.limits.clone(),
+        http: net.client(Policy::plugin(name, config))?,
+    })
+}
