@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::fake_push::FakePush;
 use common::hawk::Device;
-use common::{ServerOptions, TestServer, client, place_call};
+use common::{ServerOptions, TestServer, call_through_new_url, client, place_call};
 use serde_json::{Value, json};
 
 async fn start_with_push(push: &FakePush, timeout_ms: u64) -> TestServer {
@@ -445,16 +445,7 @@ async fn shutdown_waits_for_the_pings_of_answered_calls() {
     let push = FakePush::start().await;
     let mut server = start_with_push(&push, 1500).await;
     let bob = Device::register(&server.url, &push.hanging_url("bob")).await;
-    let token = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    place_call(
-        &client(),
-        &server.endpoint(&format!("/calls/{token}")),
-        &json!({"callType": "audio"}),
-    )
-    .await;
+    call_through_new_url(&server, &bob).await;
     push.wait_for("bob", 1).await;
     assert!(server.terminate(), "{}", server.logs());
     // The ping to the hanging push server was still in flight when the call

@@ -8,13 +8,14 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::providers::call_setup;
 use common::fake_dns::FakeDns;
 use common::fake_push::FakePush;
 use common::hawk::Device;
-use common::{ServerOptions, TestServer, client, place_call};
+use common::{ServerOptions, TestServer, call_through_new_url, client};
 use loop_server::config::{Config, PluginConfig, PluginLimits};
 use loop_server::net::Net;
-use loop_server::providers::{CallSetupRequest, CallType, ProviderRuntime};
+use loop_server::providers::ProviderRuntime;
 use loop_server::secrets::Secrets;
 use serde_json::{Value, json};
 
@@ -58,20 +59,6 @@ async fn assert_refused_as_private(server: &TestServer, push_url: &str) {
     );
 }
 
-/// Alice calls Bob through a call URL Bob made: Bob's devices are pinged.
-async fn call(server: &TestServer, bob: &Device) {
-    let token = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    place_call(
-        &client(),
-        &server.endpoint(&format!("/calls/{token}")),
-        &json!({"callType": "audio"}),
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn a_name_rebound_to_loopback_is_refused_at_registration_and_at_ping_time() {
     let (dns, push) = (FakeDns::start().await, FakePush::start().await);
@@ -92,7 +79,7 @@ async fn a_name_rebound_to_loopback_is_refused_at_registration_and_at_ping_time(
     let bob = Device::register(&server.url, &url).await;
     dns.set(name, &[LOOPBACK]);
     let asked = dns.queries_for(name);
-    call(&server, &bob).await;
+    call_through_new_url(&server, &bob).await;
     let logs = server
         .wait_for_log("callee notified sent=0 failed=0 refused=1")
         .await;
@@ -117,7 +104,7 @@ async fn allow_private_lets_push_names_resolve_to_private_addresses() {
     .await;
     dns.set(name, &[LOOPBACK]);
     let bob = Device::register(&server.url, &format!("{origin}/push/bob")).await;
-    call(&server, &bob).await;
+    call_through_new_url(&server, &bob).await;
     let pings = push.wait_for("bob", 1).await;
     assert_eq!(pings[0].kind, "push");
 }
@@ -142,7 +129,7 @@ async fn a_stored_push_url_is_not_pinged_once_its_origin_is_no_longer_allowed() 
     std::fs::write(&server.config_path, tightened).unwrap();
     server.restart();
 
-    call(&server, &bob.on(&server.url)).await;
+    call_through_new_url(&server, &bob.on(&server.url)).await;
     let logs = server
         .wait_for_log("callee notified sent=0 failed=0 refused=1")
         .await;
@@ -192,19 +179,6 @@ fn vendor(origin: &str, allow_private: bool) -> PluginConfig {
     }
 }
 
-fn setup_request() -> CallSetupRequest {
-    CallSetupRequest {
-        call_id: "c".into(),
-        call_type: CallType::AudioVideo,
-        caller: "alice@example.com".into(),
-        callee: "bob@example.com".into(),
-        channel: None,
-        caller_display_name: "Alice".into(),
-        callee_display_name: "Bob".into(),
-        token_lifetime_seconds: 3600,
-    }
-}
-
 #[tokio::test]
 async fn a_name_trusted_for_one_use_is_not_trusted_for_another() {
     let dns = FakeDns::start().await;
@@ -237,7 +211,7 @@ async fn a_name_trusted_for_one_use_is_not_trusted_for_another() {
         .await
         .unwrap();
     runtime
-        .setup_call("untrusted", setup_request())
+        .setup_call("untrusted", call_setup("c"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -246,7 +220,7 @@ async fn a_name_trusted_for_one_use_is_not_trusted_for_another() {
         "plugins.untrusted got through"
     );
     let setup = runtime
-        .setup_call("trusted", setup_request())
+        .setup_call("trusted", call_setup("c"))
         .await
         .unwrap();
     assert_eq!(setup.session_id, "vendor-session-1");
@@ -274,7 +248,7 @@ async fn a_name_trusted_for_one_use_is_not_trusted_for_another() {
     dns.set(name, &[PUBLIC]);
     let bob = Device::register(&server.url, &url).await;
     dns.set(name, &[LOOPBACK]);
-    call(&server, &bob).await;
+    call_through_new_url(&server, &bob).await;
     server
         .wait_for_log("callee notified sent=0 failed=0 refused=1")
         .await;

@@ -49,7 +49,8 @@ async fn load(config: &Config) -> anyhow::Result<ProviderRuntime> {
     ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), &net).await
 }
 
-fn call(id: &str) -> CallSetupRequest {
+/// A call setup between Alice and Bob, as the server asks for one.
+pub(crate) fn call_setup(id: &str) -> CallSetupRequest {
     CallSetupRequest {
         call_id: id.into(),
         call_type: CallType::AudioVideo,
@@ -80,7 +81,7 @@ async fn loopback_issues_sessions_and_tokens_that_verify() {
     assert!(info.verifies_tokens);
 
     let setup = runtime
-        .setup_call("loopback", call("call-1"))
+        .setup_call("loopback", call_setup("call-1"))
         .await
         .unwrap();
     assert!(
@@ -112,7 +113,7 @@ async fn loopback_issues_sessions_and_tokens_that_verify() {
 
     // Fresh instance per call: two calls never share a session id.
     let other = runtime
-        .setup_call("loopback", call("call-2"))
+        .setup_call("loopback", call_setup("call-2"))
         .await
         .unwrap();
     assert_ne!(other.session_id, setup.session_id);
@@ -148,7 +149,7 @@ async fn loopback_issues_sessions_and_tokens_that_verify() {
     // An expired token is refused.
     let short = CallSetupRequest {
         token_lifetime_seconds: 1,
-        ..call("call-3")
+        ..call_setup("call-3")
     };
     let setup3 = runtime.setup_call("loopback", short).await.unwrap();
     runtime
@@ -195,7 +196,7 @@ async fn loopback_without_a_secret_is_misconfigured() {
     );
     let runtime = load(&config).await.unwrap();
     let err = runtime
-        .setup_call("loopback", call("call-1"))
+        .setup_call("loopback", call_setup("call-1"))
         .await
         .unwrap_err();
     assert!(
@@ -213,7 +214,7 @@ async fn hostile_call_fails(runtime: &Arc<ProviderRuntime>, hostile: &str) -> Pr
         well_behaved.push(tokio::spawn(async move {
             for j in 0..10 {
                 runtime
-                    .setup_call("loopback", call(&format!("good-{i}-{j}")))
+                    .setup_call("loopback", call_setup(&format!("good-{i}-{j}")))
                     .await
                     .unwrap();
                 tokio::task::yield_now().await;
@@ -221,7 +222,7 @@ async fn hostile_call_fails(runtime: &Arc<ProviderRuntime>, hostile: &str) -> Pr
         }));
     }
     let err = runtime
-        .setup_call(hostile, call("hostile"))
+        .setup_call(hostile, call_setup("hostile"))
         .await
         .unwrap_err();
     for task in well_behaved {
@@ -278,7 +279,10 @@ async fn hostile_plugins_give_provider_errors_while_others_keep_working() {
     assert_eq!(body["errno"], 201);
 
     // The runtime is healthy for loopback and keeps counting the failures.
-    runtime.setup_call("loopback", call("after")).await.unwrap();
+    runtime
+        .setup_call("loopback", call_setup("after"))
+        .await
+        .unwrap();
     let health = runtime.health();
     let spin = health.iter().find(|h| h.plugin == "spin").unwrap();
     assert_eq!((spin.failures, spin.consecutive_failures), (1, 1));
@@ -300,12 +304,18 @@ async fn a_tight_cpu_budget_and_wall_time_are_enforced() {
         vec![("loopback", loopback()), ("spin", spin), ("slow", slow)],
     );
     let runtime = load(&config).await.unwrap();
-    let err = runtime.setup_call("spin", call("c")).await.unwrap_err();
+    let err = runtime
+        .setup_call("spin", call_setup("c"))
+        .await
+        .unwrap_err();
     assert!(
         plugin_message(&err).contains("CPU budget of 20 ms"),
         "{err}"
     );
-    let err = runtime.setup_call("slow", call("c")).await.unwrap_err();
+    let err = runtime
+        .setup_call("slow", call_setup("c"))
+        .await
+        .unwrap_err();
     assert!(
         plugin_message(&err).contains("wall-time budget of 50 ms"),
         "{err}"
@@ -367,7 +377,7 @@ async fn http_reaches_only_allowed_origins() {
     let runtime = load(&config).await.unwrap();
 
     for name in ["denied", "other-port"] {
-        let err = runtime.setup_call(name, call("c")).await.unwrap_err();
+        let err = runtime.setup_call(name, call_setup("c")).await.unwrap_err();
         match &err {
             ProviderError::Unavailable { message, .. } => {
                 assert!(
@@ -385,7 +395,10 @@ async fn http_reaches_only_allowed_origins() {
     );
 
     // snoop's create-session succeeds with the body; its issue-token then refuses.
-    let err = runtime.setup_call("allowed", call("c")).await.unwrap_err();
+    let err = runtime
+        .setup_call("allowed", call_setup("c"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, ProviderError::Rejected { message, .. } if message.contains("issues no tokens")),
         "{err:?}"
@@ -409,7 +422,7 @@ async fn vendor_plugin_creates_sessions_over_http() {
         vec![("loopback", loopback()), ("vendor", vendor)],
     );
     let runtime = load(&config).await.unwrap();
-    let setup = runtime.setup_call("vendor", call("c")).await.unwrap();
+    let setup = runtime.setup_call("vendor", call_setup("c")).await.unwrap();
     assert_eq!(setup.session_id, "vendor-session-1");
     assert_eq!(setup.api_key, "key-1");
     assert!(
@@ -442,7 +455,7 @@ async fn plugins_see_their_own_settings_and_never_another_plugins() {
     let ask = |caller: &str, callee: &str| CallSetupRequest {
         caller: caller.into(),
         callee: callee.into(),
-        ..call("c")
+        ..call_setup("c")
     };
     let seen_a = runtime
         .setup_call("echo-a", ask("color", "color"))
@@ -517,7 +530,7 @@ async fn a_warm_compile_cache_restart_does_not_recompile() {
     // Files with a valid MAC load without compiling.
     let warm = load(&config).await.unwrap();
     assert_eq!(counts(&warm), (0, 2, 0));
-    warm.setup_call("loopback", call("c")).await.unwrap();
+    warm.setup_call("loopback", call_setup("c")).await.unwrap();
 
     // A damaged cache entry is recompiled, not trusted.
     for entry in std::fs::read_dir(dir.path().join("plugin-cache")).unwrap() {
@@ -526,7 +539,10 @@ async fn a_warm_compile_cache_restart_does_not_recompile() {
     drop(warm);
     let repaired = load(&config).await.unwrap();
     assert_eq!(counts(&repaired), (2, 0, 2));
-    repaired.setup_call("loopback", call("c")).await.unwrap();
+    repaired
+        .setup_call("loopback", call_setup("c"))
+        .await
+        .unwrap();
 }
 
 /// (compiled, cache hits, cache entries rejected) of a runtime's start.
@@ -581,7 +597,10 @@ async fn compiled_code_in_the_cache_is_loaded_only_with_the_servers_mac() {
     std::fs::write(&loopback_file, &bytes).unwrap();
     let runtime = load(&config).await.unwrap();
     assert_eq!(counts(&runtime), (1, 1, 1));
-    runtime.setup_call("loopback", call("c")).await.unwrap();
+    runtime
+        .setup_call("loopback", call_setup("c"))
+        .await
+        .unwrap();
     drop(runtime);
     // The rejected file was replaced by an authentic one.
     assert_eq!(mode(&loopback_file), 0o600);
@@ -595,7 +614,10 @@ async fn compiled_code_in_the_cache_is_loaded_only_with_the_servers_mac() {
     std::fs::copy(&loopback_file, &trap_file).unwrap();
     let runtime = load(&config).await.unwrap();
     assert_eq!(counts(&runtime), (1, 1, 1));
-    let err = runtime.setup_call("trap", call("c")).await.unwrap_err();
+    let err = runtime
+        .setup_call("trap", call_setup("c"))
+        .await
+        .unwrap_err();
     assert!(plugin_message(&err).contains("unreachable"), "{err}");
     drop(runtime);
 
@@ -621,7 +643,10 @@ async fn compiled_code_in_the_cache_is_loaded_only_with_the_servers_mac() {
     std::fs::remove_file(&secret).unwrap();
     let runtime = load(&config).await.unwrap();
     assert_eq!(counts(&runtime), (2, 0, 2));
-    runtime.setup_call("loopback", call("c")).await.unwrap();
+    runtime
+        .setup_call("loopback", call_setup("c"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -834,7 +859,7 @@ async fn cpu_budgets_charge_work_not_waiting_for_a_busy_core() {
             let mut failures = Vec::new();
             for i in 0..50 {
                 if let Err(err) = runtime
-                    .setup_call("loopback", call(&format!("busy-{task}-{i}")))
+                    .setup_call("loopback", call_setup(&format!("busy-{task}-{i}")))
                     .await
                 {
                     failures.push(err.to_string());
@@ -847,7 +872,10 @@ async fn cpu_budgets_charge_work_not_waiting_for_a_busy_core() {
     for task in tasks {
         failures.extend(task.await.unwrap());
     }
-    let err = runtime.setup_call("spin", call("spin")).await.unwrap_err();
+    let err = runtime
+        .setup_call("spin", call_setup("spin"))
+        .await
+        .unwrap_err();
     drop(hogs);
 
     assert!(
@@ -900,7 +928,10 @@ fn calibrate_fuel() {
         let providers = load(&config).await.unwrap();
         for (name, cpu_ms) in [("spin-50", 50), ("spin-200", 200), ("spin-1000", 1000)] {
             let before = thread_cpu();
-            let err = providers.setup_call(name, call("c")).await.unwrap_err();
+            let err = providers
+                .setup_call(name, call_setup("c"))
+                .await
+                .unwrap_err();
             let used = thread_cpu() - before;
             println!(
                 "cpu_ms = {cpu_ms}: spin ran {:.1} ms of CPU ({:.2}x the budget): {err}",
@@ -956,7 +987,11 @@ async fn the_total_plugin_memory_bounds_the_calls_in_flight() {
     let calls: Vec<_> = (0..8)
         .map(|i| {
             let runtime = runtime.clone();
-            tokio::spawn(async move { runtime.setup_call("snoop", call(&format!("m-{i}"))).await })
+            tokio::spawn(async move {
+                runtime
+                    .setup_call("snoop", call_setup(&format!("m-{i}")))
+                    .await
+            })
         })
         .collect();
     for call in calls {

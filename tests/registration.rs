@@ -5,7 +5,7 @@ use crate::common;
 
 use common::fake_push::FakePush;
 use common::hawk::{Credentials, Device, send};
-use common::{ServerOptions, TestServer, client, place_call};
+use common::{ServerOptions, TestServer, call_through_new_url, client};
 use serde_json::{Value, json};
 
 async fn post_registration(server: &TestServer, body: &str) -> (u16, Option<String>, Value) {
@@ -139,17 +139,7 @@ async fn every_registration_shape_of_mozillas_server_is_accepted() {
             .to_str()
             .unwrap()
             .to_string();
-        let bob = Device::from_token(&server.url, &token);
-        let call_token = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        place_call(
-            &http,
-            &server.endpoint(&format!("/calls/{call_token}")),
-            &json!({"callType": "audio"}),
-        )
-        .await;
+        call_through_new_url(&server, &Device::from_token(&server.url, &token)).await;
         push.wait_for(device, 1).await;
     }
 
@@ -176,16 +166,7 @@ async fn every_registration_shape_of_mozillas_server_is_accepted() {
     // A registered device re-registering with nothing keeps its push URL.
     let carol = Device::register(&server.url, &push.url("carol")).await;
     assert_eq!(carol.post("/registration", &json!({})).await.status(), 200);
-    let call_token = carol.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    place_call(
-        &http,
-        &server.endpoint(&format!("/calls/{call_token}")),
-        &json!({"callType": "audio"}),
-    )
-    .await;
+    call_through_new_url(&server, &carol).await;
     push.wait_for("carol", 1).await;
 
     // The SSRF guard holds for every shape.

@@ -439,3 +439,20 @@ pub async fn place_call(
     assert_eq!(status, 200, "POST {url}: {text}");
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("POST {url}: not JSON: {text}"))
 }
+
+/// Alice calls `callee` through a fresh call URL of the callee's: the
+/// callee's devices are pinged. Returns the call's JSON.
+pub async fn call_through_new_url(server: &TestServer, callee: &hawk::Device) -> serde_json::Value {
+    let token = callee
+        .create_call_url(&serde_json::json!({"callerId": "alice"}))
+        .await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    place_call(
+        &client(),
+        &server.endpoint(&format!("/calls/{token}")),
+        &serde_json::json!({"callType": "audio"}),
+    )
+    .await
+}
