@@ -177,6 +177,13 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true);
+        // The harness's own settings are not the server's configuration (the
+        // server would name them in a warning).
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LOOP_BENCH_") {
+                command.env_remove(name);
+            }
+        }
         if let Some(filter) = log_filter {
             command.env("LOOP_LOG", filter);
         }
