@@ -4,7 +4,6 @@
 use crate::app::AppState;
 use crate::auth::NewSession;
 use crate::error::AppResult;
-use crate::push::validate_push_url;
 use crate::store::{PushTopic, PushUrl, Session};
 
 /// A push URL as the client gave it, with the request field it came from
@@ -28,7 +27,7 @@ pub async fn register(
 ) -> AppResult<Option<NewSession>> {
     let mut push_urls = Vec::with_capacity(requested.len());
     for RequestedPushUrl { topic, field, url } in requested {
-        let url = validate_push_url(&state.net, &state.config.push, field, &url).await?;
+        let url = state.push.rules().validate(&state.net, field, &url).await?;
         push_urls.push(PushUrl {
             topic,
             url: url.into(),
@@ -37,12 +36,10 @@ pub async fn register(
     match session {
         // Topics not given keep their URL, as with Mozilla's server.
         Some(session) => {
-            if !push_urls.is_empty() {
-                state
-                    .store
-                    .set_push_urls(&session.id_hmac, &push_urls)
-                    .await?;
-            }
+            state
+                .store
+                .set_push_urls(&session.id_hmac, &push_urls)
+                .await?;
             Ok(None)
         }
         None => Ok(Some(

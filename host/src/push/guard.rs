@@ -2,9 +2,9 @@
 //! clients and fetched by the server, so a client must not be able to point
 //! the server at its own network.
 //!
-//! - [`validate_push_url`] checks a URL at registration, resolving its host
+//! - [`PushRules::validate`] checks a URL at registration, resolving its host
 //!   under the push [`Policy`].
-//! - [`check_push_url`] is the same check without the lookup, run again before
+//! - [`PushRules::check`] is the same check without the lookup, run again before
 //!   every ping: a URL stored under an older `push.allowed_origins` is not
 //!   pinged once the operator removed its origin. The lookup then happens at
 //!   connection time, in the push client's resolver, which drops the answers
@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use url::{Host, Url};
+use url::{Host, Origin, Url};
 
 use crate::config::PushConfig;
 use crate::error::AppError;
@@ -21,95 +21,113 @@ use crate::net::{Net, Policy, Refused};
 /// Longer push URLs are refused; real push services use well under 1 KiB.
 pub const MAX_PUSH_URL_LEN: usize = 2048;
 
-/// Checks a push URL against `push.*` without resolving it; returns it parsed,
-/// or why it is refused. A refusal names the URL's origin at most, never its
-/// path or query (a push URL is a capability for someone's device).
-///
-/// `push.allowed_origins` non-empty: the URL's origin (scheme, host, port) must
-/// be listed; a listed IP literal may be private, as the operator wrote it.
-/// Empty: only https, and an IP literal must be public. Either way a host name
-/// must later resolve to addresses the push policy permits.
-pub fn check_push_url(config: &PushConfig, url: &str) -> Result<Url, String> {
-    if url.len() > MAX_PUSH_URL_LEN {
-        return Err(format!(
-            "push URL is longer than {MAX_PUSH_URL_LEN} characters"
-        ));
-    }
-    let parsed = Url::parse(url).map_err(|err| format!("not a valid URL ({err})"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err("push URL must be http or https".into());
-    }
-    let Some(host) = parsed.host() else {
-        return Err("push URL has no host".into());
-    };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("push URL must not contain credentials".into());
-    }
-    let policy = Policy::push(config);
+/// `push.*` as the checks need it, built once: the listed origins are parsed
+/// here rather than on every ping.
+pub struct PushRules {
+    /// `push.allowed_origins`, parsed; `None` (the list is empty): any
+    /// public https origin.
+    allowed_origins: Option<Vec<Origin>>,
+    policy: Policy,
+}
 
-    if !config.allowed_origins.is_empty() {
-        let origin = parsed.origin();
-        let listed = config
-            .allowed_origins
-            .iter()
-            .filter_map(|allowed| Url::parse(allowed).ok())
-            .any(|allowed| allowed.origin() == origin);
-        if !listed {
+impl PushRules {
+    pub fn new(config: &PushConfig) -> Self {
+        Self {
+            // Config::validate has refused origins that do not parse.
+            allowed_origins: (!config.allowed_origins.is_empty()).then(|| {
+                config
+                    .allowed_origins
+                    .iter()
+                    .filter_map(|allowed| Url::parse(allowed).ok())
+                    .map(|allowed| allowed.origin())
+                    .collect()
+            }),
+            policy: Policy::push(config),
+        }
+    }
+
+    /// Checks a push URL against `push.*` without resolving it; returns it parsed,
+    /// or why it is refused. A refusal names the URL's origin at most, never its
+    /// path or query (a push URL is a capability for someone's device).
+    ///
+    /// `push.allowed_origins` non-empty: the URL's origin (scheme, host, port) must
+    /// be listed; a listed IP literal may be private, as the operator wrote it.
+    /// Empty: only https, and an IP literal must be public. Either way a host name
+    /// must later resolve to addresses the push policy permits.
+    pub fn check(&self, url: &str) -> Result<Url, String> {
+        if url.len() > MAX_PUSH_URL_LEN {
             return Err(format!(
-                "push URL origin {} is not in push.allowed_origins",
-                origin.ascii_serialization()
+                "push URL is longer than {MAX_PUSH_URL_LEN} characters"
             ));
         }
-        return Ok(parsed);
-    }
-
-    if parsed.scheme() != "https" {
-        return Err("push URL must be https".into());
-    }
-    let ip = match host {
-        Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-        Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-        Host::Domain(name) if !policy.permits_name(name) => {
-            return Err("push URL points at this machine".into());
+        let parsed = Url::parse(url).map_err(|err| format!("not a valid URL ({err})"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err("push URL must be http or https".into());
         }
-        Host::Domain(_) => None,
-    };
-    if ip.is_some_and(|ip| !policy.permits(ip)) {
-        return Err(
+        let Some(host) = parsed.host() else {
+            return Err("push URL has no host".into());
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err("push URL must not contain credentials".into());
+        }
+        let policy = &self.policy;
+
+        if let Some(allowed_origins) = &self.allowed_origins {
+            let origin = parsed.origin();
+            if !allowed_origins.contains(&origin) {
+                return Err(format!(
+                    "push URL origin {} is not in push.allowed_origins",
+                    origin.ascii_serialization()
+                ));
+            }
+            return Ok(parsed);
+        }
+
+        if parsed.scheme() != "https" {
+            return Err("push URL must be https".into());
+        }
+        let ip = match host {
+            Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+            Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+            Host::Domain(name) if !policy.permits_name(name) => {
+                return Err("push URL points at this machine".into());
+            }
+            Host::Domain(_) => None,
+        };
+        if ip.is_some_and(|ip| !policy.permits(ip)) {
+            return Err(
             "push URL must point at a public address, not a loopback, private or link-local one"
                 .into(),
         );
+        }
+        Ok(parsed)
     }
-    Ok(parsed)
-}
 
-/// Checks a client-supplied push URL at registration: [`check_push_url`],
-/// then its host name must resolve, only to addresses the push policy permits.
-pub async fn validate_push_url(
-    net: &Net,
-    config: &PushConfig,
-    field: &str,
-    url: &str,
-) -> Result<Url, AppError> {
-    let parsed = check_push_url(config, url).map_err(|reason| AppError::invalid(field, reason))?;
-    if let Some(Host::Domain(name)) = parsed.host() {
-        net.check_name(&Policy::push(config), name)
-            .await
-            .map_err(|refused| {
-                AppError::invalid(
-                    field,
-                    match refused {
-                        Refused::Unresolved { host } => {
-                            format!("push URL host {host} does not resolve")
-                        }
-                        not_permitted => {
-                            format!("push URL must point at a public address: {not_permitted}")
-                        }
-                    },
-                )
-            })?;
+    /// Checks a client-supplied push URL at registration: [`Self::check`],
+    /// then its host name must resolve, only to addresses the push policy permits.
+    pub async fn validate(&self, net: &Net, field: &str, url: &str) -> Result<Url, AppError> {
+        let parsed = self
+            .check(url)
+            .map_err(|reason| AppError::invalid(field, reason))?;
+        if let Some(Host::Domain(name)) = parsed.host() {
+            net.check_name(&self.policy, name)
+                .await
+                .map_err(|refused| {
+                    AppError::invalid(
+                        field,
+                        match refused {
+                            Refused::Unresolved { host } => {
+                                format!("push URL host {host} does not resolve")
+                            }
+                            not_permitted => {
+                                format!("push URL must point at a public address: {not_permitted}")
+                            }
+                        },
+                    )
+                })?;
+        }
+        Ok(parsed)
     }
-    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -126,7 +144,10 @@ mod tests {
 
     async fn refusal(config: &PushConfig, url: &str) -> String {
         let net = Net::new(&NetConfig::default()).unwrap();
-        match validate_push_url(&net, config, "simplePushURLs.calls", url).await {
+        match PushRules::new(config)
+            .validate(&net, "simplePushURLs.calls", url)
+            .await
+        {
             Ok(_) => panic!("{url} must be refused"),
             Err(err) => {
                 assert_eq!(err.errno() as u16, 107);
@@ -170,8 +191,9 @@ mod tests {
             allowed_origins: vec!["https://push.example.com".into()],
             ..PushConfig::default()
         };
-        let reason =
-            check_push_url(&config, "https://other.example.com/SECRET?t=SECRET").unwrap_err();
+        let reason = PushRules::new(&config)
+            .check("https://other.example.com/SECRET?t=SECRET")
+            .unwrap_err();
         assert!(
             reason.contains("https://other.example.com") && !reason.contains("SECRET"),
             "{reason}"
@@ -185,8 +207,8 @@ mod tests {
             ..open()
         };
         for url in ["https://10.0.0.1/push", "https://localhost/"] {
-            check_push_url(&open(), url).unwrap_err();
-            check_push_url(&private, url).unwrap();
+            PushRules::new(&open()).check(url).unwrap_err();
+            PushRules::new(&private).check(url).unwrap();
         }
     }
 
@@ -197,7 +219,8 @@ mod tests {
             ..PushConfig::default()
         };
         let net = Net::new(&NetConfig::default()).unwrap();
-        let ok = validate_push_url(&net, &config, "f", "http://127.0.0.1:8080/push/abc")
+        let ok = PushRules::new(&config)
+            .validate(&net, "f", "http://127.0.0.1:8080/push/abc")
             .await
             .unwrap();
         assert_eq!(ok.path(), "/push/abc");
@@ -210,7 +233,11 @@ mod tests {
             ..PushConfig::default()
         };
         // The default port is part of the origin whether written or not.
-        check_push_url(&config, "https://push.example.com:443/x").unwrap();
-        check_push_url(&config, "https://push.example.com:8443/x").unwrap_err();
+        PushRules::new(&config)
+            .check("https://push.example.com:443/x")
+            .unwrap();
+        PushRules::new(&config)
+            .check("https://push.example.com:8443/x")
+            .unwrap_err();
     }
 }

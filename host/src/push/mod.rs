@@ -4,5 +4,5 @@
 mod guard;
 mod notify;
 
-pub use guard::validate_push_url;
+pub use guard::PushRules;
 pub use notify::Push;

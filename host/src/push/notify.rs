@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
-use super::guard::check_push_url;
-use crate::config::{Config, PushConfig};
+use super::guard::PushRules;
+use crate::config::Config;
 use crate::net::{Net, Policy};
 
 /// Pings in flight at once across the server. Beyond this the push servers are
@@ -21,7 +21,7 @@ const MAX_IN_FLIGHT: usize = 1024;
 
 pub struct Push {
     http: reqwest::Client,
-    config: Arc<PushConfig>,
+    rules: Arc<PushRules>,
     timeout: Duration,
     in_flight: Arc<Semaphore>,
 }
@@ -42,10 +42,15 @@ impl Push {
     pub fn new(config: &Config, net: &Net) -> anyhow::Result<Self> {
         Ok(Self {
             http: net.client(Policy::push(&config.push))?,
-            config: Arc::new(config.push.clone()),
+            rules: Arc::new(PushRules::new(&config.push)),
             timeout: Duration::from_millis(config.push.timeout_ms.max(1)),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         })
+    }
+
+    /// The rules push URLs are held to, at registration and at every ping.
+    pub fn rules(&self) -> &PushRules {
+        &self.rules
     }
 
     /// False while every ping slot is taken: push servers are not keeping up.
@@ -64,7 +69,7 @@ impl Push {
             return;
         }
         let http = self.http.clone();
-        let config = self.config.clone();
+        let rules = self.rules.clone();
         let timeout = self.timeout;
         // Slots are taken here, before the task starts, so that `drain` sees
         // every ping the moment its call is answered.
@@ -75,9 +80,9 @@ impl Push {
         tokio::spawn(async move {
             let pings = pings.into_iter().map(|(permit, url)| {
                 let http = http.clone();
-                let config = config.clone();
+                let rules = rules.clone();
                 async move {
-                    if let Err(reason) = check_push_url(&config, &url) {
+                    if let Err(reason) = rules.check(&url) {
                         // The reason names the origin at most.
                         tracing::warn!(origin = %origin(&url), %reason, "push refused: the push policy no longer allows this URL");
                         return Outcome::Refused;
