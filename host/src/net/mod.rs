@@ -79,6 +79,13 @@ impl Policy {
         self.allow_private || is_public_ip(ip)
     }
 
+    fn not_permitted(&self, host: &str) -> Refused {
+        Refused::NotPermitted {
+            host: host.to_owned(),
+            scope: self.scope.clone(),
+        }
+    }
+
     /// Whether `host` may be looked up at all: names of this machine are
     /// refused whatever DNS would answer.
     pub fn permits_name(&self, host: &str) -> bool {
@@ -140,6 +147,15 @@ enum Dns {
 }
 
 impl Dns {
+    /// Every address of `host`, once `policy` lets it be looked up at all:
+    /// names of this machine are refused before any lookup.
+    async fn lookup_under(&self, policy: &Policy, host: &str) -> Result<Vec<IpAddr>, Refused> {
+        if !policy.permits_name(host) {
+            return Err(policy.not_permitted(host));
+        }
+        self.lookup(host).await
+    }
+
     async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, Refused> {
         let unresolved = || Refused::Unresolved {
             host: host.to_owned(),
@@ -211,18 +227,11 @@ impl Net {
     /// connection may pick any of them.
     pub async fn check_name(&self, policy: &Policy, host: &str) -> Result<(), Refused> {
         let host = normalize_name(host);
-        let not_permitted = || Refused::NotPermitted {
-            host: host.clone(),
-            scope: policy.scope.clone(),
-        };
-        if !policy.permits_name(&host) {
-            return Err(not_permitted());
-        }
-        let addrs = self.dns.lookup(&host).await?;
+        let addrs = self.dns.lookup_under(policy, &host).await?;
         if addrs.iter().all(|ip| policy.permits(*ip)) {
             Ok(())
         } else {
-            Err(not_permitted())
+            Err(policy.not_permitted(&host))
         }
     }
 }
@@ -244,22 +253,15 @@ impl Resolve for PolicyResolver {
         let dns = self.dns.clone();
         let policy = self.policy.clone();
         Box::pin(async move {
-            let not_permitted = || Refused::NotPermitted {
-                host: host.clone(),
-                scope: policy.scope.clone(),
-            };
-            if !policy.permits_name(&host) {
-                return Err(BoxError::from(not_permitted()));
-            }
             let usable: Vec<SocketAddr> = dns
-                .lookup(&host)
+                .lookup_under(&policy, &host)
                 .await?
                 .into_iter()
                 .filter(|ip| policy.permits(*ip))
                 .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             if usable.is_empty() {
-                return Err(BoxError::from(not_permitted()));
+                return Err(BoxError::from(policy.not_permitted(&host)));
             }
             let addrs: Addrs = Box::new(usable.into_iter());
             Ok(addrs)
