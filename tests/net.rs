@@ -8,15 +8,12 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::providers::call_setup;
+use crate::providers::{self, call_setup};
 use common::fake_dns::FakeDns;
 use common::fake_push::FakePush;
 use common::hawk::Device;
 use common::{ServerOptions, TestServer, call_through_new_url, client};
-use loop_server::config::{Config, PluginConfig, PluginLimits};
-use loop_server::net::Net;
-use loop_server::providers::ProviderRuntime;
-use loop_server::secrets::Secrets;
+use loop_server::config::PluginConfig;
 use serde_json::{Value, json};
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -170,12 +167,11 @@ fn vendor(origin: &str, allow_private: bool) -> PluginConfig {
     settings.insert("api_url".into(), origin.into());
     settings.insert("api_key".into(), "key-1".into());
     PluginConfig {
-        component: common::workspace_root().join("tests/plugins/vendor/vendor.wasm"),
         allowed_hosts: vec![origin.to_string()],
         allow_private,
-        limits: PluginLimits::default(),
         generated_secrets: vec!["api_secret".into()],
         settings,
+        ..providers::plugin(common::workspace_root().join("tests/plugins/vendor/vendor.wasm"))
     }
 }
 
@@ -189,27 +185,16 @@ async fn a_name_trusted_for_one_use_is_not_trusted_for_another() {
 
     // Plugins: only the one with allow_private reaches the loopback answer.
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.data_dir = dir.path().to_path_buf();
-    config.net.resolver = Some(dns.addr.clone());
-    config.plugins.insert(
-        "loopback".into(),
-        PluginConfig {
-            generated_secrets: vec!["secret".into()],
-            ..vendor("http://127.0.0.1:1", false)
-        },
+    let mut config = providers::config(
+        dir.path(),
+        vec![
+            ("loopback", providers::loopback()),
+            ("trusted", vendor(&origin, true)),
+            ("untrusted", vendor(&origin, false)),
+        ],
     );
-    config.plugins.get_mut("loopback").unwrap().component = common::loopback_wasm();
-    config
-        .plugins
-        .insert("trusted".into(), vendor(&origin, true));
-    config
-        .plugins
-        .insert("untrusted".into(), vendor(&origin, false));
-    let net = Net::new(&config.net).unwrap();
-    let runtime = ProviderRuntime::load(&config, &Secrets::new(dir.path()), &net)
-        .await
-        .unwrap();
+    config.net.resolver = Some(dns.addr.clone());
+    let runtime = providers::load(&config).await.unwrap();
     runtime
         .setup_call("untrusted", call_setup("c"))
         .await

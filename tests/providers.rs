@@ -17,7 +17,8 @@ fn test_plugin(name: &str) -> PathBuf {
     common::workspace_root().join(format!("tests/plugins/{name}/{name}.wasm"))
 }
 
-fn plugin(component: PathBuf) -> PluginConfig {
+/// A plugin table with no settings, hosts or secrets and the default limits.
+pub(crate) fn plugin(component: PathBuf) -> PluginConfig {
     PluginConfig {
         component,
         allowed_hosts: Vec::new(),
@@ -28,14 +29,14 @@ fn plugin(component: PathBuf) -> PluginConfig {
     }
 }
 
-fn loopback() -> PluginConfig {
+pub(crate) fn loopback() -> PluginConfig {
     PluginConfig {
         generated_secrets: vec!["secret".into()],
         ..plugin(common::loopback_wasm())
     }
 }
 
-fn config(data_dir: &Path, plugins: Vec<(&str, PluginConfig)>) -> Config {
+pub(crate) fn config(data_dir: &Path, plugins: Vec<(&str, PluginConfig)>) -> Config {
     let mut config = Config::default();
     config.server.data_dir = data_dir.to_path_buf();
     for (name, plugin) in plugins {
@@ -44,7 +45,8 @@ fn config(data_dir: &Path, plugins: Vec<(&str, PluginConfig)>) -> Config {
     config
 }
 
-async fn load(config: &Config) -> anyhow::Result<ProviderRuntime> {
+/// The runtime as the server loads it, with the server's outbound clients.
+pub(crate) async fn load(config: &Config) -> anyhow::Result<ProviderRuntime> {
     let net = loop_server::net::Net::new(&config.net)?;
     ProviderRuntime::load(config, &Secrets::new(&config.server.data_dir), &net).await
 }
