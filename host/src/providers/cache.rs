@@ -67,15 +67,17 @@ impl CompileCache {
         }
     }
 
-    /// The component for `bytes`: from the cache when an authentic compatible
-    /// compiled copy exists, else compiled now and stored for the next start.
+    /// The component for `bytes` (whose SHA-256 is `digest`): from the cache
+    /// when an authentic compatible compiled copy exists, else compiled now
+    /// and stored for the next start.
     pub(crate) fn load(
         &self,
         engine: &Engine,
         bytes: &[u8],
+        digest: &[u8; 32],
         source: &Path,
     ) -> anyhow::Result<(Component, Origin)> {
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = hex::encode(digest);
         let name = format!("{digest}-{}.cwasm", self.engine_key);
         let path = self.dir.join(&name);
         let mut origin = Origin::Compiled;

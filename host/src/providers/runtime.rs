@@ -86,10 +86,12 @@ impl ProviderRuntime {
                 None => {
                     let (component, origin) = {
                         let (engine, cache, path) = (engine.clone(), cache.clone(), path.clone());
-                        tokio::task::spawn_blocking(move || cache.load(&engine, &bytes, &path))
-                            .await
-                            .context("the plugin compiler panicked")?
-                            .with_context(|| format!("plugins.{name}.component"))?
+                        tokio::task::spawn_blocking(move || {
+                            cache.load(&engine, &bytes, &digest, &path)
+                        })
+                        .await
+                        .context("the plugin compiler panicked")?
+                        .with_context(|| format!("plugins.{name}.component"))?
                     };
                     match origin {
                         Origin::Compiled | Origin::Recompiled => {
