@@ -336,18 +336,25 @@ const OTHER_LOOP_VARIABLES: &[&str] = &["LOOP_LOG", "LOOP_CONFIG"];
 fn unknown_loop_variables(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
     let mut unknown: Vec<String> = names
         .filter_map(|name| name.into_string().ok())
-        .filter(|name| name.starts_with("LOOP_") && !OTHER_LOOP_VARIABLES.contains(&name.as_str()))
+        .filter(|name| !OTHER_LOOP_VARIABLES.contains(&name.as_str()))
         .filter(|name| {
-            let section = name["LOOP_".len()..]
-                .split("__")
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            !CONFIG_SECTIONS.contains(&section.as_str())
+            name.strip_prefix("LOOP_")
+                .is_some_and(|key| !names_a_config_section(key))
         })
         .collect();
     unknown.sort();
     unknown
+}
+
+/// Whether a `LOOP_`-less variable name (`SERVER__LISTEN`) starts with one
+/// of [`CONFIG_SECTIONS`].
+fn names_a_config_section(key: &str) -> bool {
+    let section = key
+        .split("__")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    CONFIG_SECTIONS.contains(&section.as_str())
 }
 
 impl Config {
@@ -364,15 +371,7 @@ impl Config {
         // prefix (LOOP_LOG, LOOP_CONFIG, the test suite's LOOP_TEST_*) are not.
         figment = figment.merge(
             Env::prefixed("LOOP_")
-                .filter(|key| {
-                    let section = key
-                        .as_str()
-                        .split("__")
-                        .next()
-                        .unwrap_or_default()
-                        .to_ascii_lowercase();
-                    CONFIG_SECTIONS.contains(&section.as_str())
-                })
+                .filter(|key| names_a_config_section(key.as_str()))
                 .split("__"),
         );
         for name in unknown_loop_variables(std::env::vars_os().map(|(name, _)| name)) {
