@@ -31,7 +31,7 @@ struct RegistrationBody {
     old_simple_push_url: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct PushUrls {
     #[serde(default)]
     calls: Option<String>,
@@ -51,10 +51,7 @@ fn requested_urls(
     body: RegistrationBody,
     query: RegistrationQuery,
 ) -> AppResult<Vec<RequestedPushUrl>> {
-    let PushUrls { calls, rooms } = body.simple_push_urls.unwrap_or(PushUrls {
-        calls: None,
-        rooms: None,
-    });
+    let PushUrls { calls, rooms } = body.simple_push_urls.unwrap_or_default();
     let calls_fields = [
         ("simplePushURL", body.simple_push_url),
         ("simplePushURL (query)", query.simple_push_url),
