@@ -93,6 +93,8 @@ export class Call {
     this.shown = false;
     this.ended = false;
     this.progressRetries = 0;
+    // Resolved when the server says the call is terminated.
+    this.terminatedWaiters = [];
   }
 
   get peer() {
@@ -303,6 +305,11 @@ export class Call {
       this.view.dataset.progress = this.progressLog.join(" ");
     }
     this.progressState = state;
+    if (state === "terminated") {
+      for (const resolve of this.terminatedWaiters.splice(0)) {
+        resolve();
+      }
+    }
     if (this.ended) {
       return;
     }
@@ -474,6 +481,18 @@ export class Call {
       const stream = event.streams[0] || new MediaStream([event.track]);
       if (remote.srcObject !== stream) {
         remote.srcObject = stream;
+        remote.play().catch((err) => {
+          if (err.name !== "NotAllowedError") {
+            return;
+          }
+          // No autoplay with sound without a gesture (after a reload).
+          say(`Press any key or click to hear ${this.peer}.`);
+          const resume = () => {
+            remote.play().then(() => this.refresh(), () => {});
+          };
+          document.addEventListener("click", resume, { once: true });
+          document.addEventListener("keydown", resume, { once: true });
+        });
       }
     });
     pc.addEventListener("connectionstatechange", () => this.onPeerState(pc));
@@ -596,8 +615,11 @@ export class Call {
     this.finish(reason, true, words, true);
     // Tell the server (and through it the other side) before leaving the
     // signaling session, so that the other side learns why it was left.
-    await withTimeout(this.sendAction("terminate", reason), 5000);
-    this.closeSockets(1500);
+    const terminated = new Promise((resolve) => this.terminatedWaiters.push(resolve));
+    if (await withTimeout(this.sendAction("terminate", reason), 5000)) {
+      await withTimeout(terminated, 2000);
+    }
+    this.closeSockets(0);
   }
 
   // The call is over: stop everything and say why.
