@@ -820,10 +820,12 @@ export class Call {
   setView(state, words) {
     const view = this.view;
     view.dataset.state = state;
-    const title =
-      state === "ringing" && this.d.role === "callee"
-        ? `Incoming ${this.video ? "video" : "audio"} call`
-        : `Call with ${this.peer}`;
+    let title = `Call with ${this.peer}`;
+    if (state === "ringing" && this.d.role === "callee") {
+      title = `Incoming ${this.video ? "video" : "audio"} call`;
+    } else if (state === "ended") {
+      title = "Call ended";
+    }
     $("call-title").textContent = title;
     say(words);
     const ringingCallee = state === "ringing" && this.d.role === "callee" && !this.accepted;
