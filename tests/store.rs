@@ -1879,3 +1879,38 @@ async fn the_bus_carries_messages_between_instances_on_postgres() {
         }
     }
 }
+
+/// A listener that loses its connection reconnects, and its subscribers are
+/// told they may have missed messages (they re-read the database).
+#[tokio::test]
+async fn a_bus_listener_that_loses_its_connection_reconnects_and_says_so() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open_sql().await;
+    let mut on_a = a.bus().subscribe("progress:x");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(b.pool())
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "a listening backend was found");
+    let told = tokio::time::timeout(std::time::Duration::from_secs(10), on_a.recv())
+        .await
+        .expect("told in time");
+    assert_eq!(told, Err(loop_server::bus::RecvError::Lagged));
+    // And it listens again.
+    let mut delivered = false;
+    for _ in 0..50 {
+        b.bus().publish("progress:x", "after").await.unwrap();
+        match tokio::time::timeout(std::time::Duration::from_millis(200), on_a.recv()).await {
+            Ok(Ok(message)) if &*message == "after" => {
+                delivered = true;
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(delivered, "messages flow again after the reconnection");
+}

@@ -50,9 +50,15 @@ struct Inner {
 /// Why `Subscription::recv` returned no message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecvError {
-    /// The subscriber fell behind and messages were dropped.
+    /// Messages may have been missed: the subscriber fell behind, or the
+    /// connection to other instances was lost for a while. Re-read from the
+    /// database whatever the subscription follows.
     Lagged,
 }
+
+/// Delivered to every subscriber after the PostgreSQL listener lost its
+/// connection; `recv` turns it into `RecvError::Lagged`.
+static RESYNC: std::sync::LazyLock<Message> = std::sync::LazyLock::new(|| Arc::from(""));
 
 /// Messages published on one topic from the moment of subscribing.
 /// Dropping it unsubscribes.
@@ -65,6 +71,7 @@ pub struct Subscription {
 impl Subscription {
     pub async fn recv(&mut self) -> Result<Message, RecvError> {
         match self.receiver.recv().await {
+            Ok(message) if Arc::ptr_eq(&message, &RESYNC) => Err(RecvError::Lagged),
             Ok(message) => Ok(message),
             Err(broadcast::error::RecvError::Lagged(_)) => Err(RecvError::Lagged),
             // The sender lives in the map until the last subscriber is gone.
@@ -157,6 +164,14 @@ impl Bus {
         }
     }
 
+    /// Tells every subscriber it may have missed messages.
+    fn resync_all(&self) {
+        let topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
+        for sender in topics.values() {
+            let _ = sender.send(RESYNC.clone());
+        }
+    }
+
     fn has_subscribers(&self, topic: &str) -> bool {
         self.inner
             .topics
@@ -197,16 +212,22 @@ pub(crate) async fn notify(
 }
 
 /// Receives every notification and hands it to this process's subscribers.
-/// sqlx reconnects a lost listener on the next `recv`; what was published
-/// meanwhile is lost, and the sockets that needed it learn the state again
-/// from the database on their next action or timer.
+/// When the connection is lost, sqlx reconnects and listens again; what was
+/// published meanwhile is lost, so every subscriber is then told it may have
+/// missed messages and re-reads the state it follows from the database.
 async fn listen(mut listener: PgListener, bus: Bus) {
     loop {
-        let notification = match listener.recv().await {
-            Ok(notification) => notification,
+        let notification = match listener.try_recv().await {
+            Ok(Some(notification)) => notification,
+            Ok(None) => {
+                tracing::warn!("bus: the PostgreSQL listener lost its connection and reconnected");
+                bus.resync_all();
+                continue;
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "bus: PostgreSQL listener failed; reconnecting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                bus.resync_all();
                 continue;
             }
         };
