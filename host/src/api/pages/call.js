@@ -209,7 +209,7 @@ export class Call {
       this.stopMedia();
       return false;
     }
-    $("local-video").srcObject = this.localStream;
+    this.showLocal();
     this.refresh();
     return true;
   }
@@ -676,6 +676,12 @@ export class Call {
       this.localStream = null;
     }
     $("local-video").srcObject = null;
+    $("local-video").classList.remove("live");
+  }
+
+  showLocal() {
+    $("local-video").srcObject = this.localStream;
+    $("local-video").classList.toggle("live", Boolean(this.localStream));
   }
 
   endWords(reason, local) {

@@ -83,7 +83,7 @@ async function placeCall(callType) {
     hooks(),
   );
   call.localStream = stream;
-  $("local-video").srcObject = stream;
+  call.showLocal();
   await call.start();
 }
 
