@@ -40,6 +40,22 @@ function withTimeout(promise, ms) {
   return Promise.race([promise, delay(ms).then(() => null)]);
 }
 
+// The server's socket `name` ("websocket", "signaling") at the path of
+// `progressURL`, on this page's own origin: the page came from this server,
+// and behind a load balancer or under another host name than the public URL
+// the page's origin is the one that reaches it (and the CSP's 'self').
+function socketURL(progressURL, name) {
+  let path = "/websocket";
+  try {
+    path = new URL(progressURL).pathname;
+  } catch (_) {
+    // Not a URL: the default path.
+  }
+  const url = new URL(path.replace(/websocket$/, name), location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}
+
 // The first DTLS fingerprint of an SDP ("sha-256 AB:CD:…").
 function fingerprint(sdp) {
   const match = /^a=fingerprint:(.+)$/m.exec(sdp || "");
@@ -219,7 +235,7 @@ export class Call {
   // Opens a progress socket and says hello; resolves with the socket once
   // the hello is answered, or null if it closed first.
   openProgress() {
-    const ws = new WebSocket(this.d.progressURL);
+    const ws = new WebSocket(socketURL(this.d.progressURL, "websocket"));
     this.ws = ws;
     this.wsReady = new Promise((resolve) => {
       let answered = false;
@@ -340,8 +356,7 @@ export class Call {
   // --- the signaling relay -------------------------------------------------
 
   joinSignaling() {
-    const url = this.d.progressURL.replace(/\/websocket$/, "/signaling");
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(socketURL(this.d.progressURL, "signaling"));
     this.sig = ws;
     this.sigJoined = false;
     this.sigError = null;

@@ -131,11 +131,13 @@ function linkItem(url) {
   return item;
 }
 
+// Shows Bob's links; returns the server's clock (its Timestamp header).
 async function loadLinks(created) {
   const response = await api("call-url");
+  const serverNow = Number(response.headers.get("Timestamp")) || 0;
   if (!response.ok) {
     say(`Your links could not be loaded: ${await errorText(response)}.`);
-    return;
+    return serverNow;
   }
   const urls = (await response.json()).sort((a, b) => b.timestamp - a.timestamp);
   list.replaceChildren(...urls.map(linkItem));
@@ -147,6 +149,7 @@ async function loadLinks(created) {
       item.querySelector(".link-url").focus();
     }
   }
+  return serverNow;
 }
 
 $("create-form").addEventListener("submit", async (event) => {
@@ -238,10 +241,11 @@ function incoming(listed) {
   call.listen();
 }
 
-// Long-polls for calls placed since `version` (the server's clock, from the
-// Timestamp header of the previous answer).
-async function poll() {
-  let version = 0;
+// Long-polls for calls placed since `version`: the server's clock when the
+// page opened, then from the Timestamp header of the last answer that had
+// calls. Calls placed before the page opened are not this page's to take.
+async function poll(since) {
+  let version = since;
   let failures = 0;
   for (;;) {
     let response = null;
@@ -274,8 +278,10 @@ async function poll() {
         incoming(call);
       }
     }
+    // Past the calls answered, to the server's clock; an empty answer
+    // leaves the version as it was, so nothing placed meanwhile is skipped.
     const now = Number(response.headers.get("Timestamp"));
-    if (Number.isFinite(now) && now > 0) {
+    if (calls.length > 0 && Number.isFinite(now) && now > 0) {
       version = now;
     }
     if (calls.length > 0 && fresh === 0) {
@@ -297,9 +303,10 @@ async function main() {
     current = new Call(saved, callHooks());
     current.rejoin();
   }
+  let since = 0;
   try {
     await session();
-    await loadLinks();
+    since = await loadLinks();
   } catch (err) {
     say(`Loop could not start: ${err.message}. Reload the page to try again.`);
     return;
@@ -307,7 +314,7 @@ async function main() {
   if (!current) {
     showHome();
   }
-  poll();
+  poll(since);
 }
 
 main();
