@@ -277,11 +277,7 @@ impl Page {
 
     /// Polls `probe` until it returns `Some`; panics after [`PATIENCE`]
     /// with what the page last said, and a screenshot.
-    async fn wait<T>(
-        &self,
-        what: &str,
-        mut probe: impl AsyncFnMut(&Page) -> Option<T>,
-    ) -> T {
+    async fn wait<T>(&self, what: &str, mut probe: impl AsyncFnMut(&Page) -> Option<T>) -> T {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(value) = probe(self).await {
@@ -292,7 +288,10 @@ impl Page {
                     .screenshot(&format!("failed-{}-{}", self.name, what.replace(' ', "-")))
                     .await;
                 let info = self.js(CALL_INFO).await;
-                panic!("{}: still not {what} after {PATIENCE:?}; the page: {info}", self.name);
+                panic!(
+                    "{}: still not {what} after {PATIENCE:?}; the page: {info}",
+                    self.name
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -340,10 +339,8 @@ impl Page {
     /// The fingerprints (`a=fingerprint:`) of the local and remote SDP.
     async fn fingerprints(&self) -> (String, String) {
         let sdp = self
-            .js(
-                "const pc = window.loopPeerConnection; \
-                 return [pc.localDescription.sdp, pc.remoteDescription.sdp];",
-            )
+            .js("const pc = window.loopPeerConnection; \
+                 return [pc.localDescription.sdp, pc.remoteDescription.sdp];")
             .await;
         let first = |sdp: &Value| {
             sdp.as_str()
@@ -560,7 +557,10 @@ async fn calls_that_nobody_takes_end_with_their_reason() {
     // Alice cancels while it rings.
     alice.goto(&link).await;
     alice.click("#call-audio").await;
-    assert_eq!(bob.wait_state("ringing").await.status, "Incoming audio call from Alice.");
+    assert_eq!(
+        bob.wait_state("ringing").await.status,
+        "Incoming audio call from Alice."
+    );
     alice.wait_state("ringing").await;
     assert_eq!(alice.text("#hangup").await, "Cancel");
     alice.click("#hangup").await;
@@ -593,7 +593,11 @@ async fn calls_that_nobody_takes_end_with_their_reason() {
     let ended = alice.wait_state("ended").await;
     assert_eq!(ended.end_reason.as_deref(), Some("timeout"));
     assert_eq!(ended.status, "No answer: Bob did not pick up.");
-    assert_progress_in_order("alice", &ended.progress, &["init", "alerting", "terminated:timeout"]);
+    assert_progress_in_order(
+        "alice",
+        &ended.progress,
+        &["init", "alerting", "terminated:timeout"],
+    );
     let ended = bob.wait_state("ended").await;
     assert_eq!(ended.end_reason.as_deref(), Some("timeout"));
     assert_eq!(ended.status, "Missed call from Alice.");
@@ -723,8 +727,14 @@ async fn a_second_tab_of_bob_loses_and_a_reload_rejoins() {
 
     // Bob hangs up.
     bob.click("#hangup").await;
-    assert_eq!(bob.wait_state("ended").await.end_reason.as_deref(), Some("closed"));
-    assert_eq!(alice.wait_state("ended").await.end_reason.as_deref(), Some("closed"));
+    assert_eq!(
+        bob.wait_state("ended").await.end_reason.as_deref(),
+        Some("closed")
+    );
+    assert_eq!(
+        alice.wait_state("ended").await.end_reason.as_deref(),
+        Some("closed")
+    );
     // A reload after the call does not rejoin it.
     alice.client.refresh().await.unwrap();
     alice.wait_shown("#call-video").await;
@@ -770,7 +780,10 @@ impl Turn {
             ])
             .arg(format!("--static-auth-secret={secret}"))
             .arg(format!("--log-file={}", log.display()))
-            .arg(format!("--pidfile={}", dir.path().join("turn.pid").display()))
+            .arg(format!(
+                "--pidfile={}",
+                dir.path().join("turn.pid").display()
+            ))
             .arg(format!("--userdb={}", dir.path().join("turndb").display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -881,7 +894,10 @@ async fn alice_on_one_instance_and_bob_on_another() {
         assert_progress_in_order(page.name, &info.progress, &expected);
     }
     bob.click("#hangup").await;
-    assert_eq!(alice.wait_state("ended").await.end_reason.as_deref(), Some("closed"));
+    assert_eq!(
+        alice.wait_state("ended").await.end_reason.as_deref(),
+        Some("closed")
+    );
     alice.close().await;
     bob.close().await;
     drop(servers);

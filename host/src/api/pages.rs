@@ -26,7 +26,11 @@ const CALL_VIEW: &str = include_str!("pages/call-view.html");
 /// The static files, by the name they are served at under `static/`.
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
     [
-        ("app.css", "text/css; charset=utf-8", include_str!("pages/app.css")),
+        (
+            "app.css",
+            "text/css; charset=utf-8",
+            include_str!("pages/app.css"),
+        ),
         ("hawk.js", JS, include_str!("pages/hawk.js")),
         ("call.js", JS, include_str!("pages/call.js")),
         ("caller.js", JS, include_str!("pages/caller.js")),
@@ -82,7 +86,11 @@ async fn page(State(state): State<AppState>, Path(token): Path<String>) -> Respo
 pub fn home_page(state: &AppState) -> Response {
     let body = fill(
         CALLEE_BODY,
-        &[("call_view", CALL_VIEW), ("base", ""), ("script", "callee.js")],
+        &[
+            ("call_view", CALL_VIEW),
+            ("base", ""),
+            ("script", "callee.js"),
+        ],
     );
     html_response(state, StatusCode::OK, "Loop", "", &body)
 }
@@ -349,7 +357,10 @@ mod tests {
             "{csp}"
         );
         let csp = content_security_policy("http://127.0.0.1:5000");
-        assert!(csp.contains("connect-src 'self' ws://127.0.0.1:5000;"), "{csp}");
+        assert!(
+            csp.contains("connect-src 'self' ws://127.0.0.1:5000;"),
+            "{csp}"
+        );
         assert!(csp.contains("frame-ancestors 'none'"));
         assert!(!csp.contains("unsafe"));
     }

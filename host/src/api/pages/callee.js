@@ -259,7 +259,11 @@ async function poll(since) {
     if (!response || !response.ok) {
       failures += 1;
       if (!current && failures > 1) {
-        say("The server cannot be reached. Trying again…");
+        say(
+          response
+            ? `Incoming calls cannot be checked: ${await errorText(response)}. Trying again…`
+            : "The server cannot be reached. Trying again…",
+        );
       }
       await delay(Math.min(30000, 1000 * 2 ** failures));
       continue;
