@@ -500,6 +500,9 @@ async fn alice_and_bob_talk_with_video() {
     );
     alice.screenshot("alice-connected").await;
     bob.screenshot("bob-connected").await;
+    alice.client.set_window_size(390, 844).await.unwrap();
+    alice.screenshot("alice-connected-phone").await;
+    alice.client.set_window_size(1024, 800).await.unwrap();
 
     // Both saw the call go through each state, in order.
     let expected = ["init", "alerting", "connecting", "connected"];
