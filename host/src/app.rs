@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::domain::ice::Ice;
 use crate::net::Net;
 use crate::providers::ProviderRuntime;
 use crate::push::Push;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Builds the outbound client of each use; checks push URLs' host names.
     pub net: Net,
+    /// The STUN/TURN servers handed to each side of a call.
+    pub ice: Arc<Ice>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -65,6 +68,7 @@ impl Server {
         let providers = Arc::new(ProviderRuntime::load(&config, &secrets, &net).await?);
         let auth = Arc::new(Auth::new(&config, &secrets, &net)?);
         let push = Arc::new(Push::new(&config, &net)?);
+        let ice = Arc::new(Ice::new(&config, &secrets)?);
         let state = AppState {
             config: Arc::new(config),
             public_url,
@@ -73,6 +77,7 @@ impl Server {
             push,
             auth,
             net,
+            ice,
         };
         let router = crate::api::router(state.clone());
         Ok(Self {

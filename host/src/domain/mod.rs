@@ -9,6 +9,7 @@
 pub mod account;
 pub mod call_urls;
 pub mod calls;
+pub mod ice;
 pub mod registration;
 
 use base64::Engine;
