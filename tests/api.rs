@@ -162,7 +162,11 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
     assert_eq!(call["callId"], placed["callId"]);
     assert_eq!(call["callType"], "audio-video");
     assert_eq!(call["callerId"], "alice@example.com");
-    assert_eq!(call["websocketToken"], placed["websocketToken"]);
+    assert_ne!(
+        call["websocketToken"], placed["websocketToken"],
+        "each side has its own progress token"
+    );
+    assert_random_128_bits("websocketToken", call["websocketToken"].as_str().unwrap());
     assert_eq!(call["apiKey"], placed["apiKey"]);
     assert_eq!(call["sessionId"], placed["sessionId"]);
     assert_eq!(call["progressURL"], placed["progressURL"]);

@@ -114,9 +114,9 @@ fn an_invalid_configuration_exits_non_zero_naming_the_key() {
         ),
         // Keys that configure nothing, in the file or the environment.
         (
-            format!("[progress]\nringing_seconds = 30\n{plugins}"),
+            format!("[ringing]\nseconds = 30\n{plugins}"),
             vec![],
-            "progress",
+            "ringing",
         ),
         (
             plugins.clone(),

@@ -14,6 +14,7 @@ mod crash;
 mod errors;
 mod multi_instance;
 mod net;
+mod progress;
 mod providers;
 mod registration;
 mod store;

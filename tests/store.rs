@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use loop_server::config::Config;
 use loop_server::store::{
-    self, Call, CallUrl, CallUrlUpdate, PushTopic, PushUrl, Session, SqlStore, Store, StoreError,
+    self, Announcement, Call, CallState, CallUrl, CallUrlUpdate, PushTopic, PushUrl, Session,
+    SqlStore, Store, StoreError,
 };
 use tempfile::TempDir;
 
@@ -131,7 +132,8 @@ fn call(user_id: &str, created_at: i64, expires_at: i64) -> Call {
         session_id: id("provider-session"),
         callee_token: id("callee-token"),
         api_key: "api-key".into(),
-        websocket_token: id("ws"),
+        caller_websocket_token: id("ws-caller"),
+        callee_websocket_token: id("ws-callee"),
         progress_url: "wss://127.0.0.1/websocket".into(),
         created_at,
         expires_at,
@@ -1097,8 +1099,26 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
         store.create_call_url(&expired_url).await.unwrap();
         let recently_expired_url = call_url("user-live", NOW - 100, NOW - 1);
         store.create_call_url(&recently_expired_url).await.unwrap();
-        let expired_call = call("user-live", NOW - 100, NOW - 1);
-        store.create_call(&expired_call).await.unwrap();
+        // An ended call goes once it is no longer listed; one that never
+        // ended may still be a conversation, and goes after a day.
+        let ended_call = call("user-live", NOW - 100, NOW - 1);
+        store.create_call(&ended_call).await.unwrap();
+        let (_, mut progress) = store
+            .call_progress(&ended_call.call_id)
+            .await
+            .unwrap()
+            .unwrap();
+        progress.state = CallState::Terminated;
+        assert!(
+            store
+                .update_call_progress(&ended_call.call_id, 0, &progress, None)
+                .await
+                .unwrap()
+        );
+        let unfinished_call = call("user-live", NOW - 100, NOW - 1);
+        store.create_call(&unfinished_call).await.unwrap();
+        let abandoned_call = call("user-live", NOW - 2 * 86400, NOW - 2 * 86400 + 60);
+        store.create_call(&abandoned_call).await.unwrap();
         // More expired nonces than one purge batch holds.
         let live_session = &live.sessions[0];
         let nonces = 2500;
@@ -1117,9 +1137,23 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             }
         }
 
-        // sessions (with their push URLs) + call URL + call + nonces
+        // sessions (with their push URLs) + call URL + 2 calls + nonces
         let purged = store.purge_expired(NOW).await.unwrap();
-        assert_eq!(purged, 1200 + 1 + 1 + nonces, "{name}");
+        assert_eq!(purged, 1200 + 1 + 2 + nonces, "{name}");
+        assert!(
+            store
+                .call_progress(&unfinished_call.call_id)
+                .await
+                .unwrap()
+                .is_some(),
+            "{name}: a call that may still be in progress is kept"
+        );
+        for gone in [&ended_call, &abandoned_call] {
+            assert!(
+                store.call_progress(&gone.call_id).await.unwrap().is_none(),
+                "{name}"
+            );
+        }
         assert_eq!(
             store.purge_expired(NOW).await.unwrap(),
             0,
@@ -1145,7 +1179,7 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             "{name}: purged with their sessions"
         );
         assert_eq!(
-            store.calls("user-live", 0, NOW - 100).await.unwrap(),
+            store.calls("user-live", 0, NOW).await.unwrap(),
             live.calls,
             "{name}"
         );
@@ -1742,4 +1776,141 @@ async fn the_sqlite_database_and_its_wal_files_are_private() {
         assert_eq!(mode & 0o777, 0o600, "{file} is {:o}", mode & 0o777);
     }
     drop(server);
+}
+
+#[tokio::test]
+async fn call_progress_is_a_compare_and_set_announced_in_commit_order() {
+    for db in backends().await {
+        let store = db.open().await;
+        let name = db.name;
+        let c = call("bob", NOW, NOW + 60);
+        store.create_call(&c).await.unwrap();
+        let (stored, progress) = store.call_progress(&c.call_id).await.unwrap().unwrap();
+        assert_eq!(stored, c, "{name}");
+        assert_eq!(progress.state, CallState::Init, "{name}");
+        assert_eq!(progress.version, 0, "{name}");
+
+        let topic = format!("progress:{}", c.call_id);
+        let mut subscription = store.bus().subscribe(&topic);
+        let mut next = progress.clone();
+        next.state = CallState::Alerting;
+        next.hellos = 3;
+        next.timer_at = Some(NOW * 1000);
+        let announce = Some(Announcement {
+            topic: &topic,
+            message: "alerting",
+        });
+        assert!(
+            store
+                .update_call_progress(&c.call_id, 0, &next, announce)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        // The same expected version again loses: someone else got there first.
+        let stale = Some(Announcement {
+            topic: &topic,
+            message: "stale",
+        });
+        assert!(
+            !store
+                .update_call_progress(&c.call_id, 0, &next, stale)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        let (_, read) = store.call_progress(&c.call_id).await.unwrap().unwrap();
+        assert_eq!(read.version, 1, "{name}");
+        assert_eq!(read.state, CallState::Alerting, "{name}");
+        assert_eq!(read.timer_at, Some(NOW * 1000), "{name}");
+        assert_eq!(
+            &*tokio::time::timeout(std::time::Duration::from_secs(5), subscription.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+            "alerting",
+            "{name}"
+        );
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), subscription.recv())
+                .await
+                .is_err(),
+            "{name}: a lost compare-and-set announces nothing"
+        );
+
+        // Terminated calls are no longer listed.
+        assert_eq!(store.calls("bob", 0, NOW).await.unwrap().len(), 1, "{name}");
+        next.state = CallState::Terminated;
+        assert!(
+            store
+                .update_call_progress(&c.call_id, 1, &next, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store.calls("bob", 0, NOW).await.unwrap().is_empty(),
+            "{name}"
+        );
+    }
+}
+
+/// Two stores on one PostgreSQL database are two instances: what one
+/// publishes reaches the other's subscribers, large messages included.
+#[tokio::test]
+async fn the_bus_carries_messages_between_instances_on_postgres() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    let mut on_b = b.bus().subscribe("signaling:s1");
+    let mut on_a = a.bus().subscribe("signaling:s1");
+    let big = "v=0 ".repeat(5000);
+    for message in ["small", big.as_str()] {
+        a.bus().publish("signaling:s1", message).await.unwrap();
+        a.bus()
+            .publish("signaling:other", "not for us")
+            .await
+            .unwrap();
+        for subscription in [&mut on_b, &mut on_a] {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), subscription.recv())
+                .await
+                .expect("delivered")
+                .unwrap();
+            assert_eq!(&*got, message);
+        }
+    }
+}
+
+/// A listener that loses its connection reconnects, and its subscribers are
+/// told they may have missed messages (they re-read the database).
+#[tokio::test]
+async fn a_bus_listener_that_loses_its_connection_reconnects_and_says_so() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open_sql().await;
+    let mut on_a = a.bus().subscribe("progress:x");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(b.pool())
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "a listening backend was found");
+    let told = tokio::time::timeout(std::time::Duration::from_secs(10), on_a.recv())
+        .await
+        .expect("told in time");
+    assert_eq!(told, Err(loop_server::bus::RecvError::Lagged));
+    // And it listens again.
+    let mut delivered = false;
+    for _ in 0..50 {
+        b.bus().publish("progress:x", "after").await.unwrap();
+        match tokio::time::timeout(std::time::Duration::from_millis(200), on_a.recv()).await {
+            Ok(Ok(message)) if &*message == "after" => {
+                delivered = true;
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(delivered, "messages flow again after the reconnection");
 }

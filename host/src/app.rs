@@ -62,6 +62,7 @@ impl Server {
                 "server.data_dir can be read by other users; `chmod 700` it"
             );
         }
+        raise_open_files_limit();
         let secrets = Secrets::from_config(&config)?;
         let net = Net::new(&config.net)?;
         let store = crate::store::connect(&config).await?;
@@ -118,6 +119,16 @@ impl Server {
         self.state.push.drain().await;
         purge.abort();
         Ok(())
+    }
+}
+
+/// Each open socket (progress websockets, long-polls, keep-alive clients) is
+/// a file descriptor, and the soft limit a shell hands down is often 1024:
+/// raise it to what the hard limit allows.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
     }
 }
 

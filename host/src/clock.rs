@@ -10,6 +10,11 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unix milliseconds: call progress timers.
+pub fn now_ms() -> i64 {
+    now_precise().as_millis() as i64
+}
+
 /// Unix time with nanoseconds, for plugins' clock import.
 pub fn now_precise() -> std::time::Duration {
     SystemTime::now()

@@ -21,6 +21,7 @@ pub struct Config {
     pub call_urls: CallUrlsConfig,
     pub calls: CallsConfig,
     pub ice: IceConfig,
+    pub progress: ProgressConfig,
     pub push: PushConfig,
     pub cors: CorsConfig,
     pub fxa: FxaConfig,
@@ -94,6 +95,18 @@ pub struct IceConfig {
     /// take coturn's `use-auth-secret` credentials made with
     /// `secrets.turn_secret`.
     pub turn_urls: Vec<String>,
+}
+
+/// The call-progress websocket's timers (Mozilla's `timers`), in seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgressConfig {
+    /// Until both sides have said hello.
+    pub supervisory_seconds: f64,
+    /// While the callee's devices ring (`alerting`).
+    pub ringing_seconds: f64,
+    /// From `accept` until both sides report media (`connected`).
+    pub connection_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +308,30 @@ impl Default for CallsConfig {
     }
 }
 
+impl Default for ProgressConfig {
+    fn default() -> Self {
+        Self {
+            supervisory_seconds: 10.0,
+            ringing_seconds: 30.0,
+            connection_seconds: 10.0,
+        }
+    }
+}
+
+impl ProgressConfig {
+    pub fn supervisory(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.supervisory_seconds)
+    }
+
+    pub fn ringing(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.ringing_seconds)
+    }
+
+    pub fn connection(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.connection_seconds)
+    }
+}
+
 impl Default for PushConfig {
     fn default() -> Self {
         Self {
@@ -473,6 +510,16 @@ impl Config {
             self.calls.duration_seconds > 0,
             "calls.duration_seconds: must be at least 1"
         );
+        for (key, seconds) in [
+            ("supervisory_seconds", self.progress.supervisory_seconds),
+            ("ringing_seconds", self.progress.ringing_seconds),
+            ("connection_seconds", self.progress.connection_seconds),
+        ] {
+            anyhow::ensure!(
+                seconds > 0.0 && seconds <= 3600.0,
+                "progress.{key}: must be more than 0 and at most 3600"
+            );
+        }
         anyhow::ensure!(
             self.auth.hawk_session_duration > 0,
             "auth.hawk_session_duration: must be at least 1"

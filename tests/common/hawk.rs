@@ -356,6 +356,17 @@ impl Device {
         self.send(Method::GET, path, None).await
     }
 
+    /// A signed GET with extra request headers (`Prefer: wait=N`, …).
+    pub async fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let url = format!("{}{}", self.base, path);
+        let signed = sign(&self.credentials, "GET", &url, Options::default());
+        let mut request = signed.request(&self.http, &url, None);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Response {
         self.send(Method::POST, path, Some(body)).await
     }

@@ -143,7 +143,7 @@ async fn place(
     let calls::PlacedCall { call, caller_token } = calls::place(&state, &token, request).await?;
     Ok(Json(PlacedCall {
         call_id: call.call_id,
-        websocket_token: call.websocket_token,
+        websocket_token: call.caller_websocket_token,
         session_id: call.session_id,
         session_token: caller_token,
         api_key: call.api_key,
@@ -151,12 +151,35 @@ async fn place(
     }))
 }
 
+/// The longest `Prefer: wait` honoured.
+const MAX_WAIT_SECONDS: u64 = 30;
+
+/// `Prefer: wait=N` (RFC 7240), capped at `MAX_WAIT_SECONDS`.
+fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ';']))
+        .find_map(|preference| {
+            let (name, value) = preference.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+        })
+        .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
+}
+
 /// `GET /calls?version=N`: the calls waiting for this user since version N.
+/// With `Prefer: wait=S` (browsers, which have no push), an empty answer
+/// waits up to S seconds for a call to be placed.
 async fn list(
     State(state): State<AppState>,
     Authenticated { session }: Authenticated,
     Query(query): Query<HashMap<String, String>>,
-) -> AppResult<Json<IncomingCalls>> {
+    headers: HeaderMap,
+) -> AppResult<Response> {
     let version = query
         .get("version")
         .ok_or_else(|| AppError::missing("version"))?;
@@ -164,15 +187,22 @@ async fn list(
         .trim()
         .parse()
         .map_err(|_| AppError::invalid("version", "must be an integer timestamp"))?;
-    let waiting = calls::incoming(&state, &session.user_id, version).await?;
-    Ok(Json(IncomingCalls {
+    let wait = preferred_wait(&headers);
+    let waiting = calls::incoming(
+        &state,
+        &session.user_id,
+        version,
+        wait.map(std::time::Duration::from_secs),
+    )
+    .await?;
+    let mut response = Json(IncomingCalls {
         calls: waiting
             .into_iter()
             .map(|call| IncomingCall {
                 call_id: call.call_id,
                 call_type: call.call_type,
                 caller_id: call.caller_id,
-                websocket_token: call.websocket_token,
+                websocket_token: call.callee_websocket_token,
                 api_key: call.api_key,
                 session_id: call.session_id,
                 session_token: call.callee_token,
@@ -183,5 +213,33 @@ async fn list(
                 url_creation_date: call.url_creation_date,
             })
             .collect(),
-    }))
+    })
+    .into_response();
+    if let Some(wait) = wait {
+        let applied = HeaderValue::from_str(&format!("wait={wait}")).expect("ASCII");
+        response.headers_mut().insert("preference-applied", applied);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    use super::preferred_wait;
+
+    #[test]
+    fn prefer_wait_is_read_and_capped() {
+        let prefer = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("prefer", HeaderValue::from_static(value));
+            preferred_wait(&headers)
+        };
+        assert_eq!(prefer("wait=25"), Some(25));
+        assert_eq!(prefer("respond-async, wait=5"), Some(5));
+        assert_eq!(prefer("wait=3600"), Some(30));
+        assert_eq!(prefer("return=minimal"), None);
+        assert_eq!(prefer("wait=soon"), None);
+        assert_eq!(preferred_wait(&HeaderMap::new()), None);
+    }
 }

@@ -6,6 +6,7 @@ mod account;
 mod call_urls;
 mod calls;
 mod pages;
+mod progress;
 mod registration;
 mod service;
 
@@ -31,11 +32,12 @@ use crate::error::AppError;
 pub const TIMESTAMP_HEADER: &str = "timestamp";
 
 /// Headers browsers may read from our responses.
-const EXPOSED_HEADERS: [&str; 4] = [
+const EXPOSED_HEADERS: [&str; 5] = [
     "hawk-session-token",
     "server-authorization",
     "timestamp",
     "retry-after",
+    "preference-applied",
 ];
 
 /// The whole HTTP surface, wired with its middleware.
@@ -46,7 +48,8 @@ pub fn router(state: AppState) -> Router {
         .merge(account::routes())
         .merge(call_urls::routes())
         .merge(calls::routes())
-        .merge(pages::routes());
+        .merge(pages::routes())
+        .merge(progress::routes());
 
     let routes = Router::new()
         .merge(api.clone())
@@ -111,7 +114,13 @@ fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
             Method::DELETE,
             Method::OPTIONS,
         ])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            // `GET /calls` long-polls with `Prefer: wait=N`.
+            HeaderName::from_static("prefer"),
+        ])
         .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
         .max_age(Duration::from_secs(3600))
 }

@@ -2,6 +2,8 @@
 //! made, the callee's side is stored, the callee's devices are pinged); the
 //! callee's devices then list the calls waiting for them.
 
+use std::time::Duration;
+
 use super::call_urls::{self, MAX_SUBJECT_CHARS, optional_text};
 use crate::app::AppState;
 use crate::error::AppResult;
@@ -75,7 +77,8 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
         session_id: setup.session_id,
         callee_token: setup.callee_token,
         api_key: setup.api_key,
-        websocket_token: super::random_token(CALL_TOKEN_BYTES),
+        caller_websocket_token: super::random_token(CALL_TOKEN_BYTES),
+        callee_websocket_token: super::random_token(CALL_TOKEN_BYTES),
         progress_url: progress_url(&state.public_url),
         created_at: now,
         expires_at: now.saturating_add(duration),
@@ -85,6 +88,14 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
     // The call is stored: a device that misses this ping still finds it when it
     // next lists its calls, so push trouble is logged, not reported to Alice.
     state.push.notify(push_urls, call.created_at);
+    // Browsers have no push: their long-polls of `GET /calls` wake up here.
+    let bus = state.store.bus().clone();
+    let topic = incoming_topic(&call.user_id);
+    tokio::spawn(async move {
+        if let Err(err) = bus.publish(&topic, "").await {
+            tracing::warn!(error = %err, "waking long-polls for a new call failed");
+        }
+    });
 
     Ok(PlacedCall {
         call,
@@ -92,12 +103,39 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
     })
 }
 
-/// The calls waiting for `user_id` placed at or after `version`.
-pub async fn incoming(state: &AppState, user_id: &str, version: Timestamp) -> AppResult<Vec<Call>> {
+/// The calls waiting for `user_id` placed at or after `version`. With
+/// `wait`, when none is waiting yet, waits up to that long for one to be
+/// placed (on any instance) before answering.
+pub async fn incoming(
+    state: &AppState,
+    user_id: &str,
+    version: Timestamp,
+    wait: Option<Duration>,
+) -> AppResult<Vec<Call>> {
+    // Subscribed before the read: a call placed between the two still wakes us.
+    let mut placed = wait.map(|_| state.store.bus().subscribe(&incoming_topic(user_id)));
+    let calls = state
+        .store
+        .calls(user_id, version, crate::clock::now())
+        .await?;
+    let (Some(wait), Some(placed)) = (wait, placed.as_mut()) else {
+        return Ok(calls);
+    };
+    if !calls.is_empty() {
+        return Ok(calls);
+    }
+    if tokio::time::timeout(wait, placed.recv()).await.is_err() {
+        return Ok(calls);
+    }
     Ok(state
         .store
         .calls(user_id, version, crate::clock::now())
         .await?)
+}
+
+/// The bus topic on which a user's new calls are announced.
+fn incoming_topic(user_id: &str) -> String {
+    format!("calls:{user_id}")
 }
 
 fn call_type_name(call_type: CallType) -> &'static str {

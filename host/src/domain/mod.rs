@@ -10,6 +10,7 @@ pub mod account;
 pub mod call_urls;
 pub mod calls;
 pub mod ice;
+pub mod progress;
 pub mod registration;
 
 use base64::Engine;

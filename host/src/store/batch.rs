@@ -325,7 +325,7 @@ async fn write_rows(
         ),
         Kind::Call => format!(
             "INSERT INTO calls ({CALL_COLUMNS}) VALUES {}",
-            values(n, 16)
+            values(n, 17)
         ),
     };
     let mut query = sqlx::query(&sql);
@@ -369,10 +369,11 @@ async fn write_rows(
                 .bind(&c.session_id)
                 .bind(&c.callee_token)
                 .bind(&c.api_key)
-                .bind(&c.websocket_token)
+                .bind(&c.callee_websocket_token)
                 .bind(&c.progress_url)
                 .bind(c.created_at)
-                .bind(c.expires_at),
+                .bind(c.expires_at)
+                .bind(&c.caller_websocket_token),
         };
     }
     if kind != Kind::Nonce {

@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::batch::{BatchStats, WriteBatcher};
 use super::{Backend, SqliteSynchronous, Store, StoreError};
+use crate::bus::Bus;
 use crate::config::Config;
 
 /// How long a SQLite writer waits for the write lock before failing with
@@ -61,6 +62,8 @@ pub struct SqlStore {
     pub(super) backend: Backend,
     /// The hot writes, grouped into rounds; see `batch.rs`.
     pub(super) batcher: WriteBatcher,
+    /// Messages to this process's and (PostgreSQL) other instances' sockets.
+    pub(super) bus: Bus,
 }
 
 enum Connections {
@@ -336,10 +339,17 @@ impl SqlStore {
             Backend::Sqlite => 1,
             Backend::Postgres => (max_connections as usize / 2).clamp(1, POSTGRES_WRITE_ROUNDS),
         };
+        let bus = match (&connections, backend) {
+            (Connections::Pool(pool), Backend::Postgres) => Bus::postgres(&url, pool.clone())
+                .await
+                .context("database.url: cannot LISTEN for other instances' messages")?,
+            _ => Bus::local(),
+        };
         let store = SqlStore {
             batcher: WriteBatcher::start(writer_of(&connections), rounds),
             connections,
             backend,
+            bus,
         };
         let readers = match &store.connections {
             Connections::Pool(pool) => pool.options().get_max_connections() as usize,

@@ -146,11 +146,117 @@ pub struct Call {
     /// The callee's provider token.
     pub callee_token: String,
     pub api_key: String,
-    pub websocket_token: String,
+    /// What authenticates the caller's progress sockets.
+    pub caller_websocket_token: String,
+    /// What authenticates the callee's progress sockets (column `websocket_token`).
+    pub callee_websocket_token: String,
     pub progress_url: String,
     /// The call's version: clients list calls with `version` ≥ N.
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+/// A call's state in the progress protocol, as it is sent on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallState {
+    Init,
+    Alerting,
+    Connecting,
+    HalfConnected,
+    Connected,
+    Terminated,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Init => "init",
+            CallState::Alerting => "alerting",
+            CallState::Connecting => "connecting",
+            CallState::HalfConnected => "half-connected",
+            CallState::Connected => "connected",
+            CallState::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "init" => CallState::Init,
+            "alerting" => CallState::Alerting,
+            "connecting" => CallState::Connecting,
+            "half-connected" => CallState::HalfConnected,
+            "connected" => CallState::Connected,
+            "terminated" => CallState::Terminated,
+            _ => return None,
+        })
+    }
+}
+
+/// The two sides of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Caller,
+    Callee,
+}
+
+impl Side {
+    /// This side's bit in `CallProgress::hellos` and `media_up`.
+    pub fn bit(self) -> i64 {
+        match self {
+            Side::Caller => 1,
+            Side::Callee => 2,
+        }
+    }
+
+    pub fn other(self) -> Side {
+        match self {
+            Side::Caller => Side::Callee,
+            Side::Callee => Side::Caller,
+        }
+    }
+}
+
+/// Where a call stands in the progress protocol; the row every instance
+/// reads and compare-and-sets (`version`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallProgress {
+    pub state: CallState,
+    /// Why a terminated call ended.
+    pub reason: Option<String>,
+    /// The sides (`Side::bit`) that have said hello.
+    pub hellos: i64,
+    /// The sides that have sent `media-up`.
+    pub media_up: i64,
+    pub caller_sockets: i64,
+    pub callee_sockets: i64,
+    /// The socket of the callee device that accepted.
+    pub accepted_by: Option<String>,
+    /// When the running timer fires, Unix milliseconds.
+    pub timer_at: Option<i64>,
+    pub version: i64,
+}
+
+impl CallProgress {
+    pub fn sockets(&self, side: Side) -> i64 {
+        match side {
+            Side::Caller => self.caller_sockets,
+            Side::Callee => self.callee_sockets,
+        }
+    }
+
+    pub fn sockets_mut(&mut self, side: Side) -> &mut i64 {
+        match side {
+            Side::Caller => &mut self.caller_sockets,
+            Side::Callee => &mut self.callee_sockets,
+        }
+    }
+}
+
+/// A message published on the bus when a compare-and-set commits.
+#[derive(Debug, Clone, Copy)]
+pub struct Announcement<'a> {
+    pub topic: &'a str,
+    pub message: &'a str,
 }
 
 #[async_trait]
@@ -220,13 +326,35 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_call_url(&self, token: &str, user_id: &str) -> Result<bool, StoreError>;
 
     async fn create_call(&self, call: &Call) -> Result<(), StoreError>;
-    /// Calls of `user_id` with `created_at >= version` that have not expired at `now`.
+    /// Calls of `user_id` with `created_at >= version` that have not expired
+    /// at `now` and are not terminated.
     async fn calls(
         &self,
         user_id: &str,
         version: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Call>, StoreError>;
+
+    /// A call with its progress, whatever its state or expiry.
+    async fn call_progress(
+        &self,
+        call_id: &str,
+    ) -> Result<Option<(Call, CallProgress)>, StoreError>;
+    /// Writes `progress` (with version `expected_version + 1`) if the call's
+    /// progress is still at `expected_version`; false if another writer got
+    /// there first or the call is gone. When it is written, `announce` is
+    /// published on the bus in commit order: on PostgreSQL by `NOTIFY` in the
+    /// same transaction, on SQLite before the writer is released.
+    async fn update_call_progress(
+        &self,
+        call_id: &str,
+        expected_version: i64,
+        progress: &CallProgress,
+        announce: Option<Announcement<'_>>,
+    ) -> Result<bool, StoreError>;
+
+    /// Messages between requests and sockets of every instance on this database.
+    fn bus(&self) -> &crate::bus::Bus;
 
     /// Deletes the user's sessions, push URLs, call URLs and calls.
     async fn delete_user(&self, user_id: &str) -> Result<(), StoreError>;

@@ -14,8 +14,8 @@ use sqlx::{Connection, Row};
 
 use super::batch::Write;
 use super::{
-    Backend, Call, CallUrl, CallUrlUpdate, PushTopic, PushUrl, Session, SqlStore, Store,
-    StoreError, Timestamp,
+    Announcement, Backend, Call, CallProgress, CallState, CallUrl, CallUrlUpdate, PushTopic,
+    PushUrl, Session, SqlStore, Store, StoreError, Timestamp,
 };
 
 /// Rows deleted per statement by `purge_expired`: small enough that SQLite's
@@ -58,7 +58,15 @@ fn call_url_from_row(row: &AnyRow) -> Result<CallUrl, sqlx::Error> {
 }
 
 pub(super) const CALL_COLUMNS: &str = "call_id, user_id, call_token, call_url, url_creation_date, caller_id, call_type, subject, \
-     provider, session_id, callee_token, api_key, websocket_token, progress_url, created_at, expires_at";
+     provider, session_id, callee_token, api_key, websocket_token, progress_url, created_at, expires_at, \
+     caller_websocket_token";
+
+/// The progress columns of `calls`, in `progress_from_row` order.
+const PROGRESS_COLUMNS: &str = "state, reason, hellos, media_up, caller_sockets, callee_sockets, accepted_by, timer_at, progress_version";
+
+/// How long after its listing expiry a call that never ended is kept:
+/// provider tokens live a day, so no conversation outlasts that.
+const UNFINISHED_CALL_RETENTION_SECONDS: Timestamp = 24 * 3600;
 
 fn call_from_row(row: &AnyRow) -> Result<Call, sqlx::Error> {
     Ok(Call {
@@ -74,10 +82,31 @@ fn call_from_row(row: &AnyRow) -> Result<Call, sqlx::Error> {
         session_id: row.try_get("session_id")?,
         callee_token: row.try_get("callee_token")?,
         api_key: row.try_get("api_key")?,
-        websocket_token: row.try_get("websocket_token")?,
+        caller_websocket_token: row
+            .try_get::<Option<String>, _>("caller_websocket_token")?
+            .unwrap_or_default(),
+        callee_websocket_token: row.try_get("websocket_token")?,
         progress_url: row.try_get("progress_url")?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn progress_from_row(row: &AnyRow) -> Result<CallProgress, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    Ok(CallProgress {
+        state: CallState::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "state".into(),
+            source: format!("unknown call state {state:?}").into(),
+        })?,
+        reason: row.try_get("reason")?,
+        hellos: row.try_get("hellos")?,
+        media_up: row.try_get("media_up")?,
+        caller_sockets: row.try_get("caller_sockets")?,
+        callee_sockets: row.try_get("callee_sockets")?,
+        accepted_by: row.try_get("accepted_by")?,
+        timer_at: row.try_get("timer_at")?,
+        version: row.try_get("progress_version")?,
     })
 }
 
@@ -332,7 +361,7 @@ impl Store for SqlStore {
     ) -> Result<Vec<Call>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE user_id = $1 AND created_at >= $2 AND expires_at > $3 \
-             ORDER BY created_at, call_id"
+             AND state <> 'terminated' ORDER BY created_at, call_id"
         ))
         .bind(user_id)
         .bind(version)
@@ -340,6 +369,73 @@ impl Store for SqlStore {
         .fetch_all(&mut *self.reader().await?)
         .await?;
         Ok(rows.iter().map(call_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn call_progress(
+        &self,
+        call_id: &str,
+    ) -> Result<Option<(Call, CallProgress)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CALL_COLUMNS}, {PROGRESS_COLUMNS} FROM calls WHERE call_id = $1"
+        ))
+        .bind(call_id)
+        .fetch_optional(&mut *self.reader().await?)
+        .await?;
+        Ok(row
+            .map(|row| Ok::<_, sqlx::Error>((call_from_row(&row)?, progress_from_row(&row)?)))
+            .transpose()?)
+    }
+
+    async fn update_call_progress(
+        &self,
+        call_id: &str,
+        expected_version: i64,
+        progress: &CallProgress,
+        announce: Option<Announcement<'_>>,
+    ) -> Result<bool, StoreError> {
+        let update = sqlx::query(
+            "UPDATE calls SET state = $1, reason = $2, hellos = $3, media_up = $4, caller_sockets = $5, \
+             callee_sockets = $6, accepted_by = $7, timer_at = $8, progress_version = $9 \
+             WHERE call_id = $10 AND progress_version = $11",
+        )
+        .bind(progress.state.as_str())
+        .bind(&progress.reason)
+        .bind(progress.hellos)
+        .bind(progress.media_up)
+        .bind(progress.caller_sockets)
+        .bind(progress.callee_sockets)
+        .bind(&progress.accepted_by)
+        .bind(progress.timer_at)
+        .bind(expected_version + 1)
+        .bind(call_id)
+        .bind(expected_version);
+        let mut conn = self.writer().await?;
+        match (self.backend, announce) {
+            (Backend::Postgres, Some(announce)) => {
+                let mut tx = conn.begin().await?;
+                if update.execute(&mut *tx).await?.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                crate::bus::notify(&mut tx, announce.topic, announce.message).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+            (_, announce) => {
+                if update.execute(&mut *conn).await?.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                // Still holding SQLite's one writer: the next transition of
+                // this call cannot commit, let alone be delivered, before this one.
+                if let Some(announce) = announce {
+                    self.bus.deliver(announce.topic, announce.message.into());
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn bus(&self) -> &crate::bus::Bus {
+        &self.bus
     }
 
     async fn delete_user(&self, user_id: &str) -> Result<(), StoreError> {
@@ -380,10 +476,25 @@ impl Store for SqlStore {
                 now - EXPIRED_CALL_URL_RETENTION_SECONDS,
             )
             .await?;
+        // A call no longer listed may still be in progress (a conversation
+        // outlasts its listing); it goes once it has ended, or after a day.
+        total += self
+            .purge_in_batches(
+                "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls WHERE expires_at <= $1 \
+                 AND state = 'terminated' LIMIT $2)",
+                now,
+            )
+            .await?;
         total += self
             .purge_in_batches(
                 "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls WHERE expires_at <= $1 LIMIT $2)",
-                now,
+                now - UNFINISHED_CALL_RETENTION_SECONDS,
+            )
+            .await?;
+        total += self
+            .purge_in_batches(
+                "DELETE FROM bus_messages WHERE id IN (SELECT id FROM bus_messages WHERE created_at <= $1 LIMIT $2)",
+                now - crate::bus::STORED_MESSAGE_SECONDS,
             )
             .await?;
         Ok(total)
