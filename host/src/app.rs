@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::domain::ice::Ice;
+use crate::domain::signaling::Relay;
 use crate::net::Net;
 use crate::providers::ProviderRuntime;
 use crate::push::Push;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub net: Net,
     /// The STUN/TURN servers handed to each side of a call.
     pub ice: Arc<Ice>,
+    /// This instance's part in the signaling relay.
+    pub signaling: Arc<Relay>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -79,6 +82,7 @@ impl Server {
             auth,
             net,
             ice,
+            signaling: Arc::new(Relay::new()),
         };
         let router = crate::api::router(state.clone());
         Ok(Self {
@@ -101,6 +105,7 @@ impl Server {
     /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
     pub async fn run(self) -> anyhow::Result<()> {
         let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config);
+        let seats = crate::domain::signaling::spawn_keeper(&self.state);
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
         tracing::info!(
@@ -118,6 +123,7 @@ impl Server {
         .await?;
         self.state.push.drain().await;
         purge.abort();
+        seats.abort();
         Ok(())
     }
 }

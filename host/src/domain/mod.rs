@@ -12,6 +12,7 @@ pub mod calls;
 pub mod ice;
 pub mod progress;
 pub mod registration;
+pub mod signaling;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
