@@ -8,7 +8,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::fake_push::FakePush;
 use common::hawk::Device;
 use common::{ServerOptions, TestServer, fresh_postgres_database};
@@ -648,4 +648,82 @@ async fn the_seats_of_a_killed_instance_are_swept_and_the_peer_told() {
         .await;
     Ws::joined(&servers[0], &call.callee, true).await;
     assert_eq!(alice.recv().await, json!({"type": "peer-joined"}));
+}
+
+/// HMAC-SHA1 of `username` under `secret`, base64: coturn's check.
+fn turn_credential(secret: &str, username: &str) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Checks one side's `iceServers` against `secret`; returns the identity
+/// in its TURN username.
+fn check_ice_servers(servers: &Value, secret: &str, (before, after): (i64, i64)) -> String {
+    let servers = servers.as_array().expect("iceServers is a list");
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    assert_eq!(
+        servers[0],
+        json!({"urls": ["stun:stun.example.com:3478"]}),
+        "STUN needs no credentials"
+    );
+    let turn = &servers[1];
+    assert_eq!(
+        turn["urls"],
+        json!([
+            "turn:127.0.0.1:3478?transport=udp",
+            "turns:turn.example.com:5349"
+        ])
+    );
+    let username = turn["username"].as_str().unwrap();
+    let (expiry, identity) = username.split_once(':').unwrap();
+    let expiry: i64 = expiry.parse().unwrap();
+    // As long as the call's provider tokens: a day from when it was placed.
+    assert!(
+        (before + 24 * 3600..=after + 24 * 3600).contains(&expiry),
+        "expiry {expiry}, placed between {before} and {after}"
+    );
+    assert_eq!(turn["credential"], turn_credential(secret, username));
+    identity.to_string()
+}
+
+const ICE_TOML: &str = "[ice]\nstun_urls = [\"stun:stun.example.com:3478\"]\n\
+    turn_urls = [\"turn:127.0.0.1:3478?transport=udp\", \"turns:turn.example.com:5349\"]\n";
+
+#[tokio::test]
+async fn each_side_gets_turn_credentials_in_coturns_rest_form() {
+    // The operator's secret, as coturn's static-auth-secret (not hex).
+    let secret = "coturn-static-auth-secret/42";
+    let s = setup_with(
+        ICE_TOML,
+        vec![("LOOP_SECRETS__TURN_SECRET".into(), secret.into())],
+    )
+    .await;
+    let call = place(&s.server, &s.bob).await;
+    let caller = check_ice_servers(&call.caller.ice_servers, secret, call.placed);
+    let callee = check_ice_servers(&call.callee.ice_servers, secret, call.placed);
+    assert_eq!(
+        caller, "alice",
+        "the caller's identity is the call URL's callerId"
+    );
+    assert_ne!(callee, caller, "each side has its own");
+    assert!(!s.server.dir.join("data/secrets/turn-secret").exists());
+    assert!(!s.server.logs().contains(secret), "the secret was logged");
+
+    // Without one given, a secret is generated; its file's text is the key.
+    let s = setup_with(ICE_TOML, Vec::new()).await;
+    let generated = std::fs::read_to_string(s.server.dir.join("data/secrets/turn-secret")).unwrap();
+    assert_eq!(generated.len(), 64);
+    let call = place(&s.server, &s.bob).await;
+    check_ice_servers(&call.caller.ice_servers, &generated, call.placed);
+    check_ice_servers(&call.callee.ice_servers, &generated, call.placed);
+}
+
+#[tokio::test]
+async fn without_ice_servers_configured_the_list_is_empty_and_no_secret_made() {
+    let s = setup().await;
+    let call = place(&s.server, &s.bob).await;
+    assert_eq!(call.caller.ice_servers, json!([]));
+    assert_eq!(call.callee.ice_servers, json!([]));
+    assert!(!s.server.dir.join("data/secrets/turn-secret").exists());
 }

@@ -681,10 +681,10 @@ fn check_ice_url(url: &str, schemes: [&str; 2]) -> Result<(), String> {
         Some((address, query)) => (address, Some(query)),
         None => (rest, None),
     };
-    if let Some(query) = query {
-        if !scheme.starts_with("turn") || !matches!(query, "transport=udp" | "transport=tcp") {
-            return Err("may only end with ?transport=udp or ?transport=tcp (TURN)".into());
-        }
+    if let Some(query) = query
+        && (!scheme.starts_with("turn") || !matches!(query, "transport=udp" | "transport=tcp"))
+    {
+        return Err("may only end with ?transport=udp or ?transport=tcp (TURN)".into());
     }
     // `host`, `host:port`, `[v6]` or `[v6]:port`: a URL's authority parses it.
     let parsed = url::Url::parse(&format!("x://{address}"))
