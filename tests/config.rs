@@ -422,3 +422,61 @@ async fn the_largest_plugin_memory_limit_is_accepted() {
     let logs = server.wait_for_log("loaded provider plugin").await;
     assert!(logs.contains("provider runtime ready"), "{logs}");
 }
+
+#[test]
+fn ice_server_urls_and_the_turn_secret_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let plugins = loopback_table();
+    let ice = |key: &str, url: &str| format!("[ice]\n{key} = [{url:?}]\n{plugins}");
+    let cases: Vec<InvalidCase> = vec![
+        (
+            ice("stun_urls", "turn:turn.example.com"),
+            vec![],
+            "ice.stun_urls",
+        ),
+        (
+            ice("stun_urls", "stun:x?transport=udp"),
+            vec![],
+            "ice.stun_urls",
+        ),
+        (
+            ice("turn_urls", "https://turn.example.com"),
+            vec![],
+            "ice.turn_urls",
+        ),
+        (ice("turn_urls", "turn:"), vec![], "ice.turn_urls"),
+        (ice("turn_urls", "turn:user@host"), vec![], "ice.turn_urls"),
+        (
+            ice("turn_urls", "turn:host?transport=sctp"),
+            vec![],
+            "ice.turn_urls",
+        ),
+        (
+            plugins.clone(),
+            vec![("LOOP_ICE__TURN_URLS", "[\"stun:wrong.kind\"]")],
+            "ice.turn_urls",
+        ),
+        (
+            plugins.clone(),
+            vec![("LOOP_SECRETS__TURN_SECRET", "short-secret")],
+            "secrets.turn_secret",
+        ),
+        (
+            format!("[secrets]\nturn_secret = \"with a space in the middle\"\n{plugins}"),
+            vec![],
+            "secrets.turn_secret",
+        ),
+    ];
+    for (toml, env, key) in cases {
+        let stderr = refuse(dir, &toml, &env);
+        assert!(
+            stderr.to_ascii_lowercase().contains(key),
+            "expected {key:?} in the error for {toml:?} {env:?}, got: {stderr}"
+        );
+        // A secret is never echoed.
+        for secret in ["short-secret", "with a space"] {
+            assert!(!stderr.contains(secret), "{stderr}");
+        }
+    }
+}

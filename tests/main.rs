@@ -17,4 +17,5 @@ mod net;
 mod progress;
 mod providers;
 mod registration;
+mod signaling;
 mod store;

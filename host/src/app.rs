@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::domain::ice::Ice;
+use crate::domain::signaling::Relay;
 use crate::net::Net;
 use crate::providers::ProviderRuntime;
 use crate::push::Push;
@@ -30,6 +32,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Builds the outbound client of each use; checks push URLs' host names.
     pub net: Net,
+    /// The STUN/TURN servers handed to each side of a call.
+    pub ice: Arc<Ice>,
+    /// This instance's part in the signaling relay.
+    pub signaling: Arc<Relay>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -66,6 +72,7 @@ impl Server {
         let providers = Arc::new(ProviderRuntime::load(&config, &secrets, &net).await?);
         let auth = Arc::new(Auth::new(&config, &secrets, &net)?);
         let push = Arc::new(Push::new(&config, &net)?);
+        let ice = Arc::new(Ice::new(&config, &secrets)?);
         let state = AppState {
             config: Arc::new(config),
             public_url,
@@ -74,6 +81,8 @@ impl Server {
             push,
             auth,
             net,
+            ice,
+            signaling: Arc::new(Relay::new()),
         };
         let router = crate::api::router(state.clone());
         Ok(Self {
@@ -96,6 +105,7 @@ impl Server {
     /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
     pub async fn run(self) -> anyhow::Result<()> {
         let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config);
+        let seats = crate::domain::signaling::spawn_keeper(&self.state);
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
         tracing::info!(
@@ -113,6 +123,7 @@ impl Server {
         .await?;
         self.state.push.drain().await;
         purge.abort();
+        seats.abort();
         Ok(())
     }
 }

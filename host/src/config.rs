@@ -20,6 +20,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub call_urls: CallUrlsConfig,
     pub calls: CallsConfig,
+    pub ice: IceConfig,
     pub progress: ProgressConfig,
     pub push: PushConfig,
     pub cors: CorsConfig,
@@ -81,6 +82,19 @@ pub struct CallUrlsConfig {
 pub struct CallsConfig {
     /// How long a call is listed to the callee after it was placed.
     pub duration_seconds: u64,
+}
+
+/// The ICE servers handed to both sides of a call (`iceServers`), for the
+/// self-hosted provider's peer-to-peer media.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IceConfig {
+    /// STUN servers (`stun:host[:port]`, `stuns:…`), handed out as they are.
+    pub stun_urls: Vec<String>,
+    /// TURN servers (`turn:host[:port][?transport=udp|tcp]`, `turns:…`) that
+    /// take coturn's `use-auth-secret` credentials made with
+    /// `secrets.turn_secret`.
+    pub turn_urls: Vec<String>,
 }
 
 /// The call-progress websocket's timers (Mozilla's `timers`), in seconds.
@@ -151,10 +165,21 @@ pub struct SecretsConfig {
     /// Key of the MAC that authenticates compiled plugins in the compile
     /// cache (`<data_dir>/plugin-cache/`); each instance may have its own.
     pub plugin_cache_key: Option<String>,
+    /// The TURN server's shared secret (coturn's `static-auth-secret`): any
+    /// string of at least [`MIN_TURN_SECRET_CHARS`] printable ASCII
+    /// characters, used as written, not hex-decoded.
+    pub turn_secret: Option<String>,
 }
 
+/// The shortest `secrets.turn_secret`: a TURN credential is an HMAC of a
+/// known username, so a short secret could be guessed offline from one.
+pub const MIN_TURN_SECRET_CHARS: usize = 16;
+/// The longest `secrets.turn_secret` (coturn reads at most this much).
+pub const MAX_TURN_SECRET_CHARS: usize = 256;
+
 impl SecretsConfig {
-    /// The secrets given, by key.
+    /// The hex secrets (32 bytes each) given, by key; `turn_secret`, which
+    /// is text, is not among them.
     pub fn given(&self) -> impl Iterator<Item = (&'static str, &String)> {
         [
             ("hawk_id_key", &self.hawk_id_key),
@@ -168,7 +193,10 @@ impl SecretsConfig {
 /// Never prints the values: configurations end up in logs and panics.
 impl std::fmt::Debug for SecretsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys: Vec<&str> = self.given().map(|(key, _)| key).collect();
+        let mut keys: Vec<&str> = self.given().map(|(key, _)| key).collect();
+        if self.turn_secret.is_some() {
+            keys.push("turn_secret");
+        }
         f.debug_struct("SecretsConfig")
             .field("given", &keys)
             .finish()
@@ -355,6 +383,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "auth",
     "call_urls",
     "calls",
+    "ice",
     "push",
     "cors",
     "fxa",
@@ -511,6 +540,10 @@ impl Config {
                 format!("secrets.{key} (LOOP_SECRETS__{})", key.to_ascii_uppercase())
             })?;
         }
+        if let Some(secret) = &self.secrets.turn_secret {
+            check_turn_secret(secret)?;
+        }
+        self.ice.check()?;
         self.net.resolver_addr()?;
         anyhow::ensure!(
             self.plugins.contains_key(&self.providers.default),
@@ -599,6 +632,76 @@ impl Config {
             ),
         }
     }
+}
+
+/// `secrets.turn_secret`: never quoted in the error, it is a secret.
+fn check_turn_secret(secret: &str) -> anyhow::Result<()> {
+    let chars = secret.chars().count();
+    anyhow::ensure!(
+        (MIN_TURN_SECRET_CHARS..=MAX_TURN_SECRET_CHARS).contains(&chars),
+        "secrets.turn_secret (LOOP_SECRETS__TURN_SECRET): must be {MIN_TURN_SECRET_CHARS} to \
+         {MAX_TURN_SECRET_CHARS} characters, not {chars}"
+    );
+    anyhow::ensure!(
+        secret.bytes().all(|b| b.is_ascii_graphic()),
+        "secrets.turn_secret (LOOP_SECRETS__TURN_SECRET): must be printable ASCII with no spaces \
+         (as coturn's static-auth-secret)"
+    );
+    Ok(())
+}
+
+impl IceConfig {
+    /// Each URL is an RFC 7064/7065 STUN or TURN URI of its list's kind.
+    fn check(&self) -> anyhow::Result<()> {
+        for (key, urls, schemes) in [
+            ("stun_urls", &self.stun_urls, ["stun", "stuns"]),
+            ("turn_urls", &self.turn_urls, ["turn", "turns"]),
+        ] {
+            for url in urls {
+                check_ice_url(url, schemes)
+                    .map_err(|why| anyhow::anyhow!("ice.{key}: {url:?} {why}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `scheme:host[:port][?transport=udp|tcp]` (the query for TURN only).
+fn check_ice_url(url: &str, schemes: [&str; 2]) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once(':')
+        .ok_or_else(|| format!("must start with {}:", schemes[0]))?;
+    if !schemes.contains(&scheme) {
+        return Err(format!(
+            "must start with {}: or {}:",
+            schemes[0], schemes[1]
+        ));
+    }
+    let (address, query) = match rest.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (rest, None),
+    };
+    if let Some(query) = query
+        && (!scheme.starts_with("turn") || !matches!(query, "transport=udp" | "transport=tcp"))
+    {
+        return Err("may only end with ?transport=udp or ?transport=tcp (TURN)".into());
+    }
+    // `host`, `host:port`, `[v6]` or `[v6]:port`: a URL's authority parses it.
+    let parsed = url::Url::parse(&format!("x://{address}"))
+        .ok()
+        .filter(|parsed| {
+            parsed.host().is_some()
+                && parsed.username().is_empty()
+                && parsed.password().is_none()
+                && matches!(parsed.path(), "" | "/")
+                && !address.contains(['/', '@', '#'])
+        });
+    if parsed.is_none() {
+        return Err(
+            "must name a host and optionally a port, like stun:stun.example.com:3478".into(),
+        );
+    }
+    Ok(())
 }
 
 impl NetConfig {

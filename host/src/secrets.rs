@@ -30,6 +30,10 @@ pub enum HostSecret {
     /// Key of the MAC over each compiled plugin in the compile cache: code
     /// whose MAC does not check out is compiled again, never loaded.
     PluginCacheKey,
+    /// The TURN server's shared secret (coturn's `static-auth-secret`), key
+    /// of the HMAC that makes each side's ephemeral TURN credentials. Text,
+    /// not bytes: see [`Secrets::turn_secret`].
+    TurnSecret,
 }
 
 impl HostSecret {
@@ -38,6 +42,7 @@ impl HostSecret {
         match self {
             HostSecret::HawkIdKey => "hawk_id_key",
             HostSecret::PluginCacheKey => "plugin_cache_key",
+            HostSecret::TurnSecret => "turn_secret",
         }
     }
 
@@ -47,6 +52,7 @@ impl HostSecret {
         match self {
             HostSecret::HawkIdKey => "hawk-id-hmac",
             HostSecret::PluginCacheKey => "plugin-cache-mac",
+            HostSecret::TurnSecret => "turn-secret",
         }
     }
 }
@@ -55,6 +61,8 @@ pub struct Secrets {
     dir: PathBuf,
     /// Secrets the operator gave, decoded, by `[secrets]` key.
     configured: BTreeMap<&'static str, Vec<u8>>,
+    /// `secrets.turn_secret`, text.
+    turn_secret: Option<String>,
 }
 
 impl Secrets {
@@ -63,6 +71,7 @@ impl Secrets {
         Self {
             dir: data_dir.join("secrets"),
             configured: BTreeMap::new(),
+            turn_secret: None,
         }
     }
 
@@ -73,14 +82,31 @@ impl Secrets {
             let secret = decode(value.trim()).with_context(|| format!("secrets.{key}"))?;
             secrets.configured.insert(key, secret);
         }
+        secrets.turn_secret = config.secrets.turn_secret.clone();
         Ok(secrets)
     }
 
     /// A host secret: the configured one, else the generated one.
     pub fn host(&self, secret: HostSecret) -> anyhow::Result<Vec<u8>> {
+        if secret == HostSecret::TurnSecret {
+            return self.turn_secret().map(String::into_bytes);
+        }
         match self.configured.get(secret.config_key()) {
             Some(value) => Ok(value.clone()),
             None => self.get_or_create(secret.file_name()),
+        }
+    }
+
+    /// The TURN shared secret as the text both Loop and the TURN server key
+    /// their HMAC with: `secrets.turn_secret` as written, else the generated
+    /// `<data_dir>/secrets/turn-secret`, whose 64 hex digits are the text
+    /// (so its content can be given to coturn as `static-auth-secret`).
+    pub fn turn_secret(&self) -> anyhow::Result<String> {
+        match &self.turn_secret {
+            Some(secret) => Ok(secret.clone()),
+            None => Ok(hex::encode(
+                self.get_or_create(HostSecret::TurnSecret.file_name())?,
+            )),
         }
     }
 
@@ -232,6 +258,27 @@ mod tests {
             let err = format!("{:#}", secrets.get_or_create("short").unwrap_err());
             assert!(err.contains(why) && err.contains("short"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_turn_secret_is_text_given_or_the_generated_files_hex() {
+        let data = tempfile::tempdir().unwrap();
+        let generated = Secrets::new(data.path()).turn_secret().unwrap();
+        let file = fs::read_to_string(data.path().join("secrets/turn-secret")).unwrap();
+        assert_eq!(
+            generated, file,
+            "the file's text is what coturn must be given"
+        );
+        assert_eq!(generated.len(), 2 * SECRET_BYTES);
+        let mut config = Config::default();
+        config.server.data_dir = data.path().to_path_buf();
+        config.secrets.turn_secret = Some("not-hex-but-fine!".into());
+        let given = Secrets::from_config(&config).unwrap();
+        assert_eq!(given.turn_secret().unwrap(), "not-hex-but-fine!");
+        assert_eq!(
+            given.host(HostSecret::TurnSecret).unwrap(),
+            b"not-hex-but-fine!"
+        );
     }
 
     #[cfg(unix)]

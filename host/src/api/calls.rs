@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::auth::Authenticated;
+use crate::domain::ice::IceServer;
 use crate::domain::{call_urls, calls};
 use crate::error::{AppError, AppResult, LoopJson};
 use crate::providers::CallType;
-use crate::store::Timestamp;
+use crate::store::{Side, Timestamp};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -54,6 +55,9 @@ struct PlacedCall {
     api_key: String,
     #[serde(rename = "progressURL")]
     progress_url: String,
+    /// STUN/TURN servers for the caller's side.
+    #[serde(rename = "iceServers")]
+    ice_servers: Vec<IceServer>,
 }
 
 #[derive(Serialize)]
@@ -86,6 +90,9 @@ struct IncomingCall {
     call_token: String,
     #[serde(rename = "urlCreationDate")]
     url_creation_date: Timestamp,
+    /// STUN/TURN servers for the callee's side.
+    #[serde(rename = "iceServers")]
+    ice_servers: Vec<IceServer>,
 }
 
 /// `GET /calls/{token}`: who Alice would call. Browsers get the call page.
@@ -141,6 +148,7 @@ async fn place(
         subject: body.subject,
     };
     let calls::PlacedCall { call, caller_token } = calls::place(&state, &token, request).await?;
+    let ice_servers = calls::ice_servers(&state, &call, Side::Caller);
     Ok(Json(PlacedCall {
         call_id: call.call_id,
         websocket_token: call.caller_websocket_token,
@@ -148,6 +156,7 @@ async fn place(
         session_token: caller_token,
         api_key: call.api_key,
         progress_url: call.progress_url,
+        ice_servers,
     }))
 }
 
@@ -199,6 +208,7 @@ async fn list(
         calls: waiting
             .into_iter()
             .map(|call| IncomingCall {
+                ice_servers: calls::ice_servers(&state, &call, Side::Callee),
                 call_id: call.call_id,
                 call_type: call.call_type,
                 caller_id: call.caller_id,

@@ -9,6 +9,7 @@ mod pages;
 mod progress;
 mod registration;
 mod service;
+mod signaling;
 
 use std::time::Duration;
 
@@ -49,7 +50,8 @@ pub fn router(state: AppState) -> Router {
         .merge(call_urls::routes())
         .merge(calls::routes())
         .merge(pages::routes())
-        .merge(progress::routes());
+        .merge(progress::routes())
+        .merge(signaling::routes());
 
     let routes = Router::new()
         .merge(api.clone())

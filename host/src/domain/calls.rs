@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use super::call_urls::{self, MAX_SUBJECT_CHARS, optional_text};
+use super::ice::IceServer;
 use crate::app::AppState;
 use crate::error::AppResult;
 use crate::providers::{CallSetupRequest, CallType};
-use crate::store::{Call, Timestamp};
+use crate::store::{Call, Side, Timestamp};
 
 /// How long provider tokens stay usable. A call is listed for only
 /// `calls.duration_seconds`, but the conversation itself may last much longer
@@ -131,6 +132,19 @@ pub async fn incoming(
         .store
         .calls(user_id, version, crate::clock::now())
         .await?)
+}
+
+/// The STUN/TURN servers for one side of `call`: TURN credentials for that
+/// side's provider identity, valid as long as the call's provider tokens.
+pub fn ice_servers(state: &AppState, call: &Call, side: Side) -> Vec<IceServer> {
+    let identity = match side {
+        Side::Caller => &call.caller_id,
+        Side::Callee => &call.user_id,
+    };
+    let expires_at = call
+        .created_at
+        .saturating_add(i64::from(PROVIDER_TOKEN_LIFETIME_SECONDS));
+    state.ice.servers(identity, expires_at)
 }
 
 /// The bus topic on which a user's new calls are announced.

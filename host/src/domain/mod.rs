@@ -9,8 +9,10 @@
 pub mod account;
 pub mod call_urls;
 pub mod calls;
+pub mod ice;
 pub mod progress;
 pub mod registration;
+pub mod signaling;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

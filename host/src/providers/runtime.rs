@@ -252,6 +252,15 @@ impl ProviderRuntime {
         plugin.finish("verify-token", result)
     }
 
+    /// The plugins whose tokens the host checks itself (`verifies_tokens`),
+    /// by `[plugins.<name>]` key.
+    pub fn token_verifiers(&self) -> impl Iterator<Item = &str> {
+        self.plugins
+            .iter()
+            .filter(|(_, plugin)| plugin.info.verifies_tokens)
+            .map(|(name, _)| name.as_str())
+    }
+
     /// What each plugin said about itself at load, by `[plugins.<name>]` key.
     pub fn describe(&self, plugin: &str) -> Option<&ProviderInfo> {
         self.plugins.get(plugin).map(|plugin| &plugin.info)

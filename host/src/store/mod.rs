@@ -13,11 +13,13 @@ mod batch;
 mod connection;
 mod error;
 mod queries;
+mod signaling;
 
 pub use batch::BatchStats;
 pub use connection::{SqlStore, connect};
 pub use error::{StoreError, StoreErrorSource};
 pub use queries::EXPIRED_CALL_URL_RETENTION_SECONDS;
+pub use signaling::{SEATS_PER_SESSION, Seat, SeatRow, SeatTaken};
 
 /// The database `database.url` names, by its scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +357,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Messages between requests and sockets of every instance on this database.
     fn bus(&self) -> &crate::bus::Bus;
+
+    /// Seats `seat` in its provider session's signaling, taking over its
+    /// identity's seat from an older socket, unless two other identities
+    /// whose seats were refreshed at or after `stale_before` hold the
+    /// session. `announce` is published in commit order when seated.
+    async fn take_signaling_seat(
+        &self,
+        seat: &Seat<'_>,
+        now: Timestamp,
+        stale_before: Timestamp,
+        announce: Announcement<'_>,
+    ) -> Result<SeatTaken, StoreError>;
+    /// Frees `seat` if its socket still holds it (and, with `stale_before`,
+    /// was last refreshed before then); `announce` is published in commit
+    /// order when it was freed.
+    async fn leave_signaling_seat(
+        &self,
+        seat: &SeatRow,
+        stale_before: Option<Timestamp>,
+        announce: Announcement<'_>,
+    ) -> Result<bool, StoreError>;
+    /// Marks the seats of `instance_id`'s sockets alive at `now`.
+    async fn refresh_signaling_seats(
+        &self,
+        instance_id: &str,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
+    /// Up to `limit` seats last refreshed before `stale_before`.
+    async fn stale_signaling_seats(
+        &self,
+        stale_before: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<SeatRow>, StoreError>;
 
     /// Deletes the user's sessions, push URLs, call URLs and calls.
     async fn delete_user(&self, user_id: &str) -> Result<(), StoreError>;

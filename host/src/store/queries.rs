@@ -15,7 +15,7 @@ use sqlx::{Connection, Row};
 use super::batch::Write;
 use super::{
     Announcement, Backend, Call, CallProgress, CallState, CallUrl, CallUrlUpdate, PushTopic,
-    PushUrl, Session, SqlStore, Store, StoreError, Timestamp,
+    PushUrl, Seat, SeatRow, SeatTaken, Session, SqlStore, Store, StoreError, Timestamp,
 };
 
 /// Rows deleted per statement by `purge_expired`: small enough that SQLite's
@@ -436,6 +436,41 @@ impl Store for SqlStore {
 
     fn bus(&self) -> &crate::bus::Bus {
         &self.bus
+    }
+
+    async fn take_signaling_seat(
+        &self,
+        seat: &Seat<'_>,
+        now: Timestamp,
+        stale_before: Timestamp,
+        announce: Announcement<'_>,
+    ) -> Result<SeatTaken, StoreError> {
+        self.take_seat(seat, now, stale_before, announce).await
+    }
+
+    async fn leave_signaling_seat(
+        &self,
+        seat: &SeatRow,
+        stale_before: Option<Timestamp>,
+        announce: Announcement<'_>,
+    ) -> Result<bool, StoreError> {
+        self.leave_seat(seat, stale_before, announce).await
+    }
+
+    async fn refresh_signaling_seats(
+        &self,
+        instance_id: &str,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.refresh_seats(instance_id, now).await
+    }
+
+    async fn stale_signaling_seats(
+        &self,
+        stale_before: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<SeatRow>, StoreError> {
+        self.stale_seats(stale_before, limit).await
     }
 
     async fn delete_user(&self, user_id: &str) -> Result<(), StoreError> {
