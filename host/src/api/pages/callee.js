@@ -139,7 +139,12 @@ async function loadLinks(created) {
     say(`Your links could not be loaded: ${await errorText(response)}.`);
     return serverNow;
   }
-  const urls = (await response.json()).sort((a, b) => b.timestamp - a.timestamp);
+  const urls = (await response.json()).sort(
+    (a, b) =>
+      b.timestamp - a.timestamp ||
+      b.expiresAt - a.expiresAt ||
+      String(a.callerId).localeCompare(String(b.callerId)),
+  );
   list.replaceChildren(...urls.map(linkItem));
   $("links-empty").hidden = urls.length > 0;
   if (created) {
