@@ -748,6 +748,42 @@ async fn a_second_tab_of_bob_loses_and_a_reload_rejoins() {
     bob.close().await;
 }
 
+/// Each side reloads twice during the call and the call goes on.
+///
+/// Ignored until a progress socket that closes after `connected` no longer
+/// ends the call: today the socket a rejoined page holds ends it when that
+/// page reloads again (`Event::Closed` in `domain/progress.rs` terminates in
+/// every state but `terminated`; excluding `connected` too fixes it, and the
+/// progress tests still pass with that change).
+#[tokio::test]
+#[ignore = "needs the progress fix described above"]
+async fn a_call_survives_repeated_reloads() {
+    let _one_at_a_time = BROWSERS.lock().await;
+    let server = TestServer::start().await;
+    let mut driver = ChromeDriver::start().await;
+    let bob = driver.browser("bob").await;
+    let alice = driver.browser("alice").await;
+    ring_and_answer(&bob, &alice, &server.url, &server.url).await;
+    for page in [&bob, &bob, &alice, &alice] {
+        page.client.refresh().await.unwrap();
+        page.wait_state("connected").await;
+        let other = if std::ptr::eq(page, &bob) {
+            &alice
+        } else {
+            &bob
+        };
+        other.wait_state("connected").await;
+    }
+    assert_talking(&alice, &bob).await;
+    alice.click("#hangup").await;
+    assert_eq!(
+        bob.wait_state("ended").await.end_reason.as_deref(),
+        Some("closed")
+    );
+    alice.close().await;
+    bob.close().await;
+}
+
 /// Debian's coturn on 127.0.0.1, taking `use-auth-secret` credentials.
 struct Turn {
     child: Child,

@@ -19,6 +19,9 @@ const STORAGE_KEY = "loop.call";
 const RELAY_POLICY_KEY = "loop.test.iceTransportPolicy";
 // How long the other side may be away (a reload) before the call is over.
 const PEER_GRACE_MS = 20000;
+// How long after the other side left the progress socket is asked whether
+// the call is over.
+const PEER_CHECK_MS = 1500;
 
 export function $(id) {
   return document.getElementById(id);
@@ -463,7 +466,9 @@ export class Call {
         this.hangUp("closed", "The call has ended: the connection was lost.");
       }
     }, PEER_GRACE_MS);
-    delay(1000).then(() => {
+    // A side that hangs up has ended the call before it leaves; one that
+    // reloads is usually back within this.
+    delay(PEER_CHECK_MS).then(() => {
       if (!this.ended && !this.peerPresent && !this.ws) {
         this.openProgress();
       }
