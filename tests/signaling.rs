@@ -63,8 +63,10 @@ impl Ws {
     }
 
     async fn recv_within(&mut self, patience: Duration) -> Value {
+        // One deadline for all frames: the server's pings must not extend it.
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let frame = tokio::time::timeout(patience, self.stream.next())
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("a message in time")
                 .expect("the socket is open")
@@ -79,15 +81,20 @@ impl Ws {
 
     /// Nothing arrives for a while.
     async fn quiet(&mut self) {
-        if let Ok(Some(Ok(frame))) = tokio::time::timeout(QUIET, self.stream.next()).await {
-            panic!("expected nothing, got {frame:?}");
+        let deadline = tokio::time::Instant::now() + QUIET;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.stream.next()).await
+        {
+            if !matches!(frame, Message::Ping(_) | Message::Pong(_)) {
+                panic!("expected nothing, got {frame:?}");
+            }
         }
     }
 
     /// Waits for the server's close; returns its code. Panics on a message.
     async fn closed(&mut self) -> u16 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("closed in time");
             match frame {
