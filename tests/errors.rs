@@ -77,7 +77,7 @@ async fn setup(extra_toml: &str) -> Setup {
 
 /// Moves a call URL's expiry into the past, straight in the database: the API
 /// rightly refuses TTLs under an hour.
-async fn expire_call_url(database_url: &str, token: &str) {
+pub(crate) async fn expire_call_url(database_url: &str, token: &str) {
     let past = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

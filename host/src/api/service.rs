@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -18,10 +18,24 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(root))
+        .route("/", get(home))
         .route("/__heartbeat__", get(heartbeat))
         .route("/__lbheartbeat__", get(lb_heartbeat))
         .route("/push-server-config", get(push_server_config))
+}
+
+/// `/`: Bob's page in a browser, the service description for API clients.
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut response = if super::pages::wants_html(&headers) {
+        super::pages::home_page(&state)
+    } else {
+        root(State(state)).await.into_response()
+    };
+    // The same URL answers JSON or HTML: caches must key on Accept.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 pub async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
