@@ -11,25 +11,32 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::fake_push::FakePush;
 use common::hawk::Device;
+use common::ws::WsClient;
 use common::{ServerOptions, TestServer, fresh_postgres_database};
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Long enough for any message on a loaded machine; short enough to fail fast.
-const PATIENCE: Duration = Duration::from_secs(15);
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
 /// The largest message the relay takes.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// A client of the signaling socket.
-struct Ws {
-    stream: Stream,
+struct Ws(WsClient);
+
+impl std::ops::Deref for Ws {
+    type Target = WsClient;
+    fn deref(&self) -> &WsClient {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ws {
+    fn deref_mut(&mut self) -> &mut WsClient {
+        &mut self.0
+    }
 }
 
 impl Ws {
@@ -38,45 +45,7 @@ impl Ws {
     }
 
     async fn connect_path(server: &TestServer, path: &str) -> Ws {
-        let url = format!("{}{path}", server.url.replacen("http", "ws", 1));
-        let (stream, response) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket upgrade");
-        assert_eq!(response.status(), 101);
-        Ws { stream }
-    }
-
-    async fn send(&mut self, message: Value) {
-        self.send_text(message.to_string()).await;
-    }
-
-    async fn send_text(&mut self, text: String) {
-        self.stream
-            .send(Message::Text(text.into()))
-            .await
-            .expect("send");
-    }
-
-    /// The next JSON message; panics on close or silence.
-    async fn recv(&mut self) -> Value {
-        self.recv_within(PATIENCE).await
-    }
-
-    async fn recv_within(&mut self, patience: Duration) -> Value {
-        // One deadline for all frames: the server's pings must not extend it.
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.stream.next())
-                .await
-                .expect("a message in time")
-                .expect("the socket is open")
-                .expect("a frame");
-            match frame {
-                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-                Message::Close(frame) => panic!("closed instead of a message: {frame:?}"),
-                _ => continue,
-            }
-        }
+        Ws(WsClient::connect(server, path).await)
     }
 
     /// Nothing arrives for a while.
@@ -86,24 +55,6 @@ impl Ws {
         {
             if !matches!(frame, Message::Ping(_) | Message::Pong(_)) {
                 panic!("expected nothing, got {frame:?}");
-            }
-        }
-    }
-
-    /// Waits for the server's close; returns its code. Panics on a message.
-    async fn closed(&mut self) -> u16 {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.stream.next())
-                .await
-                .expect("closed in time");
-            match frame {
-                Some(Ok(Message::Close(frame))) => {
-                    return frame.map(|f| u16::from(f.code)).unwrap_or(1005);
-                }
-                Some(Ok(Message::Text(text))) => panic!("a message instead of close: {text}"),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return 1006,
             }
         }
     }
@@ -138,8 +89,8 @@ impl Ws {
         self.send(json!({"type": "signal", "data": data})).await;
     }
 
-    async fn close(mut self) {
-        let _ = self.stream.close(None).await;
+    async fn close(self) {
+        self.0.close().await;
     }
 }
 
@@ -500,7 +451,7 @@ async fn oversized_flooding_malformed_and_early_messages_are_refused() {
         json!({"type": "join", "sessionId": call.caller.session_id}).to_string(),
     ] {
         let mut ws = Ws::connect(&s.server).await;
-        ws.send_text(bad.clone()).await;
+        ws.send_text(&bad).await;
         assert_eq!(ws.expect_error("malformed message").await, 1008, "{bad}");
     }
 
