@@ -650,11 +650,22 @@ const ICE_TOML: &str = "[ice]\nstun_urls = [\"stun:stun.example.com:3478\"]\n\
 
 #[tokio::test]
 async fn each_side_gets_turn_credentials_in_coturns_rest_form() {
-    // The operator's secret, as coturn's static-auth-secret (not hex).
+    // The operator's secret, as coturn's static-auth-secret (not hex), and
+    // the servers, all from the environment as a deployment gives them.
     let secret = "coturn-static-auth-secret/42";
     let s = setup_with(
-        ICE_TOML,
-        vec![("LOOP_SECRETS__TURN_SECRET".into(), secret.into())],
+        "",
+        vec![
+            ("LOOP_SECRETS__TURN_SECRET".into(), secret.into()),
+            (
+                "LOOP_ICE__STUN_URLS".into(),
+                r#"["stun:stun.example.com:3478"]"#.into(),
+            ),
+            (
+                "LOOP_ICE__TURN_URLS".into(),
+                r#"["turn:127.0.0.1:3478?transport=udp", "turns:turn.example.com:5349"]"#.into(),
+            ),
+        ],
     )
     .await;
     let call = place(&s.server, &s.bob).await;
@@ -669,6 +680,7 @@ async fn each_side_gets_turn_credentials_in_coturns_rest_form() {
     assert!(!s.server.logs().contains(secret), "the secret was logged");
 
     // Without one given, a secret is generated; its file's text is the key.
+    // The servers from the config file this time.
     let s = setup_with(ICE_TOML, Vec::new()).await;
     let generated = std::fs::read_to_string(s.server.dir.join("data/secrets/turn-secret")).unwrap();
     assert_eq!(generated.len(), 64);
