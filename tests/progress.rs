@@ -128,9 +128,14 @@ struct Setup {
 }
 
 async fn setup(progress_toml: &str) -> Setup {
+    setup_with_env(progress_toml, Vec::new()).await
+}
+
+async fn setup_with_env(progress_toml: &str, env: Vec<(String, String)>) -> Setup {
     let push = FakePush::start().await;
     let server = TestServer::start_with(ServerOptions {
         extra_toml: format!("{}\n{progress_toml}", push.config(2000)),
+        env,
         ..Default::default()
     })
     .await;
@@ -444,8 +449,10 @@ async fn the_last_socket_of_a_side_closing_ends_the_call_for_the_other() {
 
 #[tokio::test]
 async fn each_timer_ends_its_call_with_timeout() {
-    let s = setup(
-        "[progress]\nsupervisory_seconds = 1\nringing_seconds = 1.5\nconnection_seconds = 1\n",
+    // One timer from the environment, as operators override any key.
+    let s = setup_with_env(
+        "[progress]\nringing_seconds = 1.5\nconnection_seconds = 1\n",
+        vec![("LOOP_PROGRESS__SUPERVISORY_SECONDS".into(), "1".into())],
     )
     .await;
 
@@ -461,7 +468,11 @@ async fn each_timer_ends_its_call_with_timeout() {
         caller.recv().await,
         progress_because("terminated", "timeout")
     );
-    assert!(started.elapsed() >= Duration::from_millis(900));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
+        "the supervisory timer from the environment (1 s), not the default (10 s): {waited:?}"
+    );
     assert_eq!(caller.closed().await, 1000);
 
     // Ringing: nobody answers.
