@@ -264,14 +264,14 @@ async fn secrets_are_generated_once_private_and_reused() {
 async fn variables_that_configure_nothing_are_named_in_a_warning() {
     let server = TestServer::start_with(ServerOptions {
         env: vec![
-            ("LOOP_PROGRESS__RINGING_SECONDS".into(), "30".into()),
+            ("LOOP_RINGING__SECONDS".into(), "30".into()),
             ("LOOP_PUSH_TIMEOUT_MS".into(), "5".into()),
         ],
         ..Default::default()
     })
     .await;
     let logs = server.logs();
-    for name in ["LOOP_PROGRESS__RINGING_SECONDS", "LOOP_PUSH_TIMEOUT_MS"] {
+    for name in ["LOOP_RINGING__SECONDS", "LOOP_PUSH_TIMEOUT_MS"] {
         assert!(
             logs.lines()
                 .any(|line| line.contains("WARN") && line.contains(name)),

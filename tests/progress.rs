@@ -9,86 +9,36 @@ use std::time::{Duration, Instant};
 
 use common::fake_push::FakePush;
 use common::hawk::Device;
+use common::ws::WsClient;
 use common::{ServerOptions, TestServer, client, fresh_postgres_database, place_call};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Long enough for any message on a loaded machine; short enough to fail fast.
-const PATIENCE: Duration = Duration::from_secs(15);
 
 /// A client of the progress socket.
-struct Ws {
-    stream: Stream,
+struct Ws(WsClient);
+
+impl std::ops::Deref for Ws {
+    type Target = WsClient;
+    fn deref(&self) -> &WsClient {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ws {
+    fn deref_mut(&mut self) -> &mut WsClient {
+        &mut self.0
+    }
 }
 
 impl Ws {
     async fn connect(server: &TestServer) -> Ws {
-        Self::connect_url(&server.url.replacen("http", "ws", 1), None).await
+        Ws(WsClient::connect(server, "/websocket").await)
     }
 
     /// `base` is `ws://host:port`; `origin` what the client sends as Origin.
     async fn connect_url(base: &str, origin: Option<&str>) -> Ws {
-        let mut request = format!("{base}/websocket").into_client_request().unwrap();
-        if let Some(origin) = origin {
-            request
-                .headers_mut()
-                .insert("origin", HeaderValue::from_str(origin).unwrap());
-        }
-        let (stream, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("websocket upgrade");
-        assert_eq!(response.status(), 101);
-        Ws { stream }
-    }
-
-    async fn send(&mut self, message: Value) {
-        self.send_text(&message.to_string()).await;
-    }
-
-    async fn send_text(&mut self, text: &str) {
-        self.stream
-            .send(Message::Text(text.into()))
-            .await
-            .expect("send");
-    }
-
-    /// The next JSON message; panics on close or silence.
-    async fn recv(&mut self) -> Value {
-        loop {
-            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
-                .await
-                .expect("a message in time")
-                .expect("the socket is open")
-                .expect("a frame");
-            match frame {
-                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-                Message::Close(frame) => panic!("closed instead of a message: {frame:?}"),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Waits for the server's close; returns its code. Panics on a message.
-    async fn closed(&mut self) -> u16 {
-        loop {
-            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
-                .await
-                .expect("closed in time");
-            match frame {
-                Some(Ok(Message::Close(frame))) => {
-                    return frame.map(|f| u16::from(f.code)).unwrap_or(1005);
-                }
-                Some(Ok(Message::Text(text))) => panic!("a message instead of close: {text}"),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return 1006,
-            }
-        }
+        Ws(WsClient::connect_url(&format!("{base}/websocket"), origin).await)
     }
 
     /// Nothing arrives before an echo round trip: proof that no progress
@@ -122,8 +72,8 @@ impl Ws {
         assert_eq!(self.closed().await, 1000, "closed after {reason:?}");
     }
 
-    async fn close(mut self) {
-        let _ = self.stream.close(None).await;
+    async fn close(self) {
+        self.0.close().await;
     }
 }
 
@@ -178,9 +128,14 @@ struct Setup {
 }
 
 async fn setup(progress_toml: &str) -> Setup {
+    setup_with_env(progress_toml, Vec::new()).await
+}
+
+async fn setup_with_env(progress_toml: &str, env: Vec<(String, String)>) -> Setup {
     let push = FakePush::start().await;
     let server = TestServer::start_with(ServerOptions {
         extra_toml: format!("{}\n{progress_toml}", push.config(2000)),
+        env,
         ..Default::default()
     })
     .await;
@@ -494,8 +449,10 @@ async fn the_last_socket_of_a_side_closing_ends_the_call_for_the_other() {
 
 #[tokio::test]
 async fn each_timer_ends_its_call_with_timeout() {
-    let s = setup(
-        "[progress]\nsupervisory_seconds = 1\nringing_seconds = 1.5\nconnection_seconds = 1\n",
+    // One timer from the environment, as operators override any key.
+    let s = setup_with_env(
+        "[progress]\nringing_seconds = 1.5\nconnection_seconds = 1\n",
+        vec![("LOOP_PROGRESS__SUPERVISORY_SECONDS".into(), "1".into())],
     )
     .await;
 
@@ -511,7 +468,11 @@ async fn each_timer_ends_its_call_with_timeout() {
         caller.recv().await,
         progress_because("terminated", "timeout")
     );
-    assert!(started.elapsed() >= Duration::from_millis(900));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
+        "the supervisory timer from the environment (1 s), not the default (10 s): {waited:?}"
+    );
     assert_eq!(caller.closed().await, 1000);
 
     // Ringing: nobody answers.

@@ -11,25 +11,32 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::fake_push::FakePush;
 use common::hawk::Device;
+use common::ws::WsClient;
 use common::{ServerOptions, TestServer, fresh_postgres_database};
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Long enough for any message on a loaded machine; short enough to fail fast.
-const PATIENCE: Duration = Duration::from_secs(15);
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
 /// The largest message the relay takes.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// A client of the signaling socket.
-struct Ws {
-    stream: Stream,
+struct Ws(WsClient);
+
+impl std::ops::Deref for Ws {
+    type Target = WsClient;
+    fn deref(&self) -> &WsClient {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ws {
+    fn deref_mut(&mut self) -> &mut WsClient {
+        &mut self.0
+    }
 }
 
 impl Ws {
@@ -38,65 +45,16 @@ impl Ws {
     }
 
     async fn connect_path(server: &TestServer, path: &str) -> Ws {
-        let url = format!("{}{path}", server.url.replacen("http", "ws", 1));
-        let (stream, response) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket upgrade");
-        assert_eq!(response.status(), 101);
-        Ws { stream }
-    }
-
-    async fn send(&mut self, message: Value) {
-        self.send_text(message.to_string()).await;
-    }
-
-    async fn send_text(&mut self, text: String) {
-        self.stream
-            .send(Message::Text(text.into()))
-            .await
-            .expect("send");
-    }
-
-    /// The next JSON message; panics on close or silence.
-    async fn recv(&mut self) -> Value {
-        self.recv_within(PATIENCE).await
-    }
-
-    async fn recv_within(&mut self, patience: Duration) -> Value {
-        loop {
-            let frame = tokio::time::timeout(patience, self.stream.next())
-                .await
-                .expect("a message in time")
-                .expect("the socket is open")
-                .expect("a frame");
-            match frame {
-                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-                Message::Close(frame) => panic!("closed instead of a message: {frame:?}"),
-                _ => continue,
-            }
-        }
+        Ws(WsClient::connect(server, path).await)
     }
 
     /// Nothing arrives for a while.
     async fn quiet(&mut self) {
-        if let Ok(Some(Ok(frame))) = tokio::time::timeout(QUIET, self.stream.next()).await {
-            panic!("expected nothing, got {frame:?}");
-        }
-    }
-
-    /// Waits for the server's close; returns its code. Panics on a message.
-    async fn closed(&mut self) -> u16 {
-        loop {
-            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
-                .await
-                .expect("closed in time");
-            match frame {
-                Some(Ok(Message::Close(frame))) => {
-                    return frame.map(|f| u16::from(f.code)).unwrap_or(1005);
-                }
-                Some(Ok(Message::Text(text))) => panic!("a message instead of close: {text}"),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return 1006,
+        let deadline = tokio::time::Instant::now() + QUIET;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.stream.next()).await
+        {
+            if !matches!(frame, Message::Ping(_) | Message::Pong(_)) {
+                panic!("expected nothing, got {frame:?}");
             }
         }
     }
@@ -131,8 +89,8 @@ impl Ws {
         self.send(json!({"type": "signal", "data": data})).await;
     }
 
-    async fn close(mut self) {
-        let _ = self.stream.close(None).await;
+    async fn close(self) {
+        self.0.close().await;
     }
 }
 
@@ -493,7 +451,7 @@ async fn oversized_flooding_malformed_and_early_messages_are_refused() {
         json!({"type": "join", "sessionId": call.caller.session_id}).to_string(),
     ] {
         let mut ws = Ws::connect(&s.server).await;
-        ws.send_text(bad.clone()).await;
+        ws.send_text(&bad).await;
         assert_eq!(ws.expect_error("malformed message").await, 1008, "{bad}");
     }
 
@@ -692,11 +650,22 @@ const ICE_TOML: &str = "[ice]\nstun_urls = [\"stun:stun.example.com:3478\"]\n\
 
 #[tokio::test]
 async fn each_side_gets_turn_credentials_in_coturns_rest_form() {
-    // The operator's secret, as coturn's static-auth-secret (not hex).
+    // The operator's secret, as coturn's static-auth-secret (not hex), and
+    // the servers, all from the environment as a deployment gives them.
     let secret = "coturn-static-auth-secret/42";
     let s = setup_with(
-        ICE_TOML,
-        vec![("LOOP_SECRETS__TURN_SECRET".into(), secret.into())],
+        "",
+        vec![
+            ("LOOP_SECRETS__TURN_SECRET".into(), secret.into()),
+            (
+                "LOOP_ICE__STUN_URLS".into(),
+                r#"["stun:stun.example.com:3478"]"#.into(),
+            ),
+            (
+                "LOOP_ICE__TURN_URLS".into(),
+                r#"["turn:127.0.0.1:3478?transport=udp", "turns:turn.example.com:5349"]"#.into(),
+            ),
+        ],
     )
     .await;
     let call = place(&s.server, &s.bob).await;
@@ -711,6 +680,7 @@ async fn each_side_gets_turn_credentials_in_coturns_rest_form() {
     assert!(!s.server.logs().contains(secret), "the secret was logged");
 
     // Without one given, a secret is generated; its file's text is the key.
+    // The servers from the config file this time.
     let s = setup_with(ICE_TOML, Vec::new()).await;
     let generated = std::fs::read_to_string(s.server.dir.join("data/secrets/turn-secret")).unwrap();
     assert_eq!(generated.len(), 64);

@@ -3,11 +3,13 @@
 //! `run` starts the release server per backend and dataset, creates the
 //! fixtures through the API, pre-signs Hawk requests, drives each route with
 //! wrk (`bench/wrk/loop.lua`) and reports throughput, latency and peak RSS.
-//! `sign` and `seed` expose the two building blocks for manual runs.
+//! `progress` benchmarks the call-progress websocket (idle sockets' memory,
+//! state-change fan-out latency). `sign` and `seed` expose the two building blocks for manual runs.
 
 mod cpu;
 mod fixtures;
 mod hawk_sign;
+mod progress;
 mod report;
 mod run;
 mod seed;
@@ -31,6 +33,9 @@ struct Cli {
 enum Command {
     /// Benchmark every route on each backend (what `scripts/bench` runs).
     Run(Box<run::RunArgs>),
+    /// Benchmark the call-progress websocket: idle sockets' memory and
+    /// state-change fan-out latency (`scripts/bench progress`).
+    Progress(Box<progress::ProgressArgs>),
     /// Pre-sign Hawk Authorization values for a manual `wrk -s bench/wrk/loop.lua` run.
     Sign(SignArgs),
     /// Bulk-insert sessions and call URLs into a migrated Loop database.
@@ -108,6 +113,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(*args).await,
+        Command::Progress(args) => progress::run(*args).await,
         Command::Sign(args) => sign(args).map(|()| true),
         Command::Seed(args) => {
             let counts = seed::SeedCounts {

@@ -110,6 +110,8 @@ pub struct ConfigInputs<'a> {
     pub database_url: &'a str,
     pub plugin: &'a Path,
     pub push_origin: &'a str,
+    /// Appended to the config (whole sections).
+    pub extra_toml: &'a str,
 }
 
 /// The config an operator would write for this host, plus what the bench
@@ -133,11 +135,12 @@ allowed_origins = [{push_origin:?}]
 [plugins.loopback]
 component = {plugin:?}
 generated_secrets = ["secret"]
-"#,
+{extra_toml}"#,
         data_dir = inputs.dir.join("data").display().to_string(),
         database_url = inputs.database_url,
         push_origin = inputs.push_origin,
         plugin = inputs.plugin.display().to_string(),
+        extra_toml = inputs.extra_toml,
     );
     let path = inputs.dir.join("config.toml");
     std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
@@ -250,6 +253,11 @@ impl ServerProcess {
     /// Peak resident set size since start (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
         proc_status_kib(self.pid, "VmHWM:")
+    }
+
+    /// Resident set size now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        proc_status_kib(self.pid, "VmRSS:")
     }
 
     /// Fails if the server died (for example, crashed under load).

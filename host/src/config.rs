@@ -383,6 +383,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "auth",
     "call_urls",
     "calls",
+    "progress",
     "ice",
     "push",
     "cors",

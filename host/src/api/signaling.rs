@@ -137,14 +137,22 @@ impl SignalingSocket {
                 Next::Refuse(err) => {
                     tracing::debug!(reason = %err, "signaling: closing a socket");
                     let reason = json!({"type": "error", "reason": err.to_string()});
-                    if let Next::Continue = self.send_text(reason.to_string()).await {
+                    let told = matches!(self.send_text(reason.to_string()).await, Next::Continue);
+                    // The peer hears of it now, not after the closing handshake.
+                    self.leave().await;
+                    if told {
                         self.close(close_code_of(&err)).await;
                     }
-                    break;
+                    return;
                 }
                 Next::Gone => break,
             }
         }
+        self.leave().await;
+    }
+
+    /// Frees this socket's seat, if it took one and still holds it.
+    async fn leave(&mut self) {
         if let Some(joined) = self.joined.take() {
             signaling::leave(&self.state, &joined.participant, &self.id).await;
         }
