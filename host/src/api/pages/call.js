@@ -174,6 +174,7 @@ export class Call {
   // Either side, after a reload: hello again; its answer says whether the
   // call is still live.
   async rejoin() {
+    this.rejoining = true;
     this.show();
     this.setView("connecting", "Rejoining the call…");
     const ws = await this.openProgress();
@@ -385,6 +386,10 @@ export class Call {
             this.peerArrived();
           } else if (this.everConnected) {
             this.peerGone();
+          } else if (this.rejoining) {
+            // Back after a reload and the other side is not: it may be
+            // reloading too, or gone for good.
+            this.expectPeer();
           }
           break;
         case "peer-joined":
@@ -460,12 +465,7 @@ export class Call {
     if (this.peerTimer || !this.accepted) {
       return;
     }
-    this.peerTimer = setTimeout(() => {
-      this.peerTimer = null;
-      if (!this.ended && !this.peerPresent) {
-        this.hangUp("closed", "The call has ended: the connection was lost.");
-      }
-    }, PEER_GRACE_MS);
+    this.expectPeer();
     // A side that hangs up has ended the call before it leaves; one that
     // reloads is usually back within this.
     delay(PEER_CHECK_MS).then(() => {
@@ -473,6 +473,19 @@ export class Call {
         this.openProgress();
       }
     });
+  }
+
+  // The other side has PEER_GRACE_MS to be (back) in the call.
+  expectPeer() {
+    if (this.peerTimer) {
+      return;
+    }
+    this.peerTimer = setTimeout(() => {
+      this.peerTimer = null;
+      if (!this.ended && !this.peerPresent) {
+        this.hangUp("closed", "The call has ended: the connection was lost.");
+      }
+    }, PEER_GRACE_MS);
   }
 
   newPeer() {
