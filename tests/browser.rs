@@ -132,6 +132,8 @@ impl ChromeDriver {
         let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            // The console, for errors and Content-Security-Policy violations.
+            "goog:loggingPrefs": {"browser": "ALL"},
         });
         let Value::Object(capabilities) = capabilities else {
             unreachable!()
@@ -142,7 +144,11 @@ impl ChromeDriver {
             .connect(&self.url)
             .await
             .expect("start a Chromium session");
-        Page { name, client }
+        Page {
+            name,
+            client,
+            driver: self.url.clone(),
+        }
     }
 }
 
@@ -219,6 +225,8 @@ pc.getStats().then((stats) => {
 struct Page {
     name: &'static str,
     client: Client,
+    /// chromedriver's URL, for what WebDriver has no command for.
+    driver: String,
 }
 
 impl Page {
@@ -390,8 +398,43 @@ impl Page {
             .await;
     }
 
+    /// Script errors and Content-Security-Policy violations the browser
+    /// logged since the last call (chromedriver's log endpoint).
+    async fn console_errors(&self) -> Vec<String> {
+        let session = self.client.session_id().await.unwrap().unwrap();
+        let log: Value = common::client()
+            .post(format!("{}/session/{session}/se/log", self.driver))
+            .json(&json!({"type": "browser"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        log["value"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no browser log: {log}", self.name))
+            .iter()
+            .filter_map(|entry| entry["message"].as_str())
+            .filter(|message| {
+                message.contains("Content Security Policy")
+                    || message.contains("Uncaught")
+                    || message.contains("TypeError")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
     async fn close(self) {
         let _ = self.client.close().await;
+    }
+}
+
+/// No script error or Content-Security-Policy violation in the pages' consoles.
+async fn assert_clean_console(pages: &[&Page]) {
+    for page in pages {
+        let errors = page.console_errors().await;
+        assert!(errors.is_empty(), "{}: {errors:#?}", page.name);
     }
 }
 
@@ -523,6 +566,9 @@ async fn alice_and_bob_talk_with_video() {
     assert_eq!(alice.text("#status").await, "Camera off.");
     alice.click("#camera").await;
 
+    // Nothing the pages did broke their Content-Security-Policy or threw.
+    assert_clean_console(&[&alice, &bob]).await;
+
     // Alice hangs up: the call ends on both sides.
     alice.click("#hangup").await;
     let alice_end = alice.wait_state("ended").await;
@@ -539,6 +585,7 @@ async fn alice_and_bob_talk_with_video() {
     // Back to his links.
     bob.click("#done").await;
     bob.wait_home().await;
+    assert_clean_console(&[&alice, &bob]).await;
     alice.close().await;
     bob.close().await;
 }
@@ -605,6 +652,7 @@ async fn calls_that_nobody_takes_end_with_their_reason() {
     assert_eq!(ended.end_reason.as_deref(), Some("timeout"));
     assert_eq!(ended.status, "Missed call from Alice.");
     bob.screenshot("bob-missed").await;
+    assert_clean_console(&[&alice, &bob]).await;
     alice.close().await;
     bob.close().await;
 }
@@ -677,6 +725,7 @@ async fn links_that_do_not_work_show_a_page() {
     // An unknown one.
     alice.goto(&format!("{}/c/nosuchtoken", server.url)).await;
     assert_eq!(alice.text("h1").await, "This link does not work");
+    assert_clean_console(&[&alice, &bob]).await;
     alice.close().await;
     bob.close().await;
 }
@@ -744,6 +793,7 @@ async fn a_second_tab_of_bob_loses_and_a_reload_rejoins() {
     // A reload after the call does not rejoin it.
     alice.client.refresh().await.unwrap();
     alice.wait_shown("#call-video").await;
+    assert_clean_console(&[&alice, &bob]).await;
     alice.close().await;
     bob.close().await;
 }
@@ -780,6 +830,7 @@ async fn a_call_survives_repeated_reloads() {
         bob.wait_state("ended").await.end_reason.as_deref(),
         Some("closed")
     );
+    assert_clean_console(&[&alice, &bob]).await;
     alice.close().await;
     bob.close().await;
 }
@@ -906,6 +957,7 @@ async fn a_call_through_turn_only() {
     );
     alice.click("#hangup").await;
     bob.wait_state("ended").await;
+    assert_clean_console(&[&alice, &bob]).await;
     alice.close().await;
     bob.close().await;
 }
@@ -940,6 +992,7 @@ async fn alice_on_one_instance_and_bob_on_another() {
         alice.wait_state("ended").await.end_reason.as_deref(),
         Some("closed")
     );
+    assert_clean_console(&[&alice, &bob]).await;
     alice.close().await;
     bob.close().await;
     drop(servers);
