@@ -102,14 +102,19 @@ function linkItem(url) {
   const copy = item.querySelector(".copy");
   copy.setAttribute("aria-label", `Copy the link for ${url.callerId}`);
   copy.addEventListener("click", async () => {
+    let copied = true;
     try {
       await navigator.clipboard.writeText(input.value);
     } catch (_) {
       input.focus();
       input.select();
-      document.execCommand("copy");
+      copied = document.execCommand("copy");
     }
-    say(`Link for ${url.callerId} copied.`);
+    say(
+      copied
+        ? `Link for ${url.callerId} copied.`
+        : `The link for ${url.callerId} is selected: copy it with your keyboard.`,
+    );
   });
   const revoke = item.querySelector(".revoke");
   revoke.setAttribute("aria-label", `Revoke the link for ${url.callerId}`);
