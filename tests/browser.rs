@@ -375,8 +375,9 @@ impl Page {
             .js("return document.querySelectorAll('#links li').length;")
             .await;
         self.type_into("#caller-id", caller_id).await;
-        self.type_into("#issuer", issuer).await;
-        self.click("#create").await;
+        // Enter in the form submits it, as with the keyboard alone.
+        self.type_into("#issuer", &format!("{issuer}\u{E007}"))
+            .await;
         self.wait("listing the new link", async |page| {
             let count = page
                 .js("return document.querySelectorAll('#links li').length;")
@@ -685,6 +686,14 @@ async fn links_that_do_not_work_show_a_page() {
         .await;
     assert!(offset.as_i64().unwrap().abs() < 120, "corrected: {offset}");
     let revoked = bob.create_link("Dave", "Bob").await;
+    bob.click("#links li.new .copy").await;
+    bob.wait("copying", async |page| {
+        let status = page.text("#status").await;
+        (status == "Link for Dave copied."
+            || status == "The link for Dave is selected: copy it with your keyboard.")
+            .then_some(())
+    })
+    .await;
     // Both listed (made in the same second: in either order); the session
     // survives a reload.
     bob.goto(&format!("{}/", server.url)).await;
