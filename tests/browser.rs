@@ -807,15 +807,9 @@ async fn a_second_tab_of_bob_loses_and_a_reload_rejoins() {
     bob.close().await;
 }
 
-/// Each side reloads twice during the call and the call goes on.
-///
-/// Ignored until a progress socket that closes after `connected` no longer
-/// ends the call: today the socket a rejoined page holds ends it when that
-/// page reloads again (`Event::Closed` in `domain/progress.rs` terminates in
-/// every state but `terminated`; excluding `connected` too fixes it, and the
-/// progress tests still pass with that change).
+/// Each side reloads twice during the call and the call goes on: a
+/// connected call does not end when a rejoined page's socket closes.
 #[tokio::test]
-#[ignore = "needs the progress fix described above"]
 async fn a_call_survives_repeated_reloads() {
     let _one_at_a_time = BROWSERS.lock().await;
     let server = TestServer::start().await;

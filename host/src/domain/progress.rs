@@ -194,7 +194,12 @@ pub fn decide(
         Event::Closed { side, ends_call } => {
             let sockets = next.sockets_mut(side);
             *sockets = (*sockets - 1).max(0);
-            if ends_call && *sockets == 0 && current.state != CallState::Terminated {
+            // Once connected, the call no longer depends on its progress
+            // sockets: the server itself closes them at `connected` (as
+            // Mozilla's did), and a page that rejoined and then reloads
+            // must not hang up. Hanging up is then `terminate`.
+            let ends = !matches!(current.state, CallState::Terminated | CallState::Connected);
+            if ends_call && *sockets == 0 && ends {
                 terminate(&mut next, Some(REASON_CLOSED.into()));
             }
         }
@@ -466,6 +471,37 @@ mod tests {
         );
         assert_eq!(ended.state, CallState::Terminated);
         assert_eq!(ended.reason.as_deref(), Some("closed"));
+    }
+
+    #[test]
+    fn a_connected_call_outlives_its_rejoined_sockets() {
+        let mut p = step(&fresh(), Event::Hello(Side::Caller), 0);
+        p = step(&p, Event::Hello(Side::Callee), 0);
+        p = step(&p, act(Side::Callee, Action::Accept), 0);
+        p = step(&p, act(Side::Caller, Action::MediaUp), 0);
+        p = step(&p, act(Side::Callee, Action::MediaUp), 0);
+        for side in [Side::Caller, Side::Callee] {
+            p = step(
+                &p,
+                Event::Closed {
+                    side,
+                    ends_call: false,
+                },
+                0,
+            );
+        }
+        // A reloaded page says hello again, then reloads once more.
+        p = step(&p, Event::Hello(Side::Callee), 0);
+        p = step(
+            &p,
+            Event::Closed {
+                side: Side::Callee,
+                ends_call: true,
+            },
+            0,
+        );
+        assert_eq!(p.state, CallState::Connected);
+        assert_eq!(p.callee_sockets, 0);
     }
 
     #[test]
