@@ -397,13 +397,7 @@ async fn current(state: &AppState, call_id: &str) -> Result<Announced, ProtocolE
         .call_progress(call_id)
         .await?
         .ok_or(ProtocolError::BadCallId)?;
-    Ok(Announced {
-        version: progress.version,
-        state: progress.state.as_str().into(),
-        reason: progress.reason,
-        accepted_by: progress.accepted_by,
-        timer_at: progress.timer_at,
-    })
+    Ok(Announced::of(&progress))
 }
 
 /// The next announcement for a joined socket; never, before hello.

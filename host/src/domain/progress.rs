@@ -235,7 +235,8 @@ pub struct Announced {
 }
 
 impl Announced {
-    fn of(progress: &CallProgress) -> Self {
+    /// What is announced when `progress` is written.
+    pub fn of(progress: &CallProgress) -> Self {
         Announced {
             version: progress.version,
             state: progress.state.as_str().into(),
