@@ -28,7 +28,7 @@
 #define MAX_TOKEN_BYTES 2048
 
 void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provider_provider_info_t *ret) {
-  lp_describe_all(ret, "loopback", "0.1.0", true);
+  lp_describe_all(ret, "loopback", "0.2.0", true);
 }
 
 bool exports_loopcall_provider_provider_create_session(
@@ -227,4 +227,14 @@ done:
   plugin_string_free(token);
   plugin_string_free(session_id);
   return ok;
+}
+
+// Loopback sessions hold nothing outside the tokens, so there is nothing to close.
+bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
+                                                    plugin_string_t *maybe_channel,
+                                                    lp_error_t *err) {
+  (void)err;
+  plugin_string_free(session_id);
+  if (maybe_channel) plugin_string_free(maybe_channel);
+  return true;
 }

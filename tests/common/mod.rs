@@ -9,6 +9,7 @@
 pub mod fake_dns;
 pub mod fake_push;
 pub mod hawk;
+pub mod vendor;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};

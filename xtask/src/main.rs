@@ -15,8 +15,12 @@ use wit_parser::{Resolve, WorldId};
 /// The only interfaces a plugin may import: the host's capabilities. Anything else
 /// (WASI in particular) would mean the plugin reaches past the capability model.
 const WIT_PACKAGE: &str = "loopcall:provider";
-const WIT_VERSION: &str = "0.1.0";
-const WIT_DIR: &str = "wit/since_v0.1.0";
+/// The published versions a plugin can be built against, oldest first. A
+/// plugin is built against the newest unless its folder holds a `wit-version`
+/// file naming another (how the 0.1.0 test fixtures stay 0.1.0 plugins).
+const WIT_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
+/// The file in a plugin folder that pins its WIT version.
+const WIT_VERSION_FILE: &str = "wit-version";
 const WORLD: &str = "plugin";
 const ALLOWED_IMPORTS: &[&str] = &["types", "http", "crypto", "clock", "log", "settings"];
 const REQUIRED_EXPORT: &str = "provider";
@@ -67,6 +71,17 @@ struct Plugin {
     name: String,
     dir: PathBuf,
     sources: Vec<PathBuf>,
+    /// The `loopcall:provider` version it is built against.
+    wit_version: &'static str,
+}
+
+/// One WIT version's world and its C bindings, compiled once per build.
+struct Bindings {
+    version: &'static str,
+    resolve: Resolve,
+    world: WorldId,
+    dir: PathBuf,
+    object: PathBuf,
 }
 
 impl Plugin {
@@ -111,33 +126,41 @@ fn plugins(check: bool, names: &[String]) -> Result<()> {
     }
     std::fs::create_dir_all(&build_dir)?;
 
-    let (resolve, world) = load_world(&root)?;
-    let bindings = build_dir.join("bindings");
-    generate_bindings(&resolve, world, &bindings)?;
-    let bindings_obj = compile(
-        &clang,
-        &root,
-        &bindings,
-        &bindings.join(format!("{WORLD}.c")),
-        &build_dir.join(format!("{WORLD}_bindings.o")),
-        false,
-    )?;
+    let mut bindings: Vec<Bindings> = Vec::new();
+    for version in WIT_VERSIONS {
+        if !found.iter().any(|p| p.wit_version == *version) {
+            continue;
+        }
+        let (resolve, world) = load_world(&root, version)?;
+        let dir = build_dir.join(format!("bindings-{version}"));
+        generate_bindings(&resolve, world, &dir)?;
+        let object = compile(
+            &clang,
+            &root,
+            &dir,
+            &dir.join(format!("{WORLD}.c")),
+            &build_dir.join(format!("{WORLD}_bindings-{version}.o")),
+            false,
+        )?;
+        bindings.push(Bindings {
+            version,
+            resolve,
+            world,
+            dir,
+            object,
+        });
+    }
 
     let mut stale = Vec::new();
     for plugin in &found {
         let rel = plugin.dir.strip_prefix(&root).unwrap_or(&plugin.dir);
         let out_dir = build_dir.join(rel);
         std::fs::create_dir_all(&out_dir)?;
-        let component = build_plugin(
-            &clang,
-            &root,
-            &bindings,
-            &bindings_obj,
-            &resolve,
-            world,
-            plugin,
-            &out_dir,
-        )
+        let bindings = bindings
+            .iter()
+            .find(|b| b.version == plugin.wit_version)
+            .expect("bindings are built for every version in use");
+        let component = build_plugin(&clang, &root, bindings, plugin, &out_dir)
         .with_context(|| format!("building plugin `{}` ({})", plugin.name, rel.display()))?;
         let target = plugin.committed();
         let shown = target.strip_prefix(&root).unwrap_or(&target).display();
@@ -210,7 +233,28 @@ fn discover(root: &Path) -> Result<Vec<Plugin>> {
                     dir.display()
                 );
             }
-            plugins.push(Plugin { name, dir, sources });
+            let wit_version = match std::fs::read_to_string(dir.join(WIT_VERSION_FILE)) {
+                Ok(text) => {
+                    let text = text.trim();
+                    *WIT_VERSIONS.iter().find(|v| **v == text).with_context(|| {
+                        format!(
+                            "{}: unknown WIT version {text:?} (known: {})",
+                            dir.join(WIT_VERSION_FILE).display(),
+                            WIT_VERSIONS.join(", ")
+                        )
+                    })?
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    WIT_VERSIONS.last().expect("at least one WIT version")
+                }
+                Err(err) => return Err(err).context(format!("reading {WIT_VERSION_FILE}")),
+            };
+            plugins.push(Plugin {
+                name,
+                dir,
+                sources,
+                wit_version,
+            });
         }
     }
     Ok(plugins)
@@ -260,11 +304,12 @@ fn find_clang() -> Result<String> {
     Ok(clang.to_string())
 }
 
-fn load_world(root: &Path) -> Result<(Resolve, WorldId)> {
+fn load_world(root: &Path, version: &str) -> Result<(Resolve, WorldId)> {
     let mut resolve = Resolve::default();
+    let wit_dir = format!("wit/since_v{version}");
     let (pkg, _) = resolve
-        .push_dir(root.join(WIT_DIR))
-        .with_context(|| format!("parsing {WIT_DIR}"))?;
+        .push_dir(root.join(&wit_dir))
+        .with_context(|| format!("parsing {wit_dir}"))?;
     let world = resolve.select_world(&[pkg], Some(WORLD))?;
     Ok((resolve, world))
 }
@@ -338,24 +383,20 @@ fn compile(
     Ok(object.to_path_buf())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn build_plugin(
     clang: &str,
     root: &Path,
-    bindings: &Path,
-    bindings_obj: &Path,
-    resolve: &Resolve,
-    world: WorldId,
+    bindings: &Bindings,
     plugin: &Plugin,
     out_dir: &Path,
 ) -> Result<Vec<u8>> {
-    let mut objects = vec![bindings_obj.to_path_buf()];
+    let mut objects = vec![bindings.object.clone()];
     for source in &plugin.sources {
         let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("src");
         objects.push(compile(
             clang,
             root,
-            bindings,
+            &bindings.dir,
             source,
             &out_dir.join(format!("{stem}.o")),
             true,
@@ -374,12 +415,12 @@ fn build_plugin(
     run_tool(&mut link, &format!("linking {}", plugin.name))?;
 
     let core = std::fs::read(&core_path)?;
-    check_core_imports(&core)?;
+    check_core_imports(&core, bindings.version)?;
     let mut core = strip_custom_sections(&core, false)?;
     wit_component::embed_component_metadata(
         &mut core,
-        resolve,
-        world,
+        &bindings.resolve,
+        bindings.world,
         wit_component::StringEncoding::UTF8,
         false,
     )?;
@@ -389,7 +430,7 @@ fn build_plugin(
         .encode()
         .context("encoding the component")?;
     let component = strip_custom_sections(&component, true)?;
-    check_component(&component)?;
+    check_component(&component, bindings.version)?;
     Ok(component)
 }
 
@@ -409,23 +450,23 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn interface_name(module: &str) -> Option<&str> {
+fn interface_name<'a>(module: &'a str, version: &str) -> Option<&'a str> {
     module
         .strip_prefix(WIT_PACKAGE)?
         .strip_prefix('/')?
-        .strip_suffix(WIT_VERSION)?
+        .strip_suffix(version)?
         .strip_suffix('@')
 }
 
 /// Fails on any core import that is not one of the host's WIT interfaces, before
 /// wit-component reports it less helpfully (or pulls in a WASI adapter).
-fn check_core_imports(core: &[u8]) -> Result<()> {
+fn check_core_imports(core: &[u8], version: &str) -> Result<()> {
     let mut foreign = Vec::new();
     for payload in wasmparser::Parser::new(0).parse_all(core) {
         if let wasmparser::Payload::ImportSection(reader) = payload? {
             for import in reader.into_imports() {
                 let import = import?;
-                let allowed = interface_name(import.module)
+                let allowed = interface_name(import.module, version)
                     .is_some_and(|i| ALLOWED_IMPORTS.contains(&i))
                     // cabi helpers wit-bindgen emits for the component's own exports.
                     || import.module.starts_with("[export]");
@@ -438,7 +479,7 @@ fn check_core_imports(core: &[u8]) -> Result<()> {
     if !foreign.is_empty() {
         let wasi = foreign.iter().any(|f| f.starts_with("wasi"));
         bail!(
-            "the plugin imports outside {WIT_PACKAGE}@{WIT_VERSION}: {}{}",
+            "the plugin imports outside {WIT_PACKAGE}@{version}: {}{}",
             foreign.join(", "),
             if wasi {
                 " (WASI is pulled in by libc I/O such as printf/stdio, exit or abort-like \
@@ -517,7 +558,7 @@ fn bytes_of<'a>(wasm: &'a [u8], range: &std::ops::Range<u64>) -> &'a [u8] {
 
 /// The final gate: the component imports only the host's interfaces and exports
 /// the provider interface, checked on the bytes that get committed.
-fn check_component(component: &[u8]) -> Result<()> {
+fn check_component(component: &[u8], version: &str) -> Result<()> {
     let mut features = wasmparser::WasmFeatures::default();
     features.insert(wasmparser::WasmFeatures::COMPONENT_MODEL);
     wasmparser::Validator::new_with_features(features)
@@ -559,11 +600,11 @@ fn check_component(component: &[u8]) -> Result<()> {
     }
     let foreign: Vec<&String> = imports
         .iter()
-        .filter(|i| !interface_name(i).is_some_and(|n| ALLOWED_IMPORTS.contains(&n)))
+        .filter(|i| !interface_name(i, version).is_some_and(|n| ALLOWED_IMPORTS.contains(&n)))
         .collect();
     if !foreign.is_empty() {
         bail!(
-            "the component imports outside {WIT_PACKAGE}@{WIT_VERSION}: {}",
+            "the component imports outside {WIT_PACKAGE}@{version}: {}",
             foreign
                 .iter()
                 .map(|s| s.as_str())
@@ -573,10 +614,10 @@ fn check_component(component: &[u8]) -> Result<()> {
     }
     if !exports
         .iter()
-        .any(|e| interface_name(e) == Some(REQUIRED_EXPORT))
+        .any(|e| interface_name(e, version) == Some(REQUIRED_EXPORT))
     {
         bail!(
-            "the component does not export {WIT_PACKAGE}/{REQUIRED_EXPORT}@{WIT_VERSION} \
+            "the component does not export {WIT_PACKAGE}/{REQUIRED_EXPORT}@{version} \
              (exports: {})",
             exports.join(", ")
         );
