@@ -70,6 +70,10 @@ struct Heartbeat {
 #[derive(Serialize)]
 struct PluginReport {
     healthy: bool,
+    /// Calls into the plugin since start-up (set-ups, token checks, ends).
+    calls: u64,
+    /// Wall time those calls took, in milliseconds.
+    busy_ms: u64,
     /// Seconds fallback still skips this plugin; 0 when it serves calls.
     cooling_down_seconds: u64,
 }
@@ -96,6 +100,8 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
         .map(|plugin| {
             let report = PluginReport {
                 healthy: plugin.healthy,
+                calls: plugin.calls,
+                busy_ms: plugin.busy_us / 1000,
                 cooling_down_seconds: plugin.cooling_down_ms.div_ceil(1000),
             };
             (plugin.plugin, report)

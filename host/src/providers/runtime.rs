@@ -234,7 +234,8 @@ impl ProviderRuntime {
     ) -> Result<CallSetup, ProviderError> {
         let plugin = self.plugin(provider)?;
         let wall = plugin.wall_time();
-        let wall_deadline = Instant::now() + wall;
+        let started = Instant::now();
+        let wall_deadline = started + wall;
         let work = async {
             let _slot = plugin.slot().await?;
             let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
@@ -277,7 +278,7 @@ impl ProviderRuntime {
         let result = tokio::time::timeout(wall, work)
             .await
             .unwrap_or(Err(Failure::WallTime));
-        plugin.finish("setup-call", result)
+        plugin.finish("setup-call", started, result)
     }
 
     /// Checks a token for `session_id` through the provider that issued it.
@@ -302,7 +303,8 @@ impl ProviderRuntime {
             });
         }
         let wall = plugin.wall_time();
-        let wall_deadline = Instant::now() + wall;
+        let started = Instant::now();
+        let wall_deadline = started + wall;
         let work = async {
             let _slot = plugin.slot().await?;
             let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
@@ -311,7 +313,7 @@ impl ProviderRuntime {
         let result = tokio::time::timeout(wall, work)
             .await
             .unwrap_or(Err(Failure::WallTime));
-        plugin.finish("verify-token", result)
+        plugin.finish("verify-token", started, result)
     }
 
     /// Tells `provider` that the call on `session_id` has ended, so it can
@@ -325,7 +327,8 @@ impl ProviderRuntime {
     ) -> Result<(), ProviderError> {
         let plugin = self.plugin(provider)?;
         let wall = plugin.wall_time();
-        let wall_deadline = Instant::now() + wall;
+        let started = Instant::now();
+        let wall_deadline = started + wall;
         let work = async {
             let _slot = plugin.slot().await?;
             let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
@@ -334,7 +337,7 @@ impl ProviderRuntime {
         let result = tokio::time::timeout(wall, work)
             .await
             .unwrap_or(Err(Failure::WallTime));
-        plugin.finish("end-session", result)
+        plugin.finish("end-session", started, result)
     }
 
     /// The plugins whose tokens the host checks itself (`verifies_tokens`),
@@ -366,6 +369,7 @@ impl ProviderRuntime {
                     calls: plugin.calls.load(Ordering::Relaxed),
                     failures: plugin.failures.load(Ordering::Relaxed),
                     consecutive_failures,
+                    busy_us: plugin.busy_ns.load(Ordering::Relaxed) / 1000,
                     healthy: consecutive_failures < UNHEALTHY_AFTER_FAILURES,
                 }
             })

@@ -116,6 +116,8 @@ pub struct PluginHealth {
     pub calls: u64,
     pub failures: u64,
     pub consecutive_failures: u64,
+    /// Wall time spent in its calls since start-up, in microseconds.
+    pub busy_us: u64,
     /// False after several failed calls in a row, until one succeeds.
     pub healthy: bool,
     /// How much longer fallback skips this plugin (it was unavailable); 0
