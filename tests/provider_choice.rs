@@ -70,17 +70,11 @@ async fn heartbeat(server: &TestServer) -> (u16, Value) {
 
 /// Places one call through a fresh call URL; returns the status and body.
 async fn try_call(server: &TestServer, device: &Device) -> (u16, Value) {
-    let token = device
-        .send(
-            reqwest::Method::POST,
-            "/call-url",
-            Some(&json!({"callerId": "alice"})),
-        )
-        .await
-        .json()["callToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let created = device
+        .send_verified("POST", "/call-url", Some(&json!({"callerId": "alice"})))
+        .await;
+    created.assert_status(200);
+    let token = created.json()["callToken"].as_str().unwrap().to_owned();
     let response = client()
         .post(server.endpoint(&format!("/calls/{token}")))
         .json(&json!({"callType": "audio"}))
@@ -101,7 +95,7 @@ async fn an_unavailable_provider_falls_back_and_cools_down() {
         ..Default::default()
     })
     .await;
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
 
     // Healthy: the chosen provider serves.
     let (status, call) = try_call(&server, &device).await;
@@ -163,7 +157,7 @@ async fn a_slow_provider_falls_back_within_its_wall_time() {
         ..Default::default()
     })
     .await;
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
     let started = std::time::Instant::now();
     let (status, call) = try_call(&server, &device).await;
     assert_eq!(
@@ -191,7 +185,7 @@ async fn without_fallback_an_unavailable_provider_is_a_clear_error() {
         ..Default::default()
     })
     .await;
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
     let (status, body) = try_call(&server, &device).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errno"], 201, "{body}");
@@ -212,7 +206,6 @@ async fn editing_config_toml_and_restarting_swaps_the_provider() {
         ..Default::default()
     })
     .await;
-    let device = Device::register(&server.url, "").await;
     let before = call_flow(&server, None).await;
     assert_eq!(before.caller["apiKey"], "loopback");
 
@@ -222,14 +215,18 @@ async fn editing_config_toml_and_restarting_swaps_the_provider() {
     std::fs::write(&server.config_path, edited).unwrap();
     server.restart();
 
-    let device = device.on(&server.url);
     let after = call_flow(&server, None).await;
     assert_eq!(after.caller["apiKey"], "vendor-key", "{}", after.caller);
     assert_eq!(after.callee["apiKey"], "vendor-key", "{}", after.callee);
     assert_eq!(after.caller["sessionId"], "vendor-session");
-    // The calls placed before the swap are still listed as they were.
-    let listed = device.get("/calls?version=0").await.json();
-    assert!(listed["calls"].as_array().is_some(), "{listed}");
+    // Bob's call placed before the swap is still listed as it was.
+    let listed = before
+        .device
+        .on(&server.url)
+        .send_verified("GET", "/calls?version=0", None)
+        .await;
+    listed.assert_status(200);
+    assert_eq!(listed.json()["calls"][0]["apiKey"], "loopback");
 }
 
 #[tokio::test]

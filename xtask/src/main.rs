@@ -161,7 +161,7 @@ fn plugins(check: bool, names: &[String]) -> Result<()> {
             .find(|b| b.version == plugin.wit_version)
             .expect("bindings are built for every version in use");
         let component = build_plugin(&clang, &root, bindings, plugin, &out_dir)
-        .with_context(|| format!("building plugin `{}` ({})", plugin.name, rel.display()))?;
+            .with_context(|| format!("building plugin `{}` ({})", plugin.name, rel.display()))?;
         let target = plugin.committed();
         let shown = target.strip_prefix(&root).unwrap_or(&target).display();
         if check {
