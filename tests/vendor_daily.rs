@@ -267,38 +267,52 @@ async fn server(origin: &str, settings: &str, extra: &str, env: &[(&str, &str)])
 }
 
 /// The call URL owner's user id (the callee's identity): the host does not
-/// show it to clients, so the test reads it from the call's row.
+/// show it to clients, so the test reads it from the call's row (waiting,
+/// bounded, in case the row is still in the server's write batch).
 pub(crate) async fn call_owner(server: &TestServer, call_id: &str) -> String {
     use sqlx::Connection;
-    if common::use_postgres() {
-        let mut conn = sqlx::PgConnection::connect(&server.database_url)
-            .await
-            .unwrap();
-        sqlx::query_scalar("SELECT user_id FROM calls WHERE call_id = $1")
-            .bind(call_id)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(&server.database_url)
-            .await
-            .unwrap();
-        sqlx::query_scalar("SELECT user_id FROM calls WHERE call_id = ?1")
-            .bind(call_id)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let owner: Option<String> = if common::use_postgres() {
+            let mut conn = sqlx::PgConnection::connect(&server.database_url)
+                .await
+                .unwrap();
+            sqlx::query_scalar("SELECT user_id FROM calls WHERE call_id = $1")
+                .bind(call_id)
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap()
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&server.database_url)
+                .await
+                .unwrap();
+            sqlx::query_scalar("SELECT user_id FROM calls WHERE call_id = ?1")
+                .bind(call_id)
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap()
+        };
+        if let Some(owner) = owner {
+            return owner;
+        }
+        assert!(Instant::now() < deadline, "no row for call {call_id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A fresh call URL of Bob's for Alice; returns its token.
+async fn call_url_token(server: &TestServer) -> String {
+    let device = common::hawk::Device::register(&server.url, "").await;
+    let created = device
+        .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
+        .await;
+    created["callToken"].as_str().unwrap().to_owned()
 }
 
 /// `POST /calls/{token}` that is expected to fail: the status, the JSON body
 /// and whether `Retry-After` was sent.
 async fn failing_call(server: &TestServer) -> (u16, Value, bool) {
-    let device = common::hawk::Device::register(&server.url, "").await;
-    let created = device
-        .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
-        .await;
-    let token = created["callToken"].as_str().unwrap();
+    let token = call_url_token(server).await;
     let response = client()
         .post(server.endpoint(&format!("/calls/{token}")))
         .json(&json!({"callType": "audio-video"}))
@@ -416,8 +430,16 @@ async fn daily_room_is_deleted_when_an_unanswered_call_expires() {
         &[("LOOP_DATABASE__PURGE_INTERVAL_SECONDS", "1")],
     )
     .await;
-    let call = call_flow(&server, None).await;
-    let room = call.caller["sessionId"].as_str().unwrap().to_owned();
+    // Placed only: with calls lasting a second, listing it could race its expiry.
+    let token = call_url_token(&server).await;
+    let caller = common::place_call(
+        &client(),
+        &server.endpoint(&format!("/calls/{token}")),
+        &json!({"callType": "audio-video"}),
+    )
+    .await;
+    let room = caller["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(fake.rooms()[0].0, room);
     // Nobody answers, nobody terminates.
     fake.wait_for_delete(&room, "the call expired").await;
     assert_eq!(fake.deleted(), [room], "deleted once");
