@@ -42,6 +42,9 @@ pub(crate) struct Plugin {
     pub(crate) calls: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) consecutive_failures: AtomicU64,
+    /// Until when (`clock::now_ms`) fallback skips this plugin: it was
+    /// unavailable. 0 when it is not cooling down.
+    pub(crate) cooling_until_ms: AtomicU64,
 }
 
 /// One live plugin instance and the store it runs in.
@@ -76,7 +79,12 @@ impl Plugin {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
+            cooling_until_ms: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn is_cooling_down(&self, now_ms: u64) -> bool {
+        self.cooling_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -202,7 +210,7 @@ impl Plugin {
                 provider,
                 message: "asked for more than 1024 random bytes".into(),
             },
-            Failure::WallTime | Failure::Stopped(HostStop::WallTime) => ProviderError::Plugin {
+            Failure::WallTime | Failure::Stopped(HostStop::WallTime) => ProviderError::TimedOut {
                 provider,
                 message: format!("exceeded its wall-time budget of {} ms", limits.wall_ms),
             },
@@ -318,6 +326,19 @@ impl Call<'_> {
             )));
         }
         Ok(grant)
+    }
+
+    pub(crate) async fn end_session(
+        &mut self,
+        session_id: &str,
+        channel: Option<&str>,
+    ) -> Result<(), Failure> {
+        self.start_export_call()?;
+        self.instance
+            .end_session(&mut self.store, session_id, channel)
+            .await
+            .map_err(|err| classify(&self.store, err))?
+            .map_err(Failure::Guest)
     }
 }
 
