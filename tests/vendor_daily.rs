@@ -302,7 +302,7 @@ pub(crate) async fn call_owner(server: &TestServer, call_id: &str) -> String {
 
 /// A fresh call URL of Bob's for Alice; returns its token.
 async fn call_url_token(server: &TestServer) -> String {
-    let device = common::hawk::Device::register(&server.url, "").await;
+    let device = common::hawk::Device::register_with(&server.url, json!({})).await;
     let created = device
         .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
         .await;

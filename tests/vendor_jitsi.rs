@@ -171,7 +171,7 @@ async fn jitsi_jaas_tokens_for_both_sides() {
 /// `POST /calls/{token}` on a misconfigured server: 503 / errno 201 for the
 /// caller, and `needle` (the plugin's explanation) in the server's log.
 async fn refused(server: &TestServer, needle: &str) {
-    let device = common::hawk::Device::register(&server.url, "").await;
+    let device = common::hawk::Device::register_with(&server.url, json!({})).await;
     let created = device
         .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
         .await;

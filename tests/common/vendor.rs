@@ -25,14 +25,15 @@ pub struct VendorCall {
 /// Bob registers, makes a call URL for `alice` with `issuer` "Bob", Alice
 /// calls through it (with `channel` when given), and Bob lists his calls.
 pub async fn call_flow(server: &TestServer, channel: Option<&str>) -> VendorCall {
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
     let created = device
-        .send(
-            reqwest::Method::POST,
+        .send_verified(
+            "POST",
             "/call-url",
             Some(&json!({"callerId": "alice", "issuer": "Bob"})),
         )
         .await;
+    created.assert_status(200);
     let token = created.json()["callToken"].as_str().unwrap().to_owned();
     let mut body = json!({"callType": "audio-video"});
     if let Some(channel) = channel {
@@ -44,7 +45,7 @@ pub async fn call_flow(server: &TestServer, channel: Option<&str>) -> VendorCall
         &body,
     )
     .await;
-    let listed = device.get("/calls?version=0").await;
+    let listed = device.send_verified("GET", "/calls?version=0", None).await;
     listed.assert_status(200);
     let calls = listed.json()["calls"].as_array().unwrap().clone();
     let callee = calls
