@@ -71,11 +71,7 @@ async fn heartbeat(server: &TestServer) -> (u16, Value) {
 /// Places one call through a fresh call URL; returns the status and body.
 async fn try_call(server: &TestServer, device: &Device) -> (u16, Value) {
     let token = device
-        .send(
-            reqwest::Method::POST,
-            "/call-url",
-            Some(&json!({"callerId": "alice"})),
-        )
+        .send_verified("POST", "/call-url", Some(&json!({"callerId": "alice"})))
         .await
         .json()["callToken"]
         .as_str()
@@ -228,7 +224,10 @@ async fn editing_config_toml_and_restarting_swaps_the_provider() {
     assert_eq!(after.callee["apiKey"], "vendor-key", "{}", after.callee);
     assert_eq!(after.caller["sessionId"], "vendor-session");
     // The calls placed before the swap are still listed as they were.
-    let listed = device.get("/calls?version=0").await.json();
+    let listed = device
+        .send_verified("GET", "/calls?version=0", None)
+        .await
+        .json();
     assert!(listed["calls"].as_array().is_some(), "{listed}");
 }
 

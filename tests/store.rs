@@ -128,6 +128,7 @@ fn call(user_id: &str, created_at: i64, expires_at: i64) -> Call {
         caller_id: "alice@example.com".into(),
         call_type: "audio-video".into(),
         subject: Some("hello".into()),
+        channel: None,
         provider: "loopback".into(),
         session_id: id("provider-session"),
         callee_token: id("callee-token"),
