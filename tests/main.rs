@@ -20,3 +20,5 @@ mod providers;
 mod registration;
 mod signaling;
 mod store;
+mod vendor_daily;
+mod vendor_jitsi;
