@@ -130,8 +130,7 @@ fn check_request(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<
     if header("accept") != Some("application/json") {
         return Err(format!("Accept is {:?}", header("accept")));
     }
-    if !header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"))
-    {
+    if !header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded")) {
         return Err(format!("Content-Type is {:?}", header("content-type")));
     }
     let auth = header("x-opentok-auth").ok_or("no X-OPENTOK-AUTH")?;
@@ -216,7 +215,11 @@ async fn create_session(
         }
         Err(problem) => {
             state.problems.lock().unwrap().push(problem);
-            (StatusCode::FORBIDDEN, "{\"code\":-1,\"message\":\"invalid\"}").into_response()
+            (
+                StatusCode::FORBIDDEN,
+                "{\"code\":-1,\"message\":\"invalid\"}",
+            )
+                .into_response()
         }
     }
 }
@@ -239,7 +242,13 @@ async fn server(fake: &FakeOpenTok, settings: &str) -> TestServer {
 }
 
 /// Checks one side's token with the SDK; returns its connection data.
-async fn sdk_check(token: &Value, session_id: &str, key: &str, secret: &str, format: &str) -> Value {
+async fn sdk_check(
+    token: &Value,
+    session_id: &str,
+    key: &str,
+    secret: &str,
+    format: &str,
+) -> Value {
     let checked = run_sdk(
         "opentok.py",
         &json!({
@@ -259,18 +268,40 @@ async fn sdk_check(token: &Value, session_id: &str, key: &str, secret: &str, for
 
 /// A whole call: both sides' tokens pass the SDK's checks with `key`'s
 /// secret, carry who they are, and the session is the one the fake made.
-async fn call_and_check(server: &TestServer, channel: Option<&str>, key: &str, secret: &str, format: &str) {
+async fn call_and_check(
+    server: &TestServer,
+    channel: Option<&str>,
+    key: &str,
+    secret: &str,
+    format: &str,
+) {
     let call = call_flow(server, channel).await;
     let session_id = call.caller["sessionId"].as_str().unwrap().to_string();
     assert_eq!(call.callee["sessionId"], session_id.as_str());
     assert_eq!(call.caller["apiKey"], key);
     assert_eq!(call.callee["apiKey"], key);
-    let caller = sdk_check(&call.caller["sessionToken"], &session_id, key, secret, format).await;
+    let caller = sdk_check(
+        &call.caller["sessionToken"],
+        &session_id,
+        key,
+        secret,
+        format,
+    )
+    .await;
     assert_eq!(caller, json!({"id": "alice", "name": "alice"}));
-    let callee = sdk_check(&call.callee["sessionToken"], &session_id, key, secret, format).await;
+    let callee = sdk_check(
+        &call.callee["sessionToken"],
+        &session_id,
+        key,
+        secret,
+        format,
+    )
+    .await;
     assert_eq!(callee["name"], "Bob");
     assert!(
-        callee["id"].as_str().is_some_and(|id| !id.is_empty() && id != "alice"),
+        callee["id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty() && id != "alice"),
         "{callee}"
     );
 }
@@ -333,7 +364,9 @@ async fn opentok_signs_with_the_channels_credentials() {
     let fake = FakeOpenTok::start().await;
     let server = server(
         &fake,
-        &format!("channels.beta.api_key = {BETA_KEY:?}\nchannels.beta.api_secret = {BETA_SECRET:?}"),
+        &format!(
+            "channels.beta.api_key = {BETA_KEY:?}\nchannels.beta.api_secret = {BETA_SECRET:?}"
+        ),
     )
     .await;
     call_and_check(&server, Some("beta"), BETA_KEY, BETA_SECRET, "t1").await;
@@ -396,7 +429,11 @@ async fn opentok_slow_answers_time_out() {
     let started = std::time::Instant::now();
     let (status, body) = failing_call(&server).await;
     assert_backend_error(status, &body);
-    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(fake.requests(), 2);
     let logs = server.wait_for_log("provider opentok is unavailable").await;
     assert!(logs.contains("timed out (after 2 attempts)"), "{logs}");

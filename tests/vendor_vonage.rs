@@ -102,8 +102,7 @@ fn check_request(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<
     if header("accept") != Some("application/json") {
         return Err(format!("Accept is {:?}", header("accept")));
     }
-    if !header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"))
-    {
+    if !header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded")) {
         return Err(format!("Content-Type is {:?}", header("content-type")));
     }
     let jwt = header("authorization")
@@ -145,9 +144,10 @@ fn check_request(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-        && groups
-            .iter()
-            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        && groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
 }
 
 async fn create_session(
@@ -239,7 +239,9 @@ async fn call_and_check(server: &TestServer) {
     let callee = sdk_check(&call.callee["sessionToken"], &session_id).await;
     assert_eq!(callee["name"], "Bob");
     assert!(
-        callee["id"].as_str().is_some_and(|id| !id.is_empty() && id != "alice"),
+        callee["id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty() && id != "alice"),
         "{callee}"
     );
 }
@@ -299,7 +301,9 @@ async fn vonage_refusals_retries_and_timeouts() {
     let (status, body) = failing_call(&server).await;
     assert_backend_error(status, &body);
     assert_eq!(fake.requests(), 1);
-    let logs = server.wait_for_log("provider vonage is misconfigured").await;
+    let logs = server
+        .wait_for_log("provider vonage is misconfigured")
+        .await;
     assert!(logs.contains("HTTP 401"), "{logs}");
 
     // 5xx: retried, then unavailable.
@@ -307,18 +311,14 @@ async fn vonage_refusals_retries_and_timeouts() {
     let (status, body) = failing_call(&server).await;
     assert_backend_error(status, &body);
     assert_eq!(fake.requests(), 4, "one attempt and two retries");
-    server
-        .wait_for_log("HTTP 503 (after 3 attempts)")
-        .await;
+    server.wait_for_log("HTTP 503 (after 3 attempts)").await;
 
     // Too slow: each attempt times out.
     fake.answer(Answer::Slow(Duration::from_secs(3)));
     let (status, body) = failing_call(&server).await;
     assert_backend_error(status, &body);
     assert_eq!(fake.requests(), 7);
-    server
-        .wait_for_log("timed out (after 3 attempts)")
-        .await;
+    server.wait_for_log("timed out (after 3 attempts)").await;
 
     // Back to normal.
     fake.answer(Answer::Ok);
@@ -349,6 +349,8 @@ async fn vonage_a_key_the_host_cannot_use_is_misconfigured() {
     let (status, body) = failing_call(&server).await;
     assert_backend_error(status, &body);
     assert_eq!(fake.requests(), 0);
-    let logs = server.wait_for_log("provider vonage is misconfigured").await;
+    let logs = server
+        .wait_for_log("provider vonage is misconfigured")
+        .await;
     assert!(logs.contains("private_key"), "{logs}");
 }
