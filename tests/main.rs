@@ -22,3 +22,5 @@ mod signaling;
 mod store;
 mod vendor_daily;
 mod vendor_jitsi;
+mod vendor_opentok;
+mod vendor_vonage;
