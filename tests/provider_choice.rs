@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::hawk::Device;
-use crate::common::vendor::{call_flow, serve};
+use crate::common::vendor::{assert_provider_error, attempt_call, call_flow, serve};
 use crate::common::{ServerOptions, TestServer, client, workspace_root};
 
 /// A vendor API for the `vendor` test plugin that answers `POST /v1/sessions`
@@ -68,22 +67,6 @@ async fn heartbeat(server: &TestServer) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-/// Places one call through a fresh call URL; returns the status and body.
-async fn try_call(server: &TestServer, device: &Device) -> (u16, Value) {
-    let created = device
-        .send_verified("POST", "/call-url", Some(&json!({"callerId": "alice"})))
-        .await;
-    created.assert_status(200);
-    let token = created.json()["callToken"].as_str().unwrap().to_owned();
-    let response = client()
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio"}))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn an_unavailable_provider_falls_back_and_cools_down() {
     let vendor = vendor().await;
@@ -95,10 +78,10 @@ async fn an_unavailable_provider_falls_back_and_cools_down() {
         ..Default::default()
     })
     .await;
-    let device = Device::register_with(&server.url, json!({})).await;
 
     // Healthy: the chosen provider serves.
-    let (status, call) = try_call(&server, &device).await;
+    let attempt = attempt_call(&server).await;
+    let (status, call) = (attempt.status, attempt.body);
     assert_eq!(
         (status, call["apiKey"].as_str()),
         (200, Some("vendor-key")),
@@ -108,7 +91,8 @@ async fn an_unavailable_provider_falls_back_and_cools_down() {
     // The vendor answers 503: the call is served by the fallback, and the
     // vendor cools down.
     vendor.status.store(503, Ordering::SeqCst);
-    let (status, call) = try_call(&server, &device).await;
+    let attempt = attempt_call(&server).await;
+    let (status, call) = (attempt.status, attempt.body);
     assert_eq!(
         (status, call["apiKey"].as_str()),
         (200, Some("loopback")),
@@ -129,13 +113,15 @@ async fn an_unavailable_provider_falls_back_and_cools_down() {
 
     // While it cools down, calls skip it without asking it.
     vendor.status.store(200, Ordering::SeqCst);
-    let (_, call) = try_call(&server, &device).await;
+    let attempt = attempt_call(&server).await;
+    let (_, call) = (attempt.status, attempt.body);
     assert_eq!(call["apiKey"], "loopback", "{call}");
     assert_eq!(vendor.hits.load(Ordering::SeqCst), 2);
 
     // After the cool-down it serves again.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (_, call) = try_call(&server, &device).await;
+    let attempt = attempt_call(&server).await;
+    let (_, call) = (attempt.status, attempt.body);
     assert_eq!(call["apiKey"], "vendor-key", "{call}");
     assert_eq!(vendor.hits.load(Ordering::SeqCst), 3);
     let (_, report) = heartbeat(&server).await;
@@ -157,9 +143,9 @@ async fn a_slow_provider_falls_back_within_its_wall_time() {
         ..Default::default()
     })
     .await;
-    let device = Device::register_with(&server.url, json!({})).await;
     let started = std::time::Instant::now();
-    let (status, call) = try_call(&server, &device).await;
+    let attempt = attempt_call(&server).await;
+    let (status, call) = (attempt.status, attempt.body);
     assert_eq!(
         (status, call["apiKey"].as_str()),
         (200, Some("loopback")),
@@ -185,13 +171,9 @@ async fn without_fallback_an_unavailable_provider_is_a_clear_error() {
         ..Default::default()
     })
     .await;
-    let device = Device::register_with(&server.url, json!({})).await;
-    let (status, body) = try_call(&server, &device).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["errno"], 201, "{body}");
-    assert_eq!(body["code"], 503, "{body}");
+    assert_provider_error(&attempt_call(&server).await);
     // With nothing to fall back to, the provider is tried on every call.
-    try_call(&server, &device).await;
+    attempt_call(&server).await;
     assert_eq!(vendor.hits.load(Ordering::SeqCst), 2);
 }
 

@@ -14,9 +14,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, post};
-use common::vendor::{call_flow, plugin_toml, run_sdk, serve};
+use common::vendor::{
+    assert_provider_error, attempt_call, call_flow, call_owner, plugin_toml, run_sdk, serve,
+    unix_now,
+};
 use common::ws::WsClient;
-use common::{ServerOptions, TestServer, client};
+use common::{ServerOptions, TestServer};
 use serde_json::{Value, json};
 
 const API_KEY: &str = "daily-test-api-key-5f0c1e9b7a3d2c4e";
@@ -155,7 +158,7 @@ fn check_room_body(headers: &HeaderMap, body: &[u8]) -> Result<(String, u64), St
         .get("exp")
         .and_then(Value::as_u64)
         .ok_or("properties.exp is not a whole number")?;
-    let expected = now() + LIFETIME;
+    let expected = unix_now() as u64 + LIFETIME;
     if exp.abs_diff(expected) > 60 {
         return Err(format!(
             "properties.exp {exp} is not the tokens' expiry ({expected})"
@@ -238,13 +241,6 @@ async fn delete_room(
     (StatusCode::OK, Json(json!({"deleted": true, "name": name})))
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// A server whose `config.toml` picks `daily` for every call, talking to `origin`.
 async fn server(origin: &str, settings: &str, extra: &str, env: &[(&str, &str)]) -> TestServer {
     let settings = format!(
@@ -264,78 +260,6 @@ async fn server(origin: &str, settings: &str, extra: &str, env: &[(&str, &str)])
         ..Default::default()
     })
     .await
-}
-
-/// The call URL owner's user id (the callee's identity): the host does not
-/// show it to clients, so the test reads it from the call's row (waiting,
-/// bounded, in case the row is still in the server's write batch).
-pub(crate) async fn call_owner(server: &TestServer, call_id: &str) -> String {
-    use sqlx::Connection;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let owner: Option<String> = if common::use_postgres() {
-            let mut conn = sqlx::PgConnection::connect(&server.database_url)
-                .await
-                .unwrap();
-            sqlx::query_scalar("SELECT user_id FROM calls WHERE call_id = $1")
-                .bind(call_id)
-                .fetch_optional(&mut conn)
-                .await
-                .unwrap()
-        } else {
-            let mut conn = sqlx::SqliteConnection::connect(&server.database_url)
-                .await
-                .unwrap();
-            sqlx::query_scalar("SELECT user_id FROM calls WHERE call_id = ?1")
-                .bind(call_id)
-                .fetch_optional(&mut conn)
-                .await
-                .unwrap()
-        };
-        if let Some(owner) = owner {
-            return owner;
-        }
-        assert!(Instant::now() < deadline, "no row for call {call_id}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A fresh call URL of Bob's for Alice; returns its token.
-async fn call_url_token(server: &TestServer) -> String {
-    let device = common::hawk::Device::register_with(&server.url, json!({})).await;
-    let created = device
-        .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
-        .await;
-    created["callToken"].as_str().unwrap().to_owned()
-}
-
-/// `POST /calls/{token}` that is expected to fail: the status, the JSON body
-/// and whether `Retry-After` was sent.
-async fn failing_call(server: &TestServer) -> (u16, Value, bool) {
-    let token = call_url_token(server).await;
-    let response = client()
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let retry_after = response.headers().contains_key("retry-after");
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, body, retry_after)
-}
-
-/// The caller gets the backend error as JSON (503, errno 201, Retry-After).
-fn assert_backend_error(status: u16, body: &Value, retry_after: bool) {
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["errno"], 201, "{body}");
-    assert_eq!(body["code"], 503, "{body}");
-    assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{body}"
-    );
-    assert!(retry_after, "503 comes with Retry-After");
 }
 
 #[tokio::test]
@@ -431,14 +355,9 @@ async fn daily_room_is_deleted_when_an_unanswered_call_expires() {
     )
     .await;
     // Placed only: with calls lasting a second, listing it could race its expiry.
-    let token = call_url_token(&server).await;
-    let caller = common::place_call(
-        &client(),
-        &server.endpoint(&format!("/calls/{token}")),
-        &json!({"callType": "audio-video"}),
-    )
-    .await;
-    let room = caller["sessionId"].as_str().unwrap().to_owned();
+    let placed = attempt_call(&server).await;
+    assert_eq!(placed.status, 200, "{}", placed.body);
+    let room = placed.body["sessionId"].as_str().unwrap().to_owned();
     assert_eq!(fake.rooms()[0].0, room);
     // Nobody answers, nobody terminates.
     fake.wait_for_delete(&room, "the call expired").await;
@@ -451,8 +370,8 @@ async fn daily_refused_api_key_is_a_clear_error_and_not_retried() {
     let (fake, origin) = FakeDaily::start().await;
     let server = server(&origin, "", "", &[]).await;
     fake.script(&[Answer::Status(401)]);
-    let (status, body, retry_after) = failing_call(&server).await;
-    assert_backend_error(status, &body, retry_after);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.posts(), 1, "a refused key is not retried");
     let logs = server
         .wait_for_log("the Daily API refused the API key (check api_key): HTTP 401")
@@ -479,8 +398,8 @@ async fn daily_server_errors_are_retried_then_unavailable() {
 
     // Daily keeps failing: 1 + 2 retries, then the caller gets a clear error.
     fake.script(&[Answer::Status(503); 3]);
-    let (status, body, retry_after) = failing_call(&server).await;
-    assert_backend_error(status, &body, retry_after);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.posts(), 2 + 3, "three attempts");
     let logs = server
         .wait_for_log("the Daily API is unavailable: HTTP 503")
@@ -495,8 +414,8 @@ async fn daily_slow_api_times_out_then_unavailable() {
     let server = server(&origin, "timeout_ms = 300\nretries = 1\n", "", &[]).await;
     fake.script(&[Answer::Slow(Duration::from_secs(3)); 2]);
     let started = Instant::now();
-    let (status, body, retry_after) = failing_call(&server).await;
-    assert_backend_error(status, &body, retry_after);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "timed out rather than waiting for Daily: {:?}",
@@ -527,7 +446,7 @@ async fn daily_missing_settings_are_misconfigured() {
         ..Default::default()
     })
     .await;
-    let (status, body, retry_after) = failing_call(&server).await;
-    assert_backend_error(status, &body, retry_after);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     server.wait_for_log("setting `domain` is not set").await;
 }

@@ -5,7 +5,7 @@
 //! neither, are refused as misconfigured.
 
 use crate::common;
-use crate::vendor_daily::call_owner;
+use crate::common::vendor::call_owner;
 
 use common::vendor::{call_flow, plugin_toml, run_sdk};
 use common::{ServerOptions, TestServer, client, workspace_root};

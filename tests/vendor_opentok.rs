@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,9 +18,10 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
-use crate::common::hawk::Device;
-use crate::common::vendor::{call_flow, plugin_toml, run_sdk, serve};
-use crate::common::{ServerOptions, TestServer, client};
+use crate::common::vendor::{
+    assert_provider_error, attempt_call, call_flow, plugin_toml, run_sdk, serve, unix_now,
+};
+use crate::common::{ServerOptions, TestServer};
 
 const KEY: &str = "46100001";
 const SECRET: &str = "opentok-test-secret-0123456789abcdef";
@@ -104,19 +105,12 @@ impl FakeOpenTok {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// A session id as OpenTok spells them: "1_" and the unpadded base64url of
 /// "1~<api key>~~<ms>~<random>~~".
 fn opentok_session_id(api_key: &str) -> String {
     let random: [u8; 18] = rand::random();
     let random = base64::engine::general_purpose::STANDARD.encode(random);
-    let millis = now() * 1000;
+    let millis = unix_now() * 1000;
     let raw = format!("1~{api_key}~~{millis}~{random}~~");
     format!(
         "1_{}",
@@ -166,7 +160,7 @@ fn check_request(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<
     }
     let iat = claims["iat"].as_i64().ok_or("iat is not a number")?;
     let exp = claims["exp"].as_i64().ok_or("exp is not a number")?;
-    if (iat - now()).abs() > 60 {
+    if (iat - unix_now()).abs() > 60 {
         return Err(format!("iat {iat} is not now"));
     }
     if exp <= iat || exp - iat > 300 {
@@ -306,35 +300,6 @@ async fn call_and_check(
     );
 }
 
-/// Places a call that is expected to fail; returns the status and JSON body.
-async fn failing_call(server: &TestServer) -> (u16, Value) {
-    let device = Device::register(&server.url, "").await;
-    let created = device
-        .send(
-            reqwest::Method::POST,
-            "/call-url",
-            Some(&json!({"callerId": "alice", "issuer": "Bob"})),
-        )
-        .await;
-    let token = created.json()["callToken"].as_str().unwrap().to_owned();
-    let response = client()
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, body)
-}
-
-/// A provider failure reaches the caller as the host's JSON error (503, errno 201).
-fn assert_backend_error(status: u16, body: &Value) {
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["errno"], 201, "{body}");
-}
-
 #[tokio::test]
 async fn opentok_t1_tokens_for_both_sides_match_the_sdk() {
     let fake = FakeOpenTok::start().await;
@@ -393,8 +358,8 @@ async fn opentok_refused_credentials_are_misconfigured_and_not_retried() {
     let fake = FakeOpenTok::start().await;
     fake.answer(Answer::Status(401));
     let server = server(&fake, "").await;
-    let (status, body) = failing_call(&server).await;
-    assert_backend_error(status, &body);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 1, "a 401 is not retried");
     let logs = server
         .wait_for_log("provider opentok is misconfigured")
@@ -408,8 +373,8 @@ async fn opentok_server_errors_are_retried_then_unavailable() {
     let fake = FakeOpenTok::start().await;
     fake.answer(Answer::Status(500));
     let server = server(&fake, "retries = 2").await;
-    let (status, body) = failing_call(&server).await;
-    assert_backend_error(status, &body);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 3, "one attempt and two retries");
     let logs = server.wait_for_log("provider opentok is unavailable").await;
     assert!(logs.contains("HTTP 500 (after 3 attempts)"), "{logs}");
@@ -427,8 +392,8 @@ async fn opentok_slow_answers_time_out() {
     fake.answer(Answer::Slow(Duration::from_secs(3)));
     let server = server(&fake, "timeout_ms = 300\nretries = 1").await;
     let started = std::time::Instant::now();
-    let (status, body) = failing_call(&server).await;
-    assert_backend_error(status, &body);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert!(
         started.elapsed() < Duration::from_millis(2500),
         "{:?}",
@@ -443,8 +408,8 @@ async fn opentok_slow_answers_time_out() {
 async fn opentok_always_archiving_needs_routed_media() {
     let fake = FakeOpenTok::start().await;
     let server = server(&fake, "archive_mode = \"always\"").await;
-    let (status, body) = failing_call(&server).await;
-    assert_backend_error(status, &body);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 0);
     server
         .wait_for_log("provider opentok is misconfigured")

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,9 +19,10 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
-use crate::common::hawk::Device;
-use crate::common::vendor::{call_flow, plugin_toml, run_sdk, serve};
-use crate::common::{ServerOptions, TestServer, client, workspace_root};
+use crate::common::vendor::{
+    assert_provider_error, attempt_call, call_flow, plugin_toml, run_sdk, serve, unix_now,
+};
+use crate::common::{ServerOptions, TestServer, workspace_root};
 
 const APPLICATION_ID: &str = "5d8c7a9e-3f41-4b6a-9c2e-0a1b2c3d4e5f";
 
@@ -89,13 +90,6 @@ impl FakeVonage {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// What Vonage checks of a session request.
 fn check_request(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -127,7 +121,7 @@ fn check_request(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<
     }
     let iat = claims["iat"].as_i64().ok_or("iat is not a number")?;
     let exp = claims["exp"].as_i64().ok_or("exp is not a number")?;
-    if (iat - now()).abs() > 60 {
+    if (iat - unix_now()).abs() > 60 {
         return Err(format!("iat {iat} is not now"));
     }
     if exp != iat + 900 {
@@ -170,7 +164,7 @@ async fn create_session(
             let random: [u8; 18] = rand::random();
             let raw = format!(
                 "2~{APPLICATION_ID}~~{}~{}~~",
-                now() * 1000,
+                unix_now() * 1000,
                 base64::engine::general_purpose::STANDARD.encode(random)
             );
             let session_id = format!(
@@ -246,33 +240,6 @@ async fn call_and_check(server: &TestServer) {
     );
 }
 
-async fn failing_call(server: &TestServer) -> (u16, Value) {
-    let device = Device::register(&server.url, "").await;
-    let created = device
-        .send(
-            reqwest::Method::POST,
-            "/call-url",
-            Some(&json!({"callerId": "alice", "issuer": "Bob"})),
-        )
-        .await;
-    let token = created.json()["callToken"].as_str().unwrap().to_owned();
-    let response = client()
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, body)
-}
-
-fn assert_backend_error(status: u16, body: &Value) {
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["errno"], 201, "{body}");
-}
-
 #[tokio::test]
 async fn vonage_tokens_for_both_sides_match_the_sdk() {
     let fake = FakeVonage::start().await;
@@ -298,8 +265,8 @@ async fn vonage_refusals_retries_and_timeouts() {
 
     // 401: the application JWT was refused; an operator must act, no retry.
     fake.answer(Answer::Status(401));
-    let (status, body) = failing_call(&server).await;
-    assert_backend_error(status, &body);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 1);
     let logs = server
         .wait_for_log("provider vonage is misconfigured")
@@ -308,15 +275,15 @@ async fn vonage_refusals_retries_and_timeouts() {
 
     // 5xx: retried, then unavailable.
     fake.answer(Answer::Status(503));
-    let (status, body) = failing_call(&server).await;
-    assert_backend_error(status, &body);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 4, "one attempt and two retries");
     server.wait_for_log("HTTP 503 (after 3 attempts)").await;
 
     // Too slow: each attempt times out.
     fake.answer(Answer::Slow(Duration::from_secs(3)));
-    let (status, body) = failing_call(&server).await;
-    assert_backend_error(status, &body);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 7);
     server.wait_for_log("timed out (after 3 attempts)").await;
 
@@ -346,8 +313,8 @@ async fn vonage_a_key_the_host_cannot_use_is_misconfigured() {
         ..Default::default()
     })
     .await;
-    let (status, body) = failing_call(&server).await;
-    assert_backend_error(status, &body);
+    let attempt = attempt_call(&server).await;
+    assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 0);
     let logs = server
         .wait_for_log("provider vonage is misconfigured")

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -126,4 +127,94 @@ pub fn plugin_toml(name: &str, allowed_hosts: &[&str], settings: &str) -> String
          [plugins.{name}.settings]\n{settings}\n",
         hosts.join(", ")
     )
+}
+
+/// Unix time in seconds, for checking the times in tokens.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// What a caller got from `POST /calls/{token}`, success or not.
+pub struct Attempt {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: bool,
+}
+
+/// Alice calls through a fresh call URL of a fresh device of Bob's; the call
+/// may fail.
+pub async fn attempt_call(server: &TestServer) -> Attempt {
+    let device = Device::register_with(&server.url, json!({})).await;
+    let token = device
+        .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
+        .await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = client()
+        .post(server.endpoint(&format!("/calls/{token}")))
+        .json(&json!({"callType": "audio-video"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    Attempt {
+        status,
+        body,
+        retry_after,
+    }
+}
+
+/// A provider failure reaches the caller as Loop's JSON error: 503, errno 201
+/// (BACKEND), with `Retry-After`.
+pub fn assert_provider_error(attempt: &Attempt) {
+    let body = &attempt.body;
+    assert_eq!(attempt.status, 503, "{body}");
+    assert_eq!(body["errno"], 201, "{body}");
+    assert_eq!(body["code"], 503, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    assert!(attempt.retry_after, "503 comes with Retry-After");
+}
+
+/// The call URL owner's user id (the callee's identity): the host does not
+/// show it to clients, so the test reads it from the call's row (waiting,
+/// bounded, in case the row is still in the server's write batch).
+pub async fn call_owner(server: &TestServer, call_id: &str) -> String {
+    use sqlx::Connection;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let owner: Option<String> = if super::use_postgres() {
+            let mut conn = sqlx::PgConnection::connect(&server.database_url)
+                .await
+                .unwrap();
+            sqlx::query_scalar("SELECT user_id FROM calls WHERE call_id = $1")
+                .bind(call_id)
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap()
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&server.database_url)
+                .await
+                .unwrap();
+            sqlx::query_scalar("SELECT user_id FROM calls WHERE call_id = ?1")
+                .bind(call_id)
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap()
+        };
+        if let Some(owner) = owner {
+            return owner;
+        }
+        assert!(Instant::now() < deadline, "no row for call {call_id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
