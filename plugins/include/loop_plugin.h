@@ -133,7 +133,9 @@ static inline void lp_log(loopcall_provider_log_level_t level, const char *messa
   loopcall_provider_log_log(level, &m);
 }
 
-// Reads setting `key`; false when absent. The caller owns `out` afterwards.
+// Reads setting `key`; false when absent. The caller owns `out` afterwards, and
+// only when it returns true: for an absent key the generated binding leaves `out`
+// undefined, so never free it then.
 static inline bool lp_setting(const char *key, plugin_string_t *out) {
   plugin_string_t k = {(uint8_t *)key, strlen(key)};
   return loopcall_provider_settings_get(&k, out);

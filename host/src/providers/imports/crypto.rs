@@ -59,14 +59,15 @@ enum KeyPair {
     Ecdsa(ring::signature::EcdsaKeyPair),
 }
 
+/// A parsed key's name: its algorithm and the SHA-256 of its PEM.
+type KeyId = (SigningAlgorithm, [u8; 32]);
+
 /// A plugin's parsed private keys, by algorithm and SHA-256 of the PEM. Parsing
 /// an RSA key costs far more than signing with it, and plugins pass the same
 /// PEM setting on every call.
 #[derive(Default)]
 pub(crate) struct SigningKeys(
-    std::sync::Mutex<
-        std::collections::HashMap<(SigningAlgorithm, [u8; 32]), std::sync::Arc<KeyPair>>,
-    >,
+    std::sync::Mutex<std::collections::HashMap<KeyId, std::sync::Arc<KeyPair>>>,
 );
 
 impl SigningKeys {
