@@ -292,23 +292,23 @@ static inline bool lp_jwt_sign(lp_buf_t *out, loopcall_provider_crypto_signing_a
                                const lp_buf_t *header, const lp_buf_t *payload, lp_error_t *err) {
   lp_jwt_signing_input(out, header, payload);
   plugin_list_u8_t data = {out->ptr, out->len};
-  plugin_result_list_u8_string_t signed_;
-  loopcall_provider_crypto_sign(alg, (plugin_string_t *)pem, &data, &signed_);
-  if (signed_.is_err) {
+  plugin_list_u8_t sig;
+  plugin_string_t refused;
+  if (!loopcall_provider_crypto_sign(alg, (plugin_string_t *)pem, &data, &sig, &refused)) {
     lp_buf_t m = {0};
     lp_buf_str(&m, "setting `");
     lp_buf_str(&m, key_setting);
     lp_buf_str(&m, "`: ");
-    lp_buf_put(&m, signed_.val.err.ptr, signed_.val.err.len);
+    lp_buf_put(&m, refused.ptr, refused.len);
     lp_buf_byte(&m, 0);
-    plugin_string_free(&signed_.val.err);
+    plugin_string_free(&refused);
     lp_misconfigured(err, (const char *)m.ptr);
     lp_buf_free(&m);
     return false;
   }
   lp_buf_byte(out, '.');
-  lp_b64url_encode(out, signed_.val.ok.ptr, signed_.val.ok.len);
-  plugin_list_u8_free(&signed_.val.ok);
+  lp_b64url_encode(out, sig.ptr, sig.len);
+  plugin_list_u8_free(&sig);
   return true;
 }
 
