@@ -19,3 +19,5 @@ mod providers;
 mod registration;
 mod signaling;
 mod store;
+mod vendor_livekit;
+mod vendor_twilio;
