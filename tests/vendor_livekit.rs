@@ -362,15 +362,18 @@ async fn vendor_livekit_deletes_the_room_of_an_unanswered_call_when_it_expires()
 
 /// Places a call through a fresh call URL; returns the status and JSON body.
 async fn try_call(server: &TestServer) -> (u16, Value) {
-    let device = Device::register(&server.url, "").await;
-    let created = device
+    let device = Device::register_with(&server.url, json!({})).await;
+    let created: Value = device
         .send(
             reqwest::Method::POST,
             "/call-url",
             Some(&json!({"callerId": "alice", "issuer": "Bob"})),
         )
-        .await;
-    let token = created.json()["callToken"].as_str().unwrap().to_owned();
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = created["callToken"].as_str().unwrap().to_owned();
     let response = client()
         .post(server.endpoint(&format!("/calls/{token}")))
         .json(&json!({"callType": "audio-video"}))
