@@ -15,6 +15,7 @@ mod errors;
 mod multi_instance;
 mod net;
 mod progress;
+mod provider_choice;
 mod providers;
 mod registration;
 mod signaling;

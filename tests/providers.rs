@@ -67,7 +67,7 @@ pub(crate) fn call_setup(id: &str) -> CallSetupRequest {
 
 fn plugin_message(err: &ProviderError) -> &str {
     match err {
-        ProviderError::Plugin { message, .. } => message,
+        ProviderError::Plugin { message, .. } | ProviderError::TimedOut { message, .. } => message,
         other => panic!("expected a plugin failure, got {other:?}"),
     }
 }
@@ -436,6 +436,35 @@ async fn vendor_plugin_creates_sessions_over_http() {
 }
 
 #[tokio::test]
+async fn nested_settings_tables_reach_plugins_as_dotted_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut echo = plugin(test_plugin("settings-echo"));
+    let nested: toml::Table = toml::from_str(
+        "api_key = \"top\"\n[channels.beta]\napi_key = \"beta-key\"\nlimits = [1, 2]\n\
+         [channels.beta.deep]\nflag = true\n",
+    )
+    .unwrap();
+    echo.settings = nested;
+    let config = config(dir.path(), vec![("loopback", loopback()), ("echo", echo)]);
+    let runtime = load(&config).await.unwrap();
+    let ask = |identity: &str| CallSetupRequest {
+        caller: identity.into(),
+        callee: identity.into(),
+        ..call_setup("c")
+    };
+    let seen = runtime
+        .setup_call("echo", ask("channels.beta.api_key"))
+        .await
+        .unwrap();
+    // keys() lists the dotted names, get() reads them; arrays keep their TOML spelling.
+    assert_eq!(
+        seen.session_id,
+        "api_key=top;channels.beta.api_key=beta-key;channels.beta.deep.flag=true;channels.beta.limits=[1, 2]"
+    );
+    assert_eq!(seen.caller_token, "beta-key");
+}
+
+#[tokio::test]
 async fn plugins_see_their_own_settings_and_never_another_plugins() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = plugin(test_plugin("settings-echo"));
@@ -783,16 +812,30 @@ fn plugins_check_validates_and_lists_imports_and_exports() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("loopcall:provider/crypto@0.1.0: hmac-sha256, random-bytes"),
+        stdout.contains("loopcall:provider/crypto@0.2.0: hmac-sha256, random-bytes"),
         "{stdout}"
     );
     assert!(
         stdout.contains(
-            "loopcall:provider/provider@0.1.0: describe, create-session, issue-token, verify-token"
+            "loopcall:provider/provider@0.2.0: describe, create-session, issue-token, verify-token, end-session"
         ),
         "{stdout}"
     );
-    assert!(stdout.contains("provider: loopback"), "{stdout}");
+    assert!(
+        stdout.contains("targets: loopcall:provider@0.2.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("provider: loopback 0.2.0"), "{stdout}");
+
+    // A plugin built against 0.1.0 says so.
+    let output = run(&common::loopback_v0_1_wasm());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("targets: loopcall:provider@0.1.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("provider: loopback 0.1.0"), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     let output = run(&write_component(dir.path(), "missing", MISSING_FUNCTIONS));

@@ -106,6 +106,7 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config);
         let seats = crate::domain::signaling::spawn_keeper(&self.state);
+        let session_ends = crate::domain::calls::spawn_session_end_sweep(self.state.clone());
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
         tracing::info!(
@@ -124,6 +125,7 @@ impl Server {
         self.state.push.drain().await;
         purge.abort();
         seats.abort();
+        session_ends.abort();
         Ok(())
     }
 }

@@ -210,6 +210,14 @@ pub struct ProvidersConfig {
     pub default: String,
     /// `channel = "plugin name"`.
     pub channels: BTreeMap<String, String>,
+    /// Plugins that serve a call, in this order, when the one chosen for it
+    /// (and any before them here) is unavailable: it answered `unavailable`,
+    /// ran out of wall time, or is cooling down. Other failures
+    /// (misconfigured, rejected, a broken plugin) are not retried elsewhere.
+    pub fallback: Vec<String>,
+    /// How long a plugin that was unavailable is skipped while a fallback
+    /// can serve instead.
+    pub cooldown_seconds: u64,
     /// Linear memory all plugin instances together may hold, in MiB. Each
     /// call reserves its plugin's `limits.memory_mib` from this before it
     /// starts and waits (within its wall time) while the total is taken, so
@@ -348,6 +356,8 @@ impl Default for ProvidersConfig {
         Self {
             default: "loopback".into(),
             channels: BTreeMap::new(),
+            fallback: Vec::new(),
+            cooldown_seconds: 30,
             // The default plugin's 64 concurrent calls of 16 MiB each.
             max_total_memory_mib: 1024,
         }
@@ -373,6 +383,8 @@ impl Default for PluginLimits {
 /// provider that signs tokens and calls one HTTP API needs (the bundled ones
 /// run in 16), and every pool slot reserves address space for the largest.
 pub const MAX_PLUGIN_MEMORY_MIB: u64 = 256;
+/// Longest `providers.cooldown_seconds`: a day.
+const MAX_PROVIDER_COOLDOWN_SECONDS: u64 = 24 * 3600;
 /// Largest `providers.max_total_memory_mib`.
 pub const MAX_TOTAL_PLUGIN_MEMORY_MIB: u64 = 64 * 1024;
 
@@ -557,6 +569,16 @@ impl Config {
                 "providers.channels.{channel}: no [plugins.{plugin}] table"
             );
         }
+        for plugin in &self.providers.fallback {
+            anyhow::ensure!(
+                self.plugins.contains_key(plugin),
+                "providers.fallback: no [plugins.{plugin}] table"
+            );
+        }
+        anyhow::ensure!(
+            (1..=MAX_PROVIDER_COOLDOWN_SECONDS).contains(&self.providers.cooldown_seconds),
+            "providers.cooldown_seconds: must be between 1 and {MAX_PROVIDER_COOLDOWN_SECONDS}"
+        );
         let total_memory = self.providers.max_total_memory_mib;
         anyhow::ensure!(
             (1..=MAX_TOTAL_PLUGIN_MEMORY_MIB).contains(&total_memory),

@@ -41,6 +41,12 @@ pub fn loopback_wasm() -> PathBuf {
     workspace_root().join("plugins/loopback/loopback.wasm")
 }
 
+/// The loopback plugin as it was built against WIT 0.1.0, kept to prove that
+/// plugins built for 0.1.0 keep working.
+pub fn loopback_v0_1_wasm() -> PathBuf {
+    workspace_root().join("tests/plugins/loopback-0.1/loopback-0.1.wasm")
+}
+
 pub fn use_postgres() -> bool {
     std::env::var("LOOP_TEST_DATABASE")
         .map(|v| v == "postgres")

@@ -38,7 +38,12 @@ pub async fn call_flow(server: &TestServer, channel: Option<&str>) -> VendorCall
     if let Some(channel) = channel {
         body["channel"] = json!(channel);
     }
-    let caller = place_call(&client(), &server.endpoint(&format!("/calls/{token}")), &body).await;
+    let caller = place_call(
+        &client(),
+        &server.endpoint(&format!("/calls/{token}")),
+        &body,
+    )
+    .await;
     let listed = device.get("/calls?version=0").await;
     listed.assert_status(200);
     let calls = listed.json()["calls"].as_array().unwrap().clone();

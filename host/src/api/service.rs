@@ -1,6 +1,7 @@
 //! Service endpoints: what this server is, whether it is healthy, and where
 //! clients find their push server.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -62,6 +63,19 @@ struct Heartbeat {
     storage: bool,
     providers: bool,
     push: bool,
+    /// Each plugin by its `[plugins.<name>]` key.
+    plugins: BTreeMap<String, PluginReport>,
+}
+
+#[derive(Serialize)]
+struct PluginReport {
+    healthy: bool,
+    /// Calls into the plugin since start-up (set-ups, token checks, ends).
+    calls: u64,
+    /// Wall time those calls took, in milliseconds.
+    busy_ms: u64,
+    /// Seconds fallback still skips this plugin; 0 when it serves calls.
+    cooling_down_seconds: u64,
 }
 
 async fn heartbeat(State(state): State<AppState>) -> Response {
@@ -76,23 +90,38 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
             false
         }
     };
-    // Loaded plugins are healthy until several calls in a row fail.
-    let unhealthy: Vec<String> = state
+    // A plugin is unhealthy after several failed calls in a row, and cooling
+    // down after it was unavailable. `providers` says whether calls can be
+    // served: the default plugin or one of its fallbacks is neither.
+    let plugins: BTreeMap<String, PluginReport> = state
         .providers
         .health()
         .into_iter()
-        .filter(|plugin| !plugin.healthy)
-        .map(|plugin| plugin.plugin)
+        .map(|plugin| {
+            let report = PluginReport {
+                healthy: plugin.healthy,
+                calls: plugin.calls,
+                busy_ms: plugin.busy_us / 1000,
+                cooling_down_seconds: plugin.cooling_down_ms.div_ceil(1000),
+            };
+            (plugin.plugin, report)
+        })
         .collect();
-    if !unhealthy.is_empty() {
-        tracing::warn!(plugins = ?unhealthy, "heartbeat: provider plugins failing");
+    let failing: Vec<&str> = plugins
+        .iter()
+        .filter(|(_, report)| !report.healthy || report.cooling_down_seconds > 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !failing.is_empty() {
+        tracing::warn!(plugins = ?failing, "heartbeat: provider plugins failing or cooling down");
     }
-    let providers = unhealthy.is_empty();
+    let providers = state.providers.can_serve_default();
     let push = state.push.healthy();
     let report = Heartbeat {
         storage,
         providers,
         push,
+        plugins,
     };
     let status = if storage && providers && push {
         StatusCode::OK

@@ -45,22 +45,18 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
     let (url, push_urls) = call_urls::live_with_callee_push_urls(state, token).await?;
 
     let call_id = super::random_token(CALL_TOKEN_BYTES);
-    let provider = state.providers.provider_for(channel.as_deref()).to_string();
-    let setup = state
+    let (provider, setup) = state
         .providers
-        .setup_call(
-            &provider,
-            CallSetupRequest {
-                call_id: call_id.clone(),
-                call_type: request.call_type,
-                caller: url.caller_id.clone(),
-                callee: url.user_id.clone(),
-                channel,
-                caller_display_name: url.caller_id.clone(),
-                callee_display_name: url.issuer.clone().unwrap_or_default(),
-                token_lifetime_seconds: PROVIDER_TOKEN_LIFETIME_SECONDS,
-            },
-        )
+        .serve_call(CallSetupRequest {
+            call_id: call_id.clone(),
+            call_type: request.call_type,
+            caller: url.caller_id.clone(),
+            callee: url.user_id.clone(),
+            channel: channel.clone(),
+            caller_display_name: url.caller_id.clone(),
+            callee_display_name: url.issuer.clone().unwrap_or_default(),
+            token_lifetime_seconds: PROVIDER_TOKEN_LIFETIME_SECONDS,
+        })
         .await?;
 
     let now = crate::clock::now();
@@ -74,6 +70,7 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
         caller_id: url.caller_id,
         call_type: call_type_name(request.call_type).into(),
         subject: subject.or(url.subject),
+        channel,
         provider,
         session_id: setup.session_id,
         callee_token: setup.callee_token,
@@ -102,6 +99,64 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
         call,
         caller_token: setup.caller_token,
     })
+}
+
+/// Provider sessions the end sweep hands to their plugins per round.
+const ENDED_SESSIONS_PER_ROUND: i64 = 100;
+
+/// Tells the call's provider, in the background, that the call `call_id`
+/// has just been terminated. Whichever instance claims it first does it.
+pub fn end_provider_session(state: &AppState, call_id: &str) {
+    let (state, call_id) = (state.clone(), call_id.to_owned());
+    tokio::spawn(async move { end_provider_sessions(&state, Some(&call_id)).await });
+}
+
+/// Every `database.purge_interval_seconds`, ends the provider sessions of
+/// calls that ended without a termination this instance saw: expired
+/// unanswered, terminated while the instance that did it went down, or past
+/// the retention of unfinished calls.
+pub fn spawn_session_end_sweep(state: AppState) -> tokio::task::JoinHandle<()> {
+    let interval = Duration::from_secs(state.config.database.purge_interval_seconds.max(1));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            while end_provider_sessions(&state, None).await == ENDED_SESSIONS_PER_ROUND as usize {}
+        }
+    })
+}
+
+/// Claims ended sessions (one call's, or any) and calls each plugin's
+/// `end-session`. Best effort: a failure is logged, never retried, so a
+/// vendor that is down cannot pile up work. Returns how many were claimed.
+async fn end_provider_sessions(state: &AppState, call_id: Option<&str>) -> usize {
+    let ended = match state
+        .store
+        .claim_ended_sessions(crate::clock::now(), call_id, ENDED_SESSIONS_PER_ROUND)
+        .await
+    {
+        Ok(ended) => ended,
+        Err(err) => {
+            tracing::warn!(error = %err, "claiming ended provider sessions failed");
+            return 0;
+        }
+    };
+    for session in &ended {
+        // A failure is already logged by the runtime, with the plugin's name.
+        if state
+            .providers
+            .end_session(
+                &session.provider,
+                &session.session_id,
+                session.channel.as_deref(),
+            )
+            .await
+            .is_ok()
+        {
+            tracing::debug!(plugin = %session.provider, "provider session ended");
+        }
+    }
+    ended.len()
 }
 
 /// The calls waiting for `user_id` placed at or after `version`. With

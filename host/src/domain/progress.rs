@@ -295,6 +295,9 @@ pub async fn apply(
             .update_call_progress(call_id, before.version, &after, announce)
             .await?
         {
+            if after.state == CallState::Terminated && before.state != CallState::Terminated {
+                super::calls::end_provider_session(state, call_id);
+            }
             return Ok(Change {
                 before,
                 after: Some(after),

@@ -75,13 +75,17 @@ async fn check_component_inner(path: &Path) -> anyhow::Result<()> {
         limits: limits.clone(),
         http: crate::net::Net::new(&Default::default())?
             .client(crate::net::Policy::new("plugins.check", false))?,
+        signing_keys: Default::default(),
     };
     let memory = Arc::new(Semaphore::new(limits_memory_mib));
     let plugin = Plugin::new(context, pre, memory);
     let info = describe(&engine, &plugin)
         .await
         .map_err(|err| anyhow::anyhow!("describe failed: {err}"))?;
-    println!("world: {}", version.world);
+    println!(
+        "targets: loopcall:provider@{} (world {})",
+        version.version, version.world
+    );
     println!(
         "provider: {} {} (call types: {:?}; roles: {:?}; verifies tokens: {})",
         info.name, info.version, info.call_types, info.roles, info.verifies_tokens

@@ -42,6 +42,12 @@ pub(crate) struct Plugin {
     pub(crate) calls: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) consecutive_failures: AtomicU64,
+    /// Wall time spent in this plugin's calls (waiting for a slot,
+    /// instantiating, running its exports, its HTTP), in nanoseconds.
+    pub(crate) busy_ns: AtomicU64,
+    /// Until when (`clock::now_ms`) fallback skips this plugin: it was
+    /// unavailable. 0 when it is not cooling down.
+    pub(crate) cooling_until_ms: AtomicU64,
 }
 
 /// One live plugin instance and the store it runs in.
@@ -76,7 +82,13 @@ impl Plugin {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            cooling_until_ms: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn is_cooling_down(&self, now_ms: u64) -> bool {
+        self.cooling_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -165,9 +177,12 @@ impl Plugin {
     pub(crate) fn finish<T>(
         &self,
         operation: &str,
+        started: Instant,
         result: Result<T, Failure>,
     ) -> Result<T, ProviderError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(busy, Ordering::Relaxed);
         let failure = match result {
             Ok(value) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
@@ -202,7 +217,7 @@ impl Plugin {
                 provider,
                 message: "asked for more than 1024 random bytes".into(),
             },
-            Failure::WallTime | Failure::Stopped(HostStop::WallTime) => ProviderError::Plugin {
+            Failure::WallTime | Failure::Stopped(HostStop::WallTime) => ProviderError::TimedOut {
                 provider,
                 message: format!("exceeded its wall-time budget of {} ms", limits.wall_ms),
             },
@@ -319,6 +334,19 @@ impl Call<'_> {
         }
         Ok(grant)
     }
+
+    pub(crate) async fn end_session(
+        &mut self,
+        session_id: &str,
+        channel: Option<&str>,
+    ) -> Result<(), Failure> {
+        self.start_export_call()?;
+        self.instance
+            .end_session(&mut self.store, session_id, channel)
+            .await
+            .map_err(|err| classify(&self.store, err))?
+            .map_err(Failure::Guest)
+    }
 }
 
 /// What went wrong inside wasm: a limit the host enforced, or a trap or
@@ -363,12 +391,13 @@ pub(crate) async fn describe(
     plugin: &Plugin,
 ) -> Result<ProviderInfo, ProviderError> {
     let wall = plugin.wall_time();
+    let started = Instant::now();
     let work = async {
-        let mut call = plugin.instantiate(engine, Instant::now() + wall).await?;
+        let mut call = plugin.instantiate(engine, started + wall).await?;
         call.describe().await
     };
     let result = tokio::time::timeout(wall, work)
         .await
         .unwrap_or(Err(Failure::WallTime));
-    plugin.finish("describe", result)
+    plugin.finish("describe", started, result)
 }

@@ -27,6 +27,7 @@ mod imports;
 mod instance;
 mod runtime;
 mod since_v0_1_0;
+mod since_v0_2_0;
 mod state;
 mod types;
 mod versions;

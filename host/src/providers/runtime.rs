@@ -36,6 +36,9 @@ pub struct ProviderRuntime {
     plugins: BTreeMap<String, Plugin>,
     default: String,
     channels: BTreeMap<String, String>,
+    /// `providers.fallback`, in order.
+    fallback: Vec<String>,
+    cooldown_ms: u64,
     stats: RuntimeStats,
     // Last: stops the epoch thread once everything above is gone.
     _ticker: EpochTicker,
@@ -141,6 +144,12 @@ impl ProviderRuntime {
                 "providers.channels.{channel}: no [plugins.{plugin}] table"
             );
         }
+        for plugin in &config.providers.fallback {
+            anyhow::ensure!(
+                plugins.contains_key(plugin),
+                "providers.fallback: no [plugins.{plugin}] table"
+            );
+        }
         tracing::info!(
             plugins = plugins.len(),
             compiled = stats.compiled,
@@ -154,6 +163,8 @@ impl ProviderRuntime {
             plugins,
             default: config.providers.default.clone(),
             channels: config.providers.channels.clone(),
+            fallback: config.providers.fallback.clone(),
+            cooldown_ms: config.providers.cooldown_seconds.saturating_mul(1000),
             stats,
             _ticker: ticker,
         })
@@ -166,7 +177,56 @@ impl ProviderRuntime {
             .unwrap_or(&self.default)
     }
 
-    /// Creates a provider session and one token per side, in one fresh instance.
+    /// Sets up a call on the plugin for its channel, or, when that one is
+    /// unavailable (it says so, or runs out of wall time), on the next of
+    /// `providers.fallback` that is. A plugin found unavailable is skipped for
+    /// `providers.cooldown_seconds` while another can serve; when all are
+    /// cooling down they are tried anyway, in the same order. Returns the
+    /// plugin that served the call with its setup.
+    pub async fn serve_call(
+        &self,
+        request: CallSetupRequest,
+    ) -> Result<(String, CallSetup), ProviderError> {
+        let chosen = self.provider_for(request.channel.as_deref());
+        let mut candidates: Vec<&str> = vec![chosen];
+        for name in &self.fallback {
+            if !candidates.contains(&name.as_str()) {
+                candidates.push(name);
+            }
+        }
+        let now_ms = crate::clock::now_ms().max(0) as u64;
+        let (ready, cooling): (Vec<&str>, Vec<&str>) = candidates
+            .iter()
+            .partition(|name| !self.plugins[**name].is_cooling_down(now_ms));
+        let mut last_error = None;
+        for name in ready.into_iter().chain(cooling) {
+            if let Some(previous) = &last_error {
+                tracing::warn!(plugin = %name, error = %previous, "serving the call through a fallback provider");
+            }
+            match self.setup_call(name, request.clone()).await {
+                Ok(setup) => return Ok((name.to_owned(), setup)),
+                Err(err) if err.is_unavailable() => {
+                    if candidates.len() > 1 {
+                        let plugin = &self.plugins[name];
+                        let until = crate::clock::now_ms().max(0) as u64 + self.cooldown_ms;
+                        if plugin.cooling_until_ms.swap(until, Ordering::Relaxed) <= now_ms {
+                            tracing::warn!(
+                                plugin = %name,
+                                cooldown_seconds = self.cooldown_ms / 1000,
+                                "provider unavailable: cooling down, fallback serves its calls"
+                            );
+                        }
+                    }
+                    last_error = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_error.expect("at least the chosen provider was tried"))
+    }
+
+    /// Creates a provider session and one token per side, in one fresh
+    /// instance of the plugin `provider`, without fallback.
     pub async fn setup_call(
         &self,
         provider: &str,
@@ -174,7 +234,8 @@ impl ProviderRuntime {
     ) -> Result<CallSetup, ProviderError> {
         let plugin = self.plugin(provider)?;
         let wall = plugin.wall_time();
-        let wall_deadline = Instant::now() + wall;
+        let started = Instant::now();
+        let wall_deadline = started + wall;
         let work = async {
             let _slot = plugin.slot().await?;
             let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
@@ -194,6 +255,7 @@ impl ProviderRuntime {
                     identity: &request.caller,
                     display_name: &request.caller_display_name,
                     lifetime_seconds: request.token_lifetime_seconds,
+                    channel: request.channel.as_deref(),
                 })
                 .await?;
             let callee_token = call
@@ -203,6 +265,7 @@ impl ProviderRuntime {
                     identity: &request.callee,
                     display_name: &request.callee_display_name,
                     lifetime_seconds: request.token_lifetime_seconds,
+                    channel: request.channel.as_deref(),
                 })
                 .await?;
             Ok(CallSetup {
@@ -215,7 +278,7 @@ impl ProviderRuntime {
         let result = tokio::time::timeout(wall, work)
             .await
             .unwrap_or(Err(Failure::WallTime));
-        plugin.finish("setup-call", result)
+        plugin.finish("setup-call", started, result)
     }
 
     /// Checks a token for `session_id` through the provider that issued it.
@@ -240,7 +303,8 @@ impl ProviderRuntime {
             });
         }
         let wall = plugin.wall_time();
-        let wall_deadline = Instant::now() + wall;
+        let started = Instant::now();
+        let wall_deadline = started + wall;
         let work = async {
             let _slot = plugin.slot().await?;
             let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
@@ -249,7 +313,31 @@ impl ProviderRuntime {
         let result = tokio::time::timeout(wall, work)
             .await
             .unwrap_or(Err(Failure::WallTime));
-        plugin.finish("verify-token", result)
+        plugin.finish("verify-token", started, result)
+    }
+
+    /// Tells `provider` that the call on `session_id` has ended, so it can
+    /// close what it opened for it (a vendor room). Plugins built for WIT
+    /// 0.1.0 have no `end-session`; for them this does nothing.
+    pub async fn end_session(
+        &self,
+        provider: &str,
+        session_id: &str,
+        channel: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let plugin = self.plugin(provider)?;
+        let wall = plugin.wall_time();
+        let started = Instant::now();
+        let wall_deadline = started + wall;
+        let work = async {
+            let _slot = plugin.slot().await?;
+            let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
+            call.end_session(session_id, channel).await
+        };
+        let result = tokio::time::timeout(wall, work)
+            .await
+            .unwrap_or(Err(Failure::WallTime));
+        plugin.finish("end-session", started, result)
     }
 
     /// The plugins whose tokens the host checks itself (`verifies_tokens`),
@@ -268,20 +356,37 @@ impl ProviderRuntime {
 
     /// Per-plugin call counts and health, for the heartbeat.
     pub fn health(&self) -> Vec<PluginHealth> {
+        let now_ms = crate::clock::now_ms().max(0) as u64;
         self.plugins
             .iter()
             .map(|(name, plugin)| {
                 let consecutive_failures = plugin.consecutive_failures.load(Ordering::Relaxed);
+                let cooling_until_ms = plugin.cooling_until_ms.load(Ordering::Relaxed);
                 PluginHealth {
+                    cooling_down_ms: cooling_until_ms.saturating_sub(now_ms),
                     plugin: name.clone(),
                     info: plugin.info.clone(),
                     calls: plugin.calls.load(Ordering::Relaxed),
                     failures: plugin.failures.load(Ordering::Relaxed),
                     consecutive_failures,
+                    busy_us: plugin.busy_ns.load(Ordering::Relaxed) / 1000,
                     healthy: consecutive_failures < UNHEALTHY_AFTER_FAILURES,
                 }
             })
             .collect()
+    }
+
+    /// Whether calls with no channel can be served: the default plugin or
+    /// one of the fallbacks is healthy and not cooling down.
+    pub fn can_serve_default(&self) -> bool {
+        let now_ms = crate::clock::now_ms().max(0) as u64;
+        std::iter::once(&self.default)
+            .chain(&self.fallback)
+            .filter_map(|name| self.plugins.get(name))
+            .any(|plugin| {
+                plugin.consecutive_failures.load(Ordering::Relaxed) < UNHEALTHY_AFTER_FAILURES
+                    && !plugin.is_cooling_down(now_ms)
+            })
     }
 
     /// How this runtime's components became ready (compiled or cached).
@@ -305,13 +410,7 @@ fn plugin_context(
     net: &Net,
 ) -> anyhow::Result<PluginContext> {
     let mut settings = BTreeMap::new();
-    for (key, value) in &config.settings {
-        let value = match value {
-            toml::Value::String(text) => text.clone(),
-            other => other.to_string(),
-        };
-        settings.insert(key.clone(), value);
-    }
+    flatten_settings("", &config.settings, &mut settings);
     for key in &config.generated_secrets {
         if !settings.contains_key(key) {
             let secret = secrets
@@ -335,5 +434,24 @@ fn plugin_context(
         allowed_origins,
         limits: config.limits.clone(),
         http: net.client(Policy::plugin(name, config))?,
+        signing_keys: Default::default(),
     })
+}
+
+/// A settings table as the plugin reads it: nested tables become dotted keys
+/// (`channels.beta.api_key`), other values their TOML spelling (strings
+/// unquoted), so no plugin needs a TOML parser.
+fn flatten_settings(prefix: &str, table: &toml::value::Table, out: &mut BTreeMap<String, String>) {
+    for (key, value) in table {
+        let key = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(nested) => flatten_settings(&format!("{key}."), nested, out),
+            toml::Value::String(text) => {
+                out.insert(key, text.clone());
+            }
+            other => {
+                out.insert(key, other.to_string());
+            }
+        }
+    }
 }

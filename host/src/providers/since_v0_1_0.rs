@@ -8,7 +8,6 @@ use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{HasData, InstancePre, Linker};
 
-use super::imports::http::{HttpFailure, HttpRequest};
 use super::state::CallState;
 use super::types::{
     CallType, Grant, GuestError, ProviderInfo, Role, Session, SessionRequest, TokenRequest,
@@ -33,9 +32,10 @@ mod bindings {
 }
 
 use bindings::exports::loopcall::provider::provider as guest;
-use bindings::loopcall::provider::{clock, crypto, http, log, settings, types};
+use bindings::loopcall::provider::{crypto, types};
 
 pub(crate) const VERSION: WitVersion = WitVersion {
+    version: "0.1.0",
     world: "loopcall:provider/plugin@0.1.0",
     export: EXPORT,
     export_functions: EXPORT_FUNCTIONS,
@@ -214,6 +214,16 @@ impl PluginInstance for Instance {
             })
             .map_err(guest_error))
     }
+
+    /// 0.1 has no `end-session`: its sessions were never closed by the host.
+    async fn end_session(
+        &self,
+        _store: &mut Store<CallState>,
+        _session_id: &str,
+        _channel: Option<&str>,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        Ok(Ok(()))
+    }
 }
 
 fn guest_error(err: types::ProviderError) -> GuestError {
@@ -249,44 +259,7 @@ fn role_to(role: Role) -> types::Role {
 
 // ---- imports ----
 
-impl types::Host for CallState {}
-
-impl http::Host for CallState {
-    async fn send(
-        &mut self,
-        request: http::Request,
-    ) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
-        let method = match request.method {
-            http::Method::Get => reqwest::Method::GET,
-            http::Method::Head => reqwest::Method::HEAD,
-            http::Method::Post => reqwest::Method::POST,
-            http::Method::Put => reqwest::Method::PUT,
-            http::Method::Patch => reqwest::Method::PATCH,
-            http::Method::Delete => reqwest::Method::DELETE,
-        };
-        let request = HttpRequest {
-            method,
-            url: request.url,
-            headers: request.headers,
-            body: request.body,
-            timeout_ms: request.timeout_ms,
-        };
-        Ok(match self.http_send(request).await {
-            Ok(response) => Ok(http::Response {
-                status: response.status,
-                headers: response.headers,
-                body: response.body,
-            }),
-            Err(HttpFailure::Denied(message)) => Err(http::HttpError::Denied(message)),
-            Err(HttpFailure::Timeout) => Err(http::HttpError::Timeout),
-            Err(HttpFailure::TooLarge) => Err(http::HttpError::TooLarge),
-            Err(HttpFailure::Transport(message)) => Err(http::HttpError::Transport(message)),
-            Err(HttpFailure::InvalidRequest(message)) => {
-                Err(http::HttpError::InvalidRequest(message))
-            }
-        })
-    }
-}
+super::imports::host_imports_since_v0_1_0!(bindings::loopcall::provider);
 
 impl crypto::Host for CallState {
     fn hmac_sha1(&mut self, key: Vec<u8>, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
@@ -303,39 +276,5 @@ impl crypto::Host for CallState {
 
     fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
         CallState::random_bytes(self, len)
-    }
-}
-
-impl clock::Host for CallState {
-    fn now(&mut self) -> wasmtime::Result<clock::Datetime> {
-        let now = CallState::now(self);
-        Ok(clock::Datetime {
-            seconds: now.as_secs(),
-            nanoseconds: now.subsec_nanos(),
-        })
-    }
-}
-
-impl log::Host for CallState {
-    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let level = match level {
-            log::Level::Trace => tracing::Level::TRACE,
-            log::Level::Debug => tracing::Level::DEBUG,
-            log::Level::Info => tracing::Level::INFO,
-            log::Level::Warn => tracing::Level::WARN,
-            log::Level::Error => tracing::Level::ERROR,
-        };
-        CallState::log(self, level, &message);
-        Ok(())
-    }
-}
-
-impl settings::Host for CallState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.setting(&key))
-    }
-
-    fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.setting_keys())
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct PluginContext {
     pub allowed_origins: Vec<url::Origin>,
     pub limits: PluginLimits,
     pub http: reqwest::Client,
+    /// Private keys `crypto.sign` has parsed, so one key is parsed once.
+    pub signing_keys: super::imports::crypto::SigningKeys,
 }
 
 /// Why the host stopped a plugin; recorded before the trap it causes so the

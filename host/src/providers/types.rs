@@ -69,10 +69,23 @@ pub enum ProviderError {
     Unavailable { provider: String, message: String },
     #[error("provider {provider} rejected the request: {message}")]
     Rejected { provider: String, message: String },
+    /// Out of wall time: usually a slow vendor, so treated as unavailable.
+    #[error("provider {provider} timed out: {message}")]
+    TimedOut { provider: String, message: String },
     #[error("provider {provider} failed: {message}")]
     Plugin { provider: String, message: String },
     #[error("no provider named {0}")]
     Unknown(String),
+}
+
+impl ProviderError {
+    /// The provider may serve again later; another provider may serve now.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Unavailable { .. } | ProviderError::TimedOut { .. }
+        )
+    }
 }
 
 impl From<ProviderError> for AppError {
@@ -103,8 +116,13 @@ pub struct PluginHealth {
     pub calls: u64,
     pub failures: u64,
     pub consecutive_failures: u64,
+    /// Wall time spent in its calls since start-up, in microseconds.
+    pub busy_us: u64,
     /// False after several failed calls in a row, until one succeeds.
     pub healthy: bool,
+    /// How much longer fallback skips this plugin (it was unavailable); 0
+    /// when it is not cooling down.
+    pub cooling_down_ms: u64,
 }
 
 /// An error the plugin reported itself (the WIT `provider-error`).
@@ -135,6 +153,7 @@ pub(crate) struct TokenRequest<'a> {
     pub identity: &'a str,
     pub display_name: &'a str,
     pub lifetime_seconds: u32,
+    pub channel: Option<&'a str>,
 }
 
 /// wasmtime's error type, as the `anyhow` error the rest of the host uses.

@@ -11,20 +11,22 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Engine, Store};
 
-use super::since_v0_1_0;
 use super::state::CallState;
 use super::types::{
     Grant, GuestError, ProviderInfo, Session, SessionRequest, TokenRequest, wasm_error,
 };
+use super::{since_v0_1_0, since_v0_2_0};
 
 /// Every supported version, oldest first.
-pub(crate) const VERSIONS: &[&WitVersion] = &[&since_v0_1_0::VERSION];
+pub(crate) const VERSIONS: &[&WitVersion] = &[&since_v0_1_0::VERSION, &since_v0_2_0::VERSION];
 
 /// The exports of every version start with this; anything else is not a provider.
 const PROVIDER_EXPORT_PREFIX: &str = "loopcall:provider/provider@";
 
 /// What the host needs to know about one published WIT version.
 pub(crate) struct WitVersion {
+    /// The package version, e.g. "0.2.0".
+    pub version: &'static str,
     /// The world a component of this version targets, for humans.
     pub world: &'static str,
     /// The interface a component of this version exports; it selects the version.
@@ -70,6 +72,14 @@ pub(crate) trait PluginInstance: Send + Sync {
         token: &str,
         session_id: &str,
     ) -> wasmtime::Result<Result<Grant, GuestError>>;
+
+    /// The call on `session_id` has ended; versions without `end-session` do nothing.
+    async fn end_session(
+        &self,
+        store: &mut Store<CallState>,
+        session_id: &str,
+        channel: Option<&str>,
+    ) -> wasmtime::Result<Result<(), GuestError>>;
 }
 
 /// One linker per version: a component sees exactly its own version's imports.

@@ -325,7 +325,7 @@ async fn write_rows(
         ),
         Kind::Call => format!(
             "INSERT INTO calls ({CALL_COLUMNS}) VALUES {}",
-            values(n, 17)
+            values(n, 18)
         ),
     };
     let mut query = sqlx::query(&sql);
@@ -373,7 +373,8 @@ async fn write_rows(
                 .bind(&c.progress_url)
                 .bind(c.created_at)
                 .bind(c.expires_at)
-                .bind(&c.caller_websocket_token),
+                .bind(&c.caller_websocket_token)
+                .bind(&c.channel),
         };
     }
     if kind != Kind::Nonce {

@@ -143,6 +143,8 @@ pub struct Call {
     pub caller_id: String,
     pub call_type: String,
     pub subject: Option<String>,
+    /// The channel the caller named, which chose the provider.
+    pub channel: Option<String>,
     pub provider: String,
     pub session_id: String,
     /// The callee's provider token.
@@ -156,6 +158,14 @@ pub struct Call {
     /// The call's version: clients list calls with `version` ≥ N.
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+/// A provider session whose call has ended, for the plugin's `end-session`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedSession {
+    pub provider: String,
+    pub session_id: String,
+    pub channel: Option<String>,
 }
 
 /// A call's state in the progress protocol, as it is sent on the wire.
@@ -393,6 +403,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the user's sessions, push URLs, call URLs and calls.
     async fn delete_user(&self, user_id: &str) -> Result<(), StoreError>;
+    /// Claims up to `limit` provider sessions whose call has ended at `now`
+    /// (terminated, or listed no longer and never answered, or past the
+    /// retention of unfinished calls), or only the call `call_id`'s: marks
+    /// them ended and returns them. Each session is claimed once across
+    /// every instance sharing the database.
+    async fn claim_ended_sessions(
+        &self,
+        now: Timestamp,
+        call_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EndedSession>, StoreError>;
     /// Removes rows expired at `now`; returns how many.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }

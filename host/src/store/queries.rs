@@ -14,8 +14,8 @@ use sqlx::{Connection, Row};
 
 use super::batch::Write;
 use super::{
-    Announcement, Backend, Call, CallProgress, CallState, CallUrl, CallUrlUpdate, PushTopic,
-    PushUrl, Seat, SeatRow, SeatTaken, Session, SqlStore, Store, StoreError, Timestamp,
+    Announcement, Backend, Call, CallProgress, CallState, CallUrl, CallUrlUpdate, EndedSession,
+    PushTopic, PushUrl, Seat, SeatRow, SeatTaken, Session, SqlStore, Store, StoreError, Timestamp,
 };
 
 /// Rows deleted per statement by `purge_expired`: small enough that SQLite's
@@ -59,7 +59,7 @@ fn call_url_from_row(row: &AnyRow) -> Result<CallUrl, sqlx::Error> {
 
 pub(super) const CALL_COLUMNS: &str = "call_id, user_id, call_token, call_url, url_creation_date, caller_id, call_type, subject, \
      provider, session_id, callee_token, api_key, websocket_token, progress_url, created_at, expires_at, \
-     caller_websocket_token";
+     caller_websocket_token, channel";
 
 /// The progress columns of `calls`, in `progress_from_row` order.
 const PROGRESS_COLUMNS: &str = "state, reason, hellos, media_up, caller_sockets, callee_sockets, accepted_by, timer_at, progress_version";
@@ -86,6 +86,7 @@ fn call_from_row(row: &AnyRow) -> Result<Call, sqlx::Error> {
             .try_get::<Option<String>, _>("caller_websocket_token")?
             .unwrap_or_default(),
         callee_websocket_token: row.try_get("websocket_token")?,
+        channel: row.try_get("channel")?,
         progress_url: row.try_get("progress_url")?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
@@ -489,6 +490,46 @@ impl Store for SqlStore {
         Ok(tx.commit().await?)
     }
 
+    async fn claim_ended_sessions(
+        &self,
+        now: Timestamp,
+        call_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EndedSession>, StoreError> {
+        // `session_ended_at IS NULL` in the outer WHERE too: on PostgreSQL a
+        // concurrent claimer re-checks it on the row it waited for, so a
+        // session is returned to one instance only.
+        let query = match call_id {
+            Some(call_id) => sqlx::query(
+                "UPDATE calls SET session_ended_at = $1 WHERE call_id = $2 \
+                 AND session_ended_at IS NULL AND state = 'terminated' \
+                 RETURNING provider, session_id, channel",
+            )
+            .bind(now)
+            .bind(call_id.to_owned()),
+            None => sqlx::query(
+                "UPDATE calls SET session_ended_at = $1 WHERE session_ended_at IS NULL AND call_id IN \
+                 (SELECT call_id FROM calls WHERE session_ended_at IS NULL AND (state = 'terminated' \
+                  OR (expires_at <= $1 AND state <> 'connected') OR expires_at <= $2) LIMIT $3) \
+                 RETURNING provider, session_id, channel",
+            )
+            .bind(now)
+            .bind(now - UNFINISHED_CALL_RETENTION_SECONDS)
+            .bind(limit),
+        };
+        let rows = query.fetch_all(&mut *self.writer().await?).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EndedSession {
+                    provider: row.try_get("provider")?,
+                    session_id: row.try_get("session_id")?,
+                    channel: row.try_get("channel")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         // A session's push URLs go with it; its nonces expire on their own.
         let mut total = self
@@ -516,7 +557,7 @@ impl Store for SqlStore {
         total += self
             .purge_in_batches(
                 "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls WHERE expires_at <= $1 \
-                 AND state = 'terminated' LIMIT $2)",
+                 AND state = 'terminated' AND session_ended_at IS NOT NULL LIMIT $2)",
                 now,
             )
             .await?;
