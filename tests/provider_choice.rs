@@ -77,7 +77,9 @@ async fn try_call(server: &TestServer, device: &Device) -> (u16, Value) {
             Some(&json!({"callerId": "alice"})),
         )
         .await
-        .json()["callToken"]
+        .json::<Value>()
+        .await
+        .unwrap()["callToken"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -101,7 +103,7 @@ async fn an_unavailable_provider_falls_back_and_cools_down() {
         ..Default::default()
     })
     .await;
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
 
     // Healthy: the chosen provider serves.
     let (status, call) = try_call(&server, &device).await;
@@ -163,7 +165,7 @@ async fn a_slow_provider_falls_back_within_its_wall_time() {
         ..Default::default()
     })
     .await;
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
     let started = std::time::Instant::now();
     let (status, call) = try_call(&server, &device).await;
     assert_eq!(
@@ -191,7 +193,7 @@ async fn without_fallback_an_unavailable_provider_is_a_clear_error() {
         ..Default::default()
     })
     .await;
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
     let (status, body) = try_call(&server, &device).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errno"], 201, "{body}");
@@ -212,7 +214,7 @@ async fn editing_config_toml_and_restarting_swaps_the_provider() {
         ..Default::default()
     })
     .await;
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
     let before = call_flow(&server, None).await;
     assert_eq!(before.caller["apiKey"], "loopback");
 
@@ -228,7 +230,7 @@ async fn editing_config_toml_and_restarting_swaps_the_provider() {
     assert_eq!(after.callee["apiKey"], "vendor-key", "{}", after.callee);
     assert_eq!(after.caller["sessionId"], "vendor-session");
     // The calls placed before the swap are still listed as they were.
-    let listed = device.get("/calls?version=0").await.json();
+    let listed: Value = device.get("/calls?version=0").await.json().await.unwrap();
     assert!(listed["calls"].as_array().is_some(), "{listed}");
 }
 

@@ -25,15 +25,18 @@ pub struct VendorCall {
 /// Bob registers, makes a call URL for `alice` with `issuer` "Bob", Alice
 /// calls through it (with `channel` when given), and Bob lists his calls.
 pub async fn call_flow(server: &TestServer, channel: Option<&str>) -> VendorCall {
-    let device = Device::register(&server.url, "").await;
+    let device = Device::register_with(&server.url, json!({})).await;
     let created = device
         .send(
             reqwest::Method::POST,
             "/call-url",
             Some(&json!({"callerId": "alice", "issuer": "Bob"})),
         )
-        .await;
-    let token = created.json()["callToken"].as_str().unwrap().to_owned();
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let token = created["callToken"].as_str().unwrap().to_owned();
     let mut body = json!({"callType": "audio-video"});
     if let Some(channel) = channel {
         body["channel"] = json!(channel);
@@ -45,8 +48,9 @@ pub async fn call_flow(server: &TestServer, channel: Option<&str>) -> VendorCall
     )
     .await;
     let listed = device.get("/calls?version=0").await;
-    listed.assert_status(200);
-    let calls = listed.json()["calls"].as_array().unwrap().clone();
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.unwrap();
+    let calls = listed["calls"].as_array().unwrap().clone();
     let callee = calls
         .into_iter()
         .find(|call| call["callId"] == caller["callId"])
