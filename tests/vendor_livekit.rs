@@ -50,9 +50,13 @@ fn twirp_error(status: StatusCode, code: &str, msg: &str) -> Response {
     (status, axum::Json(json!({"code": code, "msg": msg}))).into_response()
 }
 
+fn rejection(status: StatusCode, code: &str, msg: &str) -> Box<Response> {
+    Box::new(twirp_error(status, code, msg))
+}
+
 /// What LiveKit checks of a RoomService request: a JSON body and an access
 /// token signed with the secret, issued by the key, that may create rooms.
-fn check_request(fake: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
+fn check_request(fake: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Value, Box<Response>> {
     let mut fake = fake.lock().unwrap();
     fake.requests += 1;
     if let Some(status) = fake.fail_with {
@@ -62,25 +66,21 @@ fn check_request(fake: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Valu
         } else {
             "internal"
         };
-        return Err(twirp_error(status, code, "failing as the test asked"));
+        return Err(rejection(status, code, "failing as the test asked"));
     }
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !content_type.starts_with("application/json") {
-        return Err(twirp_error(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            "not JSON",
-        ));
+        return Err(rejection(StatusCode::BAD_REQUEST, "malformed", "not JSON"));
     }
     let Some(token) = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     else {
-        return Err(twirp_error(
+        return Err(rejection(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "no bearer token",
@@ -97,7 +97,7 @@ fn check_request(fake: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Valu
     ) {
         Ok(data) => data.claims,
         Err(err) => {
-            return Err(twirp_error(
+            return Err(rejection(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 &format!("invalid token: {err}"),
@@ -105,7 +105,7 @@ fn check_request(fake: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Valu
         }
     };
     if claims["video"]["roomCreate"] != json!(true) {
-        return Err(twirp_error(
+        return Err(rejection(
             StatusCode::FORBIDDEN,
             "permission_denied",
             "roomCreate is not granted",
@@ -113,13 +113,13 @@ fn check_request(fake: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Valu
     }
     fake.bearers.push(token.to_owned());
     serde_json::from_slice(body)
-        .map_err(|_| twirp_error(StatusCode::BAD_REQUEST, "malformed", "bad JSON"))
+        .map_err(|_| rejection(StatusCode::BAD_REQUEST, "malformed", "bad JSON"))
 }
 
 async fn create_room(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let request = match check_request(&fake, &headers, &body) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(name) = request["name"].as_str().filter(|n| !n.is_empty()) else {
         return twirp_error(
@@ -142,7 +142,7 @@ async fn create_room(State(fake): State<Shared>, headers: HeaderMap, body: Bytes
 async fn delete_room(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let request = match check_request(&fake, &headers, &body) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let room = request["room"].as_str().unwrap_or("").to_owned();
     let mut fake = fake.lock().unwrap();
@@ -244,7 +244,7 @@ async fn check_call(call: &VendorCall, url: &str, service_tokens: Vec<String>) -
 /// Waits (bounded) until `done` holds of the fake.
 async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !done(&*fake.lock().unwrap()) {
+    while !done(&fake.lock().unwrap()) {
         assert!(Instant::now() < deadline, "the fake never saw {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

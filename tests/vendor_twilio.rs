@@ -257,7 +257,7 @@ async fn check_call(call: &VendorCall) -> String {
 /// Waits (bounded) until `done` holds of the fake.
 async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !done(&*fake.lock().unwrap()) {
+    while !done(&fake.lock().unwrap()) {
         assert!(Instant::now() < deadline, "the fake never saw {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
