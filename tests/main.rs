@@ -22,5 +22,7 @@ mod signaling;
 mod store;
 mod vendor_daily;
 mod vendor_jitsi;
+mod vendor_livekit;
 mod vendor_opentok;
+mod vendor_twilio;
 mod vendor_vonage;

@@ -274,27 +274,31 @@ static inline void lp_jwt_signing_input(lp_buf_t *out, const lp_buf_t *header,
   lp_b64url_encode(out, payload->ptr, payload->len);
 }
 
-// An HS256 JWT of the given header and payload JSON, signed with `key`.
+// Appends an HS256 JWT of the given header and payload JSON, signed with `key`, to
+// `out` (which may already hold a prefix such as "Bearer ": only the JWT is signed).
 static inline void lp_jwt_hs256(lp_buf_t *out, const lp_buf_t *header, const lp_buf_t *payload,
                                 const uint8_t *key, size_t key_len) {
+  size_t start = out->len;
   lp_jwt_signing_input(out, header, payload);
   plugin_list_u8_t mac;
-  lp_hmac_sha256(key, key_len, out->ptr, out->len, &mac);
+  lp_hmac_sha256(key, key_len, out->ptr + start, out->len - start, &mac);
   lp_buf_byte(out, '.');
   lp_b64url_encode(out, mac.ptr, mac.len);
   plugin_list_u8_free(&mac);
 }
 
-// An RS256 or ES256 JWT signed by the host with a PKCS#8 PEM key. False (and a
+// Appends an RS256 or ES256 JWT signed by the host with a PKCS#8 PEM key to `out`
+// (only the JWT is signed, not what `out` already holds). False (and a
 // misconfigured error naming `key_setting`) when the host refuses the key.
 static inline bool lp_jwt_sign(lp_buf_t *out, loopcall_provider_crypto_signing_algorithm_t alg,
                                const plugin_string_t *pem, const char *key_setting,
                                const lp_buf_t *header, const lp_buf_t *payload, lp_error_t *err) {
+  size_t start = out->len;
   lp_jwt_signing_input(out, header, payload);
-  plugin_list_u8_t data = {out->ptr, out->len};
-  plugin_list_u8_t signature;
+  plugin_list_u8_t data = {out->ptr + start, out->len - start};
+  plugin_list_u8_t sig;
   plugin_string_t refused;
-  if (!loopcall_provider_crypto_sign(alg, (plugin_string_t *)pem, &data, &signature, &refused)) {
+  if (!loopcall_provider_crypto_sign(alg, (plugin_string_t *)pem, &data, &sig, &refused)) {
     lp_buf_t m = {0};
     lp_buf_str(&m, "setting `");
     lp_buf_str(&m, key_setting);
@@ -307,8 +311,8 @@ static inline bool lp_jwt_sign(lp_buf_t *out, loopcall_provider_crypto_signing_a
     return false;
   }
   lp_buf_byte(out, '.');
-  lp_b64url_encode(out, signature.ptr, signature.len);
-  plugin_list_u8_free(&signature);
+  lp_b64url_encode(out, sig.ptr, sig.len);
+  plugin_list_u8_free(&sig);
   return true;
 }
 

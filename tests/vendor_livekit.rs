@@ -1,0 +1,455 @@
+//! The `livekit` provider plugin, chosen in `config.toml` alone: the full
+//! REST call flow, both sides' access tokens checked by the `livekit-api` SDK
+//! (its TokenVerifier, and its own AccessToken for the same inputs), and
+//! rooms created and deleted on a fake LiveKit room API (Twirp over JSON) that
+//! checks what LiveKit checks: an HS256 bearer token signed with the API
+//! secret, issued by the API key, granting `roomCreate`.
+
+use crate::common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use common::hawk::Device;
+use common::vendor::{VendorCall, call_flow, plugin_toml, run_sdk, serve};
+use common::ws::WsClient;
+use common::{ServerOptions, TestServer, client};
+use serde_json::{Value, json};
+
+const API_KEY: &str = "APIloopTest";
+const API_SECRET: &str = "livekit-test-secret-0123456789abcdef";
+/// What clients connect to when no room API is involved.
+const CLIENT_URL: &str = "wss://livekit.example.test";
+/// The lifetime the host asks for (both sides).
+const LIFETIME: u64 = 86400;
+
+/// A fake LiveKit room API: what it saw and what it answers.
+#[derive(Default)]
+struct Fake {
+    /// CreateRoom bodies accepted.
+    created: Vec<Value>,
+    /// Rooms deleted.
+    deleted: Vec<String>,
+    /// Every bearer token that passed the check.
+    bearers: Vec<String>,
+    /// Requests received, accepted or not.
+    requests: usize,
+    /// When set, every request is answered with this status.
+    fail_with: Option<u16>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+fn twirp_error(status: StatusCode, code: &str, msg: &str) -> Response {
+    (status, axum::Json(json!({"code": code, "msg": msg}))).into_response()
+}
+
+fn rejection(status: StatusCode, code: &str, msg: &str) -> Box<Response> {
+    Box::new(twirp_error(status, code, msg))
+}
+
+/// What LiveKit checks of a RoomService request: a JSON body and an access
+/// token signed with the secret, issued by the key, that may create rooms.
+fn check_request(fake: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Value, Box<Response>> {
+    let mut fake = fake.lock().unwrap();
+    fake.requests += 1;
+    if let Some(status) = fake.fail_with {
+        let status = StatusCode::from_u16(status).unwrap();
+        let code = if status == StatusCode::UNAUTHORIZED {
+            "unauthenticated"
+        } else {
+            "internal"
+        };
+        return Err(rejection(status, code, "failing as the test asked"));
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return Err(rejection(StatusCode::BAD_REQUEST, "malformed", "not JSON"));
+    }
+    let Some(token) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Err(rejection(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "no bearer token",
+        ));
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_issuer(&[API_KEY]);
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "iss", "nbf"]);
+    let claims = match jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(API_SECRET.as_bytes()),
+        &validation,
+    ) {
+        Ok(data) => data.claims,
+        Err(err) => {
+            return Err(rejection(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                &format!("invalid token: {err}"),
+            ));
+        }
+    };
+    if claims["video"]["roomCreate"] != json!(true) {
+        return Err(rejection(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "roomCreate is not granted",
+        ));
+    }
+    fake.bearers.push(token.to_owned());
+    serde_json::from_slice(body)
+        .map_err(|_| rejection(StatusCode::BAD_REQUEST, "malformed", "bad JSON"))
+}
+
+async fn create_room(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match check_request(&fake, &headers, &body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let Some(name) = request["name"].as_str().filter(|n| !n.is_empty()) else {
+        return twirp_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "name is required",
+        );
+    };
+    let answer = json!({
+        "sid": "RM_fake",
+        "name": name,
+        "emptyTimeout": request["empty_timeout"],
+        "maxParticipants": request["max_participants"],
+        "creationTime": "1",
+    });
+    fake.lock().unwrap().created.push(request);
+    (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+async fn delete_room(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match check_request(&fake, &headers, &body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let room = request["room"].as_str().unwrap_or("").to_owned();
+    let mut fake = fake.lock().unwrap();
+    if !fake.created.iter().any(|c| c["name"] == room.as_str()) {
+        return twirp_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "requested room does not exist",
+        );
+    }
+    fake.deleted.push(room);
+    (StatusCode::OK, axum::Json(json!({}))).into_response()
+}
+
+/// Serves a fake room API; returns its state and its origin.
+async fn fake_livekit() -> (Shared, String) {
+    let fake = Shared::default();
+    let router = Router::new()
+        .route("/twirp/livekit.RoomService/CreateRoom", post(create_room))
+        .route("/twirp/livekit.RoomService/DeleteRoom", post(delete_room))
+        .with_state(fake.clone());
+    (fake, serve(router).await)
+}
+
+/// A server whose only provider is `livekit` with `settings`, reaching `hosts`.
+async fn livekit_server(
+    hosts: &[&str],
+    settings: &str,
+    extra: &str,
+    env: Vec<(String, String)>,
+) -> TestServer {
+    TestServer::start_with(ServerOptions {
+        loopback: false,
+        extra_toml: format!(
+            "[providers]\ndefault = \"livekit\"\n\n{extra}{}",
+            plugin_toml("livekit", hosts, settings)
+        ),
+        env,
+        ..Default::default()
+    })
+    .await
+}
+
+fn settings(url: &str, create_room: bool) -> String {
+    format!(
+        "url = {url:?}\napi_key = {API_KEY:?}\napi_secret = {API_SECRET:?}\ncreate_room = {create_room}\n"
+    )
+}
+
+/// The unverified claims of a JWT (the SDK script verifies them).
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Both sides got the same fresh room and the websocket URL, and the SDK
+/// accepts both tokens (and any room API tokens) as its own. Returns the room.
+async fn check_call(call: &VendorCall, url: &str, service_tokens: Vec<String>) -> String {
+    let room = call.caller["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(call.callee["sessionId"], room.as_str());
+    assert!(
+        room.len() == 37 && room.starts_with("loop-"),
+        "a generated room name: {room}"
+    );
+    assert_eq!(call.caller["apiKey"], url);
+    assert_eq!(call.callee["apiKey"], url);
+
+    let caller_token = call.caller["sessionToken"].as_str().unwrap();
+    let callee_token = call.callee["sessionToken"].as_str().unwrap();
+    // The callee is the URL's owner: its identity is the owner's opaque user id.
+    let callee_identity = claims(callee_token)["sub"].as_str().unwrap().to_owned();
+    assert!(
+        callee_identity.len() == 64 && callee_identity != "alice",
+        "the callee's identity is its user id: {callee_identity}"
+    );
+    let checked = run_sdk(
+        "livekit.py",
+        &json!({
+            "api_key": API_KEY,
+            "api_secret": API_SECRET,
+            "tokens": [
+                {"token": caller_token, "identity": "alice", "name": "alice",
+                 "room": room, "lifetime": LIFETIME},
+                {"token": callee_token, "identity": callee_identity, "name": "Bob",
+                 "room": room, "lifetime": LIFETIME},
+            ],
+            "service_tokens": service_tokens,
+        }),
+    )
+    .await;
+    assert_eq!(checked["claims"].as_array().unwrap().len(), 2);
+    room
+}
+
+/// Waits (bounded) until `done` holds of the fake.
+async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(&fake.lock().unwrap()) {
+        assert!(Instant::now() < deadline, "the fake never saw {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ends the call as its caller does: hello, then terminate, on the progress socket.
+async fn terminate(call: &VendorCall) {
+    let mut ws = WsClient::connect_url(call.caller["progressURL"].as_str().unwrap(), None).await;
+    ws.send(json!({
+        "messageType": "hello",
+        "callId": call.caller["callId"],
+        "auth": call.caller["websocketToken"],
+    }))
+    .await;
+    assert_eq!(ws.recv().await["messageType"], "hello");
+    ws.send(json!({"messageType": "action", "event": "terminate", "reason": "cancel"}))
+        .await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"messageType": "progress", "state": "terminated", "reason": "cancel"})
+    );
+    ws.close().await;
+}
+
+#[tokio::test]
+async fn vendor_livekit_tokens_are_the_sdks_own() {
+    let server = livekit_server(&[], &settings(CLIENT_URL, false), "", vec![]).await;
+    let call = call_flow(&server, None).await;
+    check_call(&call, CLIENT_URL, vec![]).await;
+    // Two calls, two rooms.
+    let again = call_flow(&server, None).await;
+    assert_ne!(again.caller["sessionId"], call.caller["sessionId"]);
+    // The room is never deleted without create_room (there is no room API to
+    // reach: allowed_hosts is empty), and ending the call is not an error.
+    terminate(&call).await;
+    let logs = server.logs();
+    assert!(!logs.contains(API_SECRET), "the secret is never logged");
+}
+
+#[tokio::test]
+async fn vendor_livekit_creates_the_room_and_deletes_it_when_the_call_is_terminated() {
+    let (fake, origin) = fake_livekit().await;
+    // Clients get the websocket URL; the plugin reaches its http origin.
+    let url = origin.replacen("http://", "ws://", 1);
+    let server = livekit_server(&[origin.as_str()], &settings(&url, true), "", vec![]).await;
+    let call = call_flow(&server, None).await;
+    let service_tokens = fake.lock().unwrap().bearers.clone();
+    assert_eq!(service_tokens.len(), 1);
+    let room = check_call(&call, &url, service_tokens).await;
+    assert_eq!(
+        fake.lock().unwrap().created,
+        vec![json!({"name": room, "empty_timeout": 300, "max_participants": 2})]
+    );
+    assert!(fake.lock().unwrap().deleted.is_empty());
+
+    terminate(&call).await;
+    wait_for(&fake, "the room deleted", |f| !f.deleted.is_empty()).await;
+    assert_eq!(fake.lock().unwrap().deleted, vec![room]);
+    // The DeleteRoom token is what the SDK's RoomService sends too.
+    let bearers = fake.lock().unwrap().bearers.clone();
+    run_sdk(
+        "livekit.py",
+        &json!({"api_key": API_KEY, "api_secret": API_SECRET, "tokens": [],
+                "service_tokens": bearers}),
+    )
+    .await;
+    assert!(
+        !server.logs().contains(API_SECRET),
+        "the secret is never logged"
+    );
+}
+
+#[tokio::test]
+async fn vendor_livekit_room_settings_reach_create_room() {
+    let (fake, origin) = fake_livekit().await;
+    let url = format!("{}/", origin.replacen("http://", "ws://", 1));
+    let server = livekit_server(
+        &[origin.as_str()],
+        &format!(
+            "{}empty_timeout_seconds = 60\nmax_participants = 3\n",
+            settings(&url, true)
+        ),
+        "",
+        vec![],
+    )
+    .await;
+    let call = call_flow(&server, None).await;
+    let created = fake.lock().unwrap().created.clone();
+    assert_eq!(
+        created,
+        vec![json!({"name": call.caller["sessionId"], "empty_timeout": 60, "max_participants": 3})]
+    );
+}
+
+#[tokio::test]
+async fn vendor_livekit_deletes_the_room_of_an_unanswered_call_when_it_expires() {
+    let (fake, origin) = fake_livekit().await;
+    let url = origin.replacen("http://", "ws://", 1);
+    let server = livekit_server(
+        &[origin.as_str()],
+        &settings(&url, true),
+        "[calls]\nduration_seconds = 1\n\n",
+        vec![("LOOP_DATABASE__PURGE_INTERVAL_SECONDS".into(), "1".into())],
+    )
+    .await;
+    let call = call_flow(&server, None).await;
+    let room = call.caller["sessionId"].as_str().unwrap().to_owned();
+    // Nobody answers, nobody hangs up.
+    wait_for(&fake, "the expired call's room deleted", |f| {
+        !f.deleted.is_empty()
+    })
+    .await;
+    assert_eq!(fake.lock().unwrap().deleted, vec![room]);
+}
+
+/// Places a call through a fresh call URL; returns the status and JSON body.
+async fn try_call(server: &TestServer) -> (u16, Value) {
+    let device = Device::register_with(&server.url, json!({})).await;
+    let created: Value = device
+        .send(
+            reqwest::Method::POST,
+            "/call-url",
+            Some(&json!({"callerId": "alice", "issuer": "Bob"})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = created["callToken"].as_str().unwrap().to_owned();
+    let response = client()
+        .post(server.endpoint(&format!("/calls/{token}")))
+        .json(&json!({"callType": "audio-video"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!(
+        response.headers().contains_key("retry-after") || status == 200,
+        "a provider failure says when to retry"
+    );
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
+    let (fake, origin) = fake_livekit().await;
+    let url = origin.replacen("http://", "ws://", 1);
+    let server = livekit_server(
+        &[origin.as_str()],
+        &format!("{}timeout_ms = 1000\n", settings(&url, true)),
+        "",
+        vec![],
+    )
+    .await;
+
+    // Refused credentials: not retried; the operator must act.
+    fake.lock().unwrap().fail_with = Some(401);
+    let (status, body) = try_call(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errno"], 201, "{body}");
+    assert_eq!(body["code"], 503, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+    assert_eq!(fake.lock().unwrap().requests, 1, "a 401 is not retried");
+    server
+        .wait_for_log(
+            "provider livekit is misconfigured: LiveKit CreateRoom refused the credentials",
+        )
+        .await;
+
+    // The vendor is down: retried (retries = 2), then unavailable.
+    {
+        let mut fake = fake.lock().unwrap();
+        fake.fail_with = Some(503);
+        fake.requests = 0;
+    }
+    let (status, body) = try_call(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errno"], 201, "{body}");
+    assert_eq!(fake.lock().unwrap().requests, 3, "1 attempt + 2 retries");
+    server
+        .wait_for_log(
+            "provider livekit is unavailable: LiveKit CreateRoom is unavailable: HTTP 503",
+        )
+        .await;
+
+    // Back up: calls go through again.
+    fake.lock().unwrap().fail_with = None;
+    let (status, body) = try_call(&server).await;
+    assert_eq!(status, 200, "{body}");
+    let logs = server.logs();
+    assert!(!logs.contains(API_SECRET), "the secret is never logged");
+}
+
+#[tokio::test]
+async fn vendor_livekit_without_credentials_is_misconfigured() {
+    let server = livekit_server(
+        &[],
+        &format!("url = {CLIENT_URL:?}\napi_key = {API_KEY:?}\n"),
+        "",
+        vec![],
+    )
+    .await;
+    let (status, body) = try_call(&server).await;
+    assert_eq!((status, body["errno"].clone()), (503, json!(201)), "{body}");
+    server
+        .wait_for_log("provider livekit is misconfigured: setting `api_secret` is not set")
+        .await;
+}
