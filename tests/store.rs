@@ -130,7 +130,6 @@ fn call(user_id: &str, created_at: i64, expires_at: i64) -> Call {
         subject: Some("hello".into()),
         channel: None,
         provider: "loopback".into(),
-        channel: None,
         session_id: id("provider-session"),
         callee_token: id("callee-token"),
         api_key: "api-key".into(),
