@@ -166,7 +166,7 @@ fn check_request(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<
     if exp <= iat || exp - iat > 300 {
         return Err(format!("exp - iat = {} (at most 300)", exp - iat));
     }
-    if !claims["jti"].as_str().is_some_and(|jti| !jti.is_empty()) {
+    if claims["jti"].as_str().is_none_or(|jti| jti.is_empty()) {
         return Err(format!("jti is {}", claims["jti"]));
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
