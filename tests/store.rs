@@ -1138,6 +1138,33 @@ async fn purge_removes_expired_rows_from_every_table_and_keeps_live_ones() {
             }
         }
 
+        // Ended calls' provider sessions are claimed for end-session once:
+        // the terminated call, the one that expired unanswered and the
+        // abandoned one; a terminated call is purged only once claimed.
+        let mut claimed: Vec<String> = store
+            .claim_ended_sessions(NOW, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|ended| ended.session_id)
+            .collect();
+        claimed.sort();
+        let mut expected = vec![
+            ended_call.session_id.clone(),
+            unfinished_call.session_id.clone(),
+            abandoned_call.session_id.clone(),
+        ];
+        expected.sort();
+        assert_eq!(claimed, expected, "{name}");
+        assert!(
+            store
+                .claim_ended_sessions(NOW, None, 100)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: each session is claimed once"
+        );
+
         // sessions (with their push URLs) + call URL + 2 calls + nonces
         let purged = store.purge_expired(NOW).await.unwrap();
         assert_eq!(purged, 1200 + 1 + 2 + nonces, "{name}");
