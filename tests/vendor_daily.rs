@@ -15,10 +15,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, post};
 use common::vendor::{
-    assert_provider_error, attempt_call, call_flow, call_owner, plugin_toml, run_sdk, serve,
-    unix_now,
+    assert_provider_error, attempt_call, call_flow, call_owner, hang_up, plugin_toml, run_sdk,
+    serve, unix_now,
 };
-use common::ws::WsClient;
 use common::{ServerOptions, TestServer};
 use serde_json::{Value, json};
 
@@ -320,24 +319,11 @@ async fn daily_room_is_deleted_when_a_side_terminates() {
     let call = call_flow(&server, None).await;
     let room = call.caller["sessionId"].as_str().unwrap().to_owned();
 
-    let mut ws = WsClient::connect_url(call.caller["progressURL"].as_str().unwrap(), None).await;
-    ws.send(json!({
-        "messageType": "hello",
-        "callId": call.caller["callId"],
-        "auth": call.caller["websocketToken"],
-    }))
-    .await;
-    assert_eq!(ws.recv().await["messageType"], "hello");
     assert!(
         fake.deleted().is_empty(),
         "the room lives while the call does"
     );
-    ws.send(json!({"messageType": "action", "event": "terminate", "reason": "cancel"}))
-        .await;
-    assert_eq!(
-        ws.recv().await,
-        json!({"messageType": "progress", "state": "terminated", "reason": "cancel"})
-    );
+    hang_up(&call).await;
     fake.wait_for_delete(&room, "the caller terminated the call")
         .await;
     assert_eq!(fake.deleted(), [room], "deleted once");

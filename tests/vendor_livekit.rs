@@ -16,10 +16,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::hawk::Device;
-use common::vendor::{VendorCall, call_flow, plugin_toml, run_sdk, serve};
-use common::ws::WsClient;
-use common::{ServerOptions, TestServer, client};
+use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, plugin_toml, run_sdk, serve};
+use common::{ServerOptions, TestServer};
 use serde_json::{Value, json};
 
 const API_KEY: &str = "APIloopTest";
@@ -250,25 +248,6 @@ async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
     }
 }
 
-/// Ends the call as its caller does: hello, then terminate, on the progress socket.
-async fn terminate(call: &VendorCall) {
-    let mut ws = WsClient::connect_url(call.caller["progressURL"].as_str().unwrap(), None).await;
-    ws.send(json!({
-        "messageType": "hello",
-        "callId": call.caller["callId"],
-        "auth": call.caller["websocketToken"],
-    }))
-    .await;
-    assert_eq!(ws.recv().await["messageType"], "hello");
-    ws.send(json!({"messageType": "action", "event": "terminate", "reason": "cancel"}))
-        .await;
-    assert_eq!(
-        ws.recv().await,
-        json!({"messageType": "progress", "state": "terminated", "reason": "cancel"})
-    );
-    ws.close().await;
-}
-
 #[tokio::test]
 async fn vendor_livekit_tokens_are_the_sdks_own() {
     let server = livekit_server(&[], &settings(CLIENT_URL, false), "", vec![]).await;
@@ -279,7 +258,7 @@ async fn vendor_livekit_tokens_are_the_sdks_own() {
     assert_ne!(again.caller["sessionId"], call.caller["sessionId"]);
     // The room is never deleted without create_room (there is no room API to
     // reach: allowed_hosts is empty), and ending the call is not an error.
-    terminate(&call).await;
+    hang_up(&call).await;
     let logs = server.logs();
     assert!(!logs.contains(API_SECRET), "the secret is never logged");
 }
@@ -300,7 +279,7 @@ async fn vendor_livekit_creates_the_room_and_deletes_it_when_the_call_is_termina
     );
     assert!(fake.lock().unwrap().deleted.is_empty());
 
-    terminate(&call).await;
+    hang_up(&call).await;
     wait_for(&fake, "the room deleted", |f| !f.deleted.is_empty()).await;
     assert_eq!(fake.lock().unwrap().deleted, vec![room]);
     // The DeleteRoom token is what the SDK's RoomService sends too.
@@ -360,34 +339,6 @@ async fn vendor_livekit_deletes_the_room_of_an_unanswered_call_when_it_expires()
     assert_eq!(fake.lock().unwrap().deleted, vec![room]);
 }
 
-/// Places a call through a fresh call URL; returns the status and JSON body.
-async fn try_call(server: &TestServer) -> (u16, Value) {
-    let device = Device::register_with(&server.url, json!({})).await;
-    let created: Value = device
-        .send(
-            reqwest::Method::POST,
-            "/call-url",
-            Some(&json!({"callerId": "alice", "issuer": "Bob"})),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let token = created["callToken"].as_str().unwrap().to_owned();
-    let response = client()
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert!(
-        response.headers().contains_key("retry-after") || status == 200,
-        "a provider failure says when to retry"
-    );
-    (status, response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
     let (fake, origin) = fake_livekit().await;
@@ -402,7 +353,8 @@ async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
 
     // Refused credentials: not retried; the operator must act.
     fake.lock().unwrap().fail_with = Some(401);
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errno"], 201, "{body}");
     assert_eq!(body["code"], 503, "{body}");
@@ -420,7 +372,8 @@ async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
         fake.fail_with = Some(503);
         fake.requests = 0;
     }
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errno"], 201, "{body}");
     assert_eq!(fake.lock().unwrap().requests, 3, "1 attempt + 2 retries");
@@ -432,7 +385,8 @@ async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
 
     // Back up: calls go through again.
     fake.lock().unwrap().fail_with = None;
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!(status, 200, "{body}");
     let logs = server.logs();
     assert!(!logs.contains(API_SECRET), "the secret is never logged");
@@ -447,7 +401,8 @@ async fn vendor_livekit_without_credentials_is_misconfigured() {
         vec![],
     )
     .await;
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!((status, body["errno"].clone()), (503, json!(201)), "{body}");
     server
         .wait_for_log("provider livekit is misconfigured: setting `api_secret` is not set")

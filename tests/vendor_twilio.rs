@@ -17,10 +17,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::hawk::Device;
-use common::vendor::{VendorCall, call_flow, plugin_toml, run_sdk, serve};
-use common::ws::WsClient;
-use common::{ServerOptions, TestServer, client};
+use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, plugin_toml, run_sdk, serve};
+use common::{ServerOptions, TestServer};
 use serde_json::{Value, json};
 
 const ACCOUNT_SID: &str = "ACtest0123456789abcdef0123456789ab";
@@ -263,25 +261,6 @@ async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
     }
 }
 
-/// Ends the call as its caller does: hello, then terminate, on the progress socket.
-async fn terminate(call: &VendorCall) {
-    let mut ws = WsClient::connect_url(call.caller["progressURL"].as_str().unwrap(), None).await;
-    ws.send(json!({
-        "messageType": "hello",
-        "callId": call.caller["callId"],
-        "auth": call.caller["websocketToken"],
-    }))
-    .await;
-    assert_eq!(ws.recv().await["messageType"], "hello");
-    ws.send(json!({"messageType": "action", "event": "terminate", "reason": "cancel"}))
-        .await;
-    assert_eq!(
-        ws.recv().await,
-        json!({"messageType": "progress", "state": "terminated", "reason": "cancel"})
-    );
-    ws.close().await;
-}
-
 #[tokio::test]
 async fn vendor_twilio_tokens_are_the_sdks_own() {
     // No api_url: the default (Twilio's) is never reached without create_room.
@@ -290,7 +269,7 @@ async fn vendor_twilio_tokens_are_the_sdks_own() {
     check_call(&call).await;
     let again = call_flow(&server, None).await;
     assert_ne!(again.caller["sessionId"], call.caller["sessionId"]);
-    terminate(&call).await;
+    hang_up(&call).await;
     assert!(
         !server.logs().contains(KEY_SECRET),
         "the secret is never logged"
@@ -321,7 +300,7 @@ async fn vendor_twilio_creates_the_room_and_completes_it_when_the_call_is_termin
     assert_eq!(created, vec![expected]);
     assert!(fake.lock().unwrap().completed.is_empty());
 
-    terminate(&call).await;
+    hang_up(&call).await;
     wait_for(&fake, "the room completed", |f| !f.completed.is_empty()).await;
     assert_eq!(fake.lock().unwrap().completed, vec![room]);
     assert!(
@@ -367,34 +346,6 @@ async fn vendor_twilio_completes_the_room_of_an_unanswered_call_when_it_expires(
     assert_eq!(fake.lock().unwrap().completed, vec![room]);
 }
 
-/// Places a call through a fresh call URL; returns the status and JSON body.
-async fn try_call(server: &TestServer) -> (u16, Value) {
-    let device = Device::register_with(&server.url, json!({})).await;
-    let created: Value = device
-        .send(
-            reqwest::Method::POST,
-            "/call-url",
-            Some(&json!({"callerId": "alice", "issuer": "Bob"})),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let token = created["callToken"].as_str().unwrap().to_owned();
-    let response = client()
-        .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert!(
-        response.headers().contains_key("retry-after") || status == 200,
-        "a provider failure says when to retry"
-    );
-    (status, response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn vendor_twilio_api_failures_are_clear_json_errors() {
     let (fake, origin) = fake_twilio().await;
@@ -411,7 +362,8 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
 
     // Refused credentials: not retried; the operator must act.
     fake.lock().unwrap().fail_with = Some(401);
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errno"], 201, "{body}");
     assert_eq!(body["code"], 503, "{body}");
@@ -427,7 +379,8 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
         fake.fail_with = Some(500);
         fake.requests = 0;
     }
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errno"], 201, "{body}");
     assert_eq!(fake.lock().unwrap().requests, 3, "1 attempt + 2 retries");
@@ -442,7 +395,8 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
         fake.delay = Some(Duration::from_millis(1500));
         fake.requests = 0;
     }
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!(status, 503, "{body}");
     assert_eq!(fake.lock().unwrap().requests, 3, "1 attempt + 2 retries");
     server
@@ -451,7 +405,8 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
 
     // Back up: calls go through again.
     fake.lock().unwrap().delay = None;
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!(status, 200, "{body}");
     assert!(
         !server.logs().contains(KEY_SECRET),
@@ -468,7 +423,8 @@ async fn vendor_twilio_rejects_an_unknown_room_type() {
         vec![],
     )
     .await;
-    let (status, body) = try_call(&server).await;
+    let attempt = attempt_call(&server).await;
+    let (status, body) = (attempt.status, attempt.body);
     assert_eq!((status, body["errno"].clone()), (503, json!(201)), "{body}");
     server
         .wait_for_log("provider twilio is misconfigured: setting `room_type` must be")

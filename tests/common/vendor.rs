@@ -218,3 +218,23 @@ pub async fn call_owner(server: &TestServer, call_id: &str) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Ends `call` as its caller does: hello, then terminate, on the progress socket.
+pub async fn hang_up(call: &VendorCall) {
+    let mut ws =
+        super::ws::WsClient::connect_url(call.caller["progressURL"].as_str().unwrap(), None).await;
+    ws.send(json!({
+        "messageType": "hello",
+        "callId": call.caller["callId"],
+        "auth": call.caller["websocketToken"],
+    }))
+    .await;
+    assert_eq!(ws.recv().await["messageType"], "hello");
+    ws.send(json!({"messageType": "action", "event": "terminate", "reason": "cancel"}))
+        .await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"messageType": "progress", "state": "terminated", "reason": "cancel"})
+    );
+    ws.close().await;
+}
