@@ -70,7 +70,8 @@ struct Heartbeat {
 #[derive(Serialize)]
 struct PluginReport {
     healthy: bool,
-    /// Calls into the plugin since start-up (set-ups, token checks, ends).
+    /// Calls into the plugin since start-up: its describe at load, call
+    /// set-ups, token checks and session ends.
     calls: u64,
     /// Wall time those calls took, in milliseconds.
     busy_ms: u64,
