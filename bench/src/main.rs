@@ -4,12 +4,15 @@
 //! fixtures through the API, pre-signs Hawk requests, drives each route with
 //! wrk (`bench/wrk/loop.lua`) and reports throughput, latency and peak RSS.
 //! `progress` benchmarks the call-progress websocket (idle sockets' memory,
-//! state-change fan-out latency). `sign` and `seed` expose the two building blocks for manual runs.
+//! state-change fan-out latency). `providers` benchmarks `POST /calls/{token}`
+//! with each provider plugin and the plugin's share of the server's time.
+//! `sign` and `seed` expose the two building blocks for manual runs.
 
 mod cpu;
 mod fixtures;
 mod hawk_sign;
 mod progress;
+mod providers;
 mod report;
 mod run;
 mod seed;
@@ -36,6 +39,10 @@ enum Command {
     /// Benchmark the call-progress websocket: idle sockets' memory and
     /// state-change fan-out latency (`scripts/bench progress`).
     Progress(Box<progress::ProgressArgs>),
+    /// Benchmark `POST /calls/{token}` with each provider plugin as the
+    /// default provider, and the plugin's share of the server's time
+    /// (`scripts/bench providers`).
+    Providers(Box<providers::ProvidersArgs>),
     /// Pre-sign Hawk Authorization values for a manual `wrk -s bench/wrk/loop.lua` run.
     Sign(SignArgs),
     /// Bulk-insert sessions and call URLs into a migrated Loop database.
@@ -114,6 +121,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args).await,
         Command::Progress(args) => progress::run(*args).await,
+        Command::Providers(args) => providers::run(*args).await,
         Command::Sign(args) => sign(args).map(|()| true),
         Command::Seed(args) => {
             let counts = seed::SeedCounts {

@@ -398,7 +398,7 @@ fn server_log_path(dir: &Path) -> PathBuf {
 }
 
 /// A fresh load (and, for Hawk routes, a fresh signer) for one wrk run.
-fn route_load<'a>(
+pub(crate) fn route_load<'a>(
     route: Route,
     api: &Api,
     fixtures: &Fixtures,
@@ -503,7 +503,8 @@ pub fn machine_description() -> String {
     format!("{cpu}, {cores} cores, {memory_gib:.0} GiB RAM, Linux {kernel}")
 }
 
-fn machine() -> String {
+/// [`machine_description`] and the wrk version.
+pub(crate) fn machine() -> String {
     let wrk = std::process::Command::new("wrk")
         .arg("-v")
         .output()
