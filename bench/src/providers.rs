@@ -1098,7 +1098,7 @@ fn rs256_lines(out: &mut String, results: &[CaseResult], base: Option<Figures>) 
     if let (Some(jaas), Some(b)) = (figures("jitsi-jaas"), base) {
         lines.push(format!(
             "- **jitsi-jaas** (two RS256 signatures per call, no HTTP): server CPU {}× loopback's per request \
-             ({} more, about {} of CPU per RS256 signature), {}× loopback's req/s; plugin wall time {} per call \
+             ({}, about {} of CPU per RS256 signature), {}× loopback's req/s; plugin wall time {} per call \
              ({}× loopback's {}).",
             ratio(jaas.server_cpu_us, b.server_cpu_us),
             signed_us(jaas.server_cpu_us - b.server_cpu_us),
