@@ -284,10 +284,18 @@ async fn service_endpoints() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"storage": true, "providers": true, "push": true})
+    let report: Value = response.json().await.unwrap();
+    for part in ["storage", "providers", "push"] {
+        assert_eq!(report[part], true, "{part} in {report}");
+    }
+    let loopback = &report["plugins"]["loopback"];
+    assert_eq!(loopback["healthy"], true, "{report}");
+    assert_eq!(loopback["cooling_down_seconds"], 0, "{report}");
+    assert!(
+        loopback["calls"].as_u64().is_some_and(|calls| calls >= 1),
+        "describe at load counts: {report}"
     );
+    assert!(loopback["busy_ms"].is_u64(), "{report}");
 
     let response = http
         .get(server.endpoint("/__lbheartbeat__"))

@@ -458,17 +458,22 @@ async fn provider_failures_are_503_with_retry_after() {
     let calls: Value = s.bob.get("/calls?version=0").await.json().await.unwrap();
     assert_eq!(calls["calls"], json!([]), "a failed setup stores no call");
 
-    // The heartbeat names the failing part; the default provider still works.
+    // The heartbeat names the failing part (a channel's provider with no
+    // fallback); the default provider still works.
     let response = http
         .get(s.server.endpoint("/__heartbeat__"))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
+    let report: Value = response.json().await.unwrap();
     assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"storage": true, "providers": false, "push": true})
+        (&report["storage"], &report["providers"], &report["push"]),
+        (&json!(true), &json!(false), &json!(true)),
+        "{report}"
     );
+    assert_eq!(report["plugins"]["trap"]["healthy"], false, "{report}");
+    assert_eq!(report["plugins"]["loopback"]["healthy"], true, "{report}");
     let response = http
         .post(&call)
         .json(&json!({"callType": "audio"}))

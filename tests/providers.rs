@@ -935,6 +935,84 @@ async fn cpu_budgets_charge_work_not_waiting_for_a_busy_core() {
     assert_eq!((good.calls, good.failures, good.healthy), (1001, 0, true));
 }
 
+#[tokio::test]
+async fn each_plugin_is_charged_the_cpu_time_its_calls_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spin = plugin(test_plugin("spin"));
+    spin.limits.cpu_ms = 30;
+    let jitsi = |settings: String| PluginConfig {
+        settings: toml::from_str(&settings).unwrap(),
+        ..plugin(common::workspace_root().join("plugins/jitsi/jitsi.wasm"))
+    };
+    let hs256 = jitsi(
+        "base_url = \"https://meet.example.com\"\napp_id = \"loop\"\napp_secret = \"s3cret\"\n"
+            .into(),
+    );
+    let private_key =
+        std::fs::read_to_string(common::workspace_root().join("tests/fixtures/test-rsa-2048.pem"))
+            .unwrap();
+    let rs256 = jitsi(format!(
+        "base_url = \"https://8x8.vc/vpaas-magic-cookie-1\"\napp_id = \"vpaas-magic-cookie-1\"\n\
+         kid = \"vpaas-magic-cookie-1/4f4910\"\nprivate_key = {private_key:?}\n"
+    ));
+    let config = config(
+        dir.path(),
+        vec![
+            ("loopback", loopback()),
+            ("spin", spin),
+            ("hs256", hs256),
+            ("rs256", rs256),
+        ],
+    );
+    let runtime = load(&config).await.unwrap();
+    let cpu_us = |name: &str| {
+        let health = runtime.health();
+        let plugin = health.iter().find(|h| h.plugin == name).unwrap();
+        (plugin.calls, plugin.cpu_us, plugin.busy_us)
+    };
+
+    // Guest code, measured on the executor thread that polls it: spin runs
+    // until its budget of 30 ms of fuel is spent, which takes at least 15 ms
+    // of CPU on any core less than twice as fast as the reference one.
+    let (_, spin_before, _) = cpu_us("spin");
+    runtime
+        .setup_call("spin", call_setup("spin"))
+        .await
+        .unwrap_err();
+    let (_, spin_after, spin_busy) = cpu_us("spin");
+    let spin_cpu = spin_after - spin_before;
+    assert!(spin_cpu >= 15_000, "spin was charged {spin_cpu} µs");
+    assert!(
+        spin_after <= spin_busy,
+        "CPU {spin_after} µs > wall {spin_busy} µs"
+    );
+
+    // Host imports on the blocking pool: an RS256 signature costs about a
+    // millisecond where an HMAC costs a microsecond, and both tokens of a
+    // JaaS call are RS256, so its calls are charged far more than the same
+    // plugin's HS256 calls.
+    let calls = 5;
+    let mut per_call = Vec::new();
+    for name in ["hs256", "rs256"] {
+        let (calls_before, cpu_before, _) = cpu_us(name);
+        for i in 0..calls {
+            runtime
+                .setup_call(name, call_setup(&format!("{name}-{i}")))
+                .await
+                .unwrap();
+        }
+        let (calls_after, cpu_after, _) = cpu_us(name);
+        assert_eq!(calls_after - calls_before, calls);
+        per_call.push((cpu_after - cpu_before) / calls);
+    }
+    let (hs256_us, rs256_us) = (per_call[0], per_call[1]);
+    assert!(hs256_us > 0, "HS256 calls were charged nothing");
+    assert!(
+        rs256_us > 3 * hs256_us,
+        "an RS256 call was charged {rs256_us} µs, an HS256 call {hs256_us} µs"
+    );
+}
+
 /// How much CPU time the `spin` plugin gets for a given `cpu_ms`: the
 /// calibration behind `FUEL_PER_CPU_MS` (src/providers/state.rs). Run it on an
 /// idle machine:
@@ -943,13 +1021,7 @@ async fn cpu_budgets_charge_work_not_waiting_for_a_busy_core() {
 #[ignore = "a measurement, not a check"]
 fn calibrate_fuel() {
     fn thread_cpu() -> std::time::Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the timespec we pass.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        std::time::Duration::from_nanos(loop_server::clock::thread_cpu_ns())
     }
     // One thread runs the plugin, so its CPU clock is the plugin's CPU time.
     let runtime = tokio::runtime::Builder::new_current_thread()

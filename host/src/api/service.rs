@@ -75,6 +75,9 @@ struct PluginReport {
     calls: u64,
     /// Wall time those calls took, in milliseconds.
     busy_ms: u64,
+    /// CPU time those calls used (instantiation, the plugin's code and the
+    /// host functions it called), in milliseconds.
+    cpu_ms: u64,
     /// Seconds fallback still skips this plugin; 0 when it serves calls.
     cooling_down_seconds: u64,
 }
@@ -92,8 +95,9 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
         }
     };
     // A plugin is unhealthy after several failed calls in a row, and cooling
-    // down after it was unavailable. `providers` says whether calls can be
-    // served: the default plugin or one of its fallbacks is neither.
+    // down after it was unavailable. `providers` says whether every call can
+    // be served: for the default and each channel, its plugin or a fallback
+    // is neither.
     let plugins: BTreeMap<String, PluginReport> = state
         .providers
         .health()
@@ -103,6 +107,7 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
                 healthy: plugin.healthy,
                 calls: plugin.calls,
                 busy_ms: plugin.busy_us / 1000,
+                cpu_ms: plugin.cpu_us / 1000,
                 cooling_down_seconds: plugin.cooling_down_ms.div_ceil(1000),
             };
             (plugin.plugin, report)
@@ -116,7 +121,7 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
     if !failing.is_empty() {
         tracing::warn!(plugins = ?failing, "heartbeat: provider plugins failing or cooling down");
     }
-    let providers = state.providers.can_serve_default();
+    let providers = state.providers.can_serve_every_channel();
     let push = state.push.healthy();
     let report = Heartbeat {
         storage,

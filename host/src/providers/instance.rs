@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Engine, Store, Trap};
 
 use super::state::{CallState, FUEL_PER_CPU_MS, HostStop, PluginContext, fuel_budget};
@@ -45,6 +45,10 @@ pub(crate) struct Plugin {
     /// Wall time spent in this plugin's calls (waiting for a slot,
     /// instantiating, running its exports, its HTTP), in nanoseconds.
     pub(crate) busy_ns: AtomicU64,
+    /// CPU time this plugin's calls used (instantiating, its exports, the
+    /// host imports they call, signing included), in nanoseconds: what a
+    /// plugin costs the server, whatever else the machine is doing.
+    pub(crate) cpu_ns: AtomicU64,
     /// Until when (`clock::now_ms`) fallback skips this plugin: it was
     /// unavailable. 0 when it is not cooling down.
     pub(crate) cooling_until_ms: AtomicU64,
@@ -83,6 +87,7 @@ impl Plugin {
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
             cooling_until_ms: AtomicU64::new(0),
         }
     }
@@ -103,14 +108,48 @@ impl Plugin {
         Duration::from_millis(self.limits().wall_ms)
     }
 
-    /// Waits for one of this plugin's concurrent-call slots.
-    pub(crate) async fn slot(&self) -> Result<SemaphorePermit<'_>, Failure> {
-        // Never closed; a caller past its wall time is dropped while waiting.
-        self.slots.acquire().await.map_err(|_| Failure::WallTime)
+    /// Runs `work` on a fresh instance of this plugin, once one of its
+    /// concurrent-call slots is free, within its wall time, and records the
+    /// outcome as `operation`.
+    pub(crate) async fn run<T>(
+        &self,
+        engine: &Engine,
+        operation: &str,
+        work: impl AsyncFnOnce(&mut Call<'_>) -> Result<T, Failure>,
+    ) -> Result<T, ProviderError> {
+        let wall = self.wall_time();
+        let started = Instant::now();
+        let work = async {
+            // Never closed; a caller past its wall time is dropped while waiting.
+            let _slot = self.slots.acquire().await.map_err(|_| Failure::WallTime)?;
+            let mut call = self.instantiate(engine, started + wall).await?;
+            let result = work(&mut call).await;
+            // Signing ran on other threads; the instance counted it.
+            self.cpu_ns
+                .fetch_add(call.store.data().offloaded_cpu_ns, Ordering::Relaxed);
+            result
+        };
+        // The instance runs wherever the executor polls it, so its CPU time
+        // is the sum over polls of the polling thread's CPU clock.
+        let mut polled_cpu_ns = 0;
+        let result = {
+            let mut work = std::pin::pin!(work);
+            let measured = std::future::poll_fn(|cx| {
+                let before = crate::clock::thread_cpu_ns();
+                let poll = work.as_mut().poll(cx);
+                polled_cpu_ns += crate::clock::thread_cpu_ns().saturating_sub(before);
+                poll
+            });
+            tokio::time::timeout(wall, measured)
+                .await
+                .unwrap_or(Err(Failure::WallTime))
+        };
+        self.cpu_ns.fetch_add(polled_cpu_ns, Ordering::Relaxed);
+        self.finish(operation, started, result)
     }
 
     /// A fresh instance, once the plugin's memory limit is free in the total.
-    pub(crate) async fn instantiate(
+    async fn instantiate(
         &self,
         engine: &Engine,
         wall_deadline: Instant,
@@ -174,7 +213,7 @@ impl Plugin {
     }
 
     /// Records the outcome of one call and turns a failure into the caller's error.
-    pub(crate) fn finish<T>(
+    fn finish<T>(
         &self,
         operation: &str,
         started: Instant,
@@ -390,14 +429,7 @@ pub(crate) async fn describe(
     engine: &Engine,
     plugin: &Plugin,
 ) -> Result<ProviderInfo, ProviderError> {
-    let wall = plugin.wall_time();
-    let started = Instant::now();
-    let work = async {
-        let mut call = plugin.instantiate(engine, started + wall).await?;
-        call.describe().await
-    };
-    let result = tokio::time::timeout(wall, work)
+    plugin
+        .run(engine, "describe", async |call| call.describe().await)
         .await
-        .unwrap_or(Err(Failure::WallTime));
-    plugin.finish("describe", started, result)
 }

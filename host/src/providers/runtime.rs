@@ -14,7 +14,7 @@ use wasmtime::component::Component;
 
 use super::cache::{CompileCache, Origin};
 use super::engine::{self, EpochTicker, PoolSize};
-use super::instance::{Failure, Plugin, describe};
+use super::instance::{Plugin, describe};
 use super::state::PluginContext;
 use super::types::{
     CallSetup, CallSetupRequest, Grant, PluginHealth, ProviderError, ProviderInfo, Role,
@@ -233,52 +233,45 @@ impl ProviderRuntime {
         request: CallSetupRequest,
     ) -> Result<CallSetup, ProviderError> {
         let plugin = self.plugin(provider)?;
-        let wall = plugin.wall_time();
-        let started = Instant::now();
-        let wall_deadline = started + wall;
-        let work = async {
-            let _slot = plugin.slot().await?;
-            let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
-            let session = call
-                .create_session(&SessionRequest {
-                    call_id: &request.call_id,
-                    call_type: request.call_type,
-                    caller: &request.caller,
-                    callee: &request.callee,
-                    channel: request.channel.as_deref(),
+        plugin
+            .run(&self.engine, "setup-call", async |call| {
+                let session = call
+                    .create_session(&SessionRequest {
+                        call_id: &request.call_id,
+                        call_type: request.call_type,
+                        caller: &request.caller,
+                        callee: &request.callee,
+                        channel: request.channel.as_deref(),
+                    })
+                    .await?;
+                let caller_token = call
+                    .issue_token(&TokenRequest {
+                        session_id: &session.session_id,
+                        role: Role::Publisher,
+                        identity: &request.caller,
+                        display_name: &request.caller_display_name,
+                        lifetime_seconds: request.token_lifetime_seconds,
+                        channel: request.channel.as_deref(),
+                    })
+                    .await?;
+                let callee_token = call
+                    .issue_token(&TokenRequest {
+                        session_id: &session.session_id,
+                        role: Role::Publisher,
+                        identity: &request.callee,
+                        display_name: &request.callee_display_name,
+                        lifetime_seconds: request.token_lifetime_seconds,
+                        channel: request.channel.as_deref(),
+                    })
+                    .await?;
+                Ok(CallSetup {
+                    session_id: session.session_id,
+                    api_key: session.api_key,
+                    caller_token,
+                    callee_token,
                 })
-                .await?;
-            let caller_token = call
-                .issue_token(&TokenRequest {
-                    session_id: &session.session_id,
-                    role: Role::Publisher,
-                    identity: &request.caller,
-                    display_name: &request.caller_display_name,
-                    lifetime_seconds: request.token_lifetime_seconds,
-                    channel: request.channel.as_deref(),
-                })
-                .await?;
-            let callee_token = call
-                .issue_token(&TokenRequest {
-                    session_id: &session.session_id,
-                    role: Role::Publisher,
-                    identity: &request.callee,
-                    display_name: &request.callee_display_name,
-                    lifetime_seconds: request.token_lifetime_seconds,
-                    channel: request.channel.as_deref(),
-                })
-                .await?;
-            Ok(CallSetup {
-                session_id: session.session_id,
-                api_key: session.api_key,
-                caller_token,
-                callee_token,
             })
-        };
-        let result = tokio::time::timeout(wall, work)
             .await
-            .unwrap_or(Err(Failure::WallTime));
-        plugin.finish("setup-call", started, result)
     }
 
     /// Checks a token for `session_id` through the provider that issued it.
@@ -302,18 +295,11 @@ impl ProviderRuntime {
                 message: "token too long".into(),
             });
         }
-        let wall = plugin.wall_time();
-        let started = Instant::now();
-        let wall_deadline = started + wall;
-        let work = async {
-            let _slot = plugin.slot().await?;
-            let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
-            call.verify_token(token, session_id).await
-        };
-        let result = tokio::time::timeout(wall, work)
+        plugin
+            .run(&self.engine, "verify-token", async |call| {
+                call.verify_token(token, session_id).await
+            })
             .await
-            .unwrap_or(Err(Failure::WallTime));
-        plugin.finish("verify-token", started, result)
     }
 
     /// Tells `provider` that the call on `session_id` has ended, so it can
@@ -326,18 +312,11 @@ impl ProviderRuntime {
         channel: Option<&str>,
     ) -> Result<(), ProviderError> {
         let plugin = self.plugin(provider)?;
-        let wall = plugin.wall_time();
-        let started = Instant::now();
-        let wall_deadline = started + wall;
-        let work = async {
-            let _slot = plugin.slot().await?;
-            let mut call = plugin.instantiate(&self.engine, wall_deadline).await?;
-            call.end_session(session_id, channel).await
-        };
-        let result = tokio::time::timeout(wall, work)
+        plugin
+            .run(&self.engine, "end-session", async |call| {
+                call.end_session(session_id, channel).await
+            })
             .await
-            .unwrap_or(Err(Failure::WallTime));
-        plugin.finish("end-session", started, result)
     }
 
     /// The plugins whose tokens the host checks itself (`verifies_tokens`),
@@ -370,23 +349,29 @@ impl ProviderRuntime {
                     failures: plugin.failures.load(Ordering::Relaxed),
                     consecutive_failures,
                     busy_us: plugin.busy_ns.load(Ordering::Relaxed) / 1000,
+                    cpu_us: plugin.cpu_ns.load(Ordering::Relaxed) / 1000,
                     healthy: consecutive_failures < UNHEALTHY_AFTER_FAILURES,
                 }
             })
             .collect()
     }
 
-    /// Whether calls with no channel can be served: the default plugin or
-    /// one of the fallbacks is healthy and not cooling down.
-    pub fn can_serve_default(&self) -> bool {
+    /// Whether every call can be served: for the default provider and for
+    /// each channel's, that plugin or one of the fallbacks is healthy and
+    /// not cooling down. A channel whose provider is failing with no
+    /// fallback left makes this false, so the heartbeat names it.
+    pub fn can_serve_every_channel(&self) -> bool {
         let now_ms = crate::clock::now_ms().max(0) as u64;
-        std::iter::once(&self.default)
-            .chain(&self.fallback)
-            .filter_map(|name| self.plugins.get(name))
-            .any(|plugin| {
+        let serves = |name: &String| {
+            self.plugins.get(name).is_some_and(|plugin| {
                 plugin.consecutive_failures.load(Ordering::Relaxed) < UNHEALTHY_AFTER_FAILURES
                     && !plugin.is_cooling_down(now_ms)
             })
+        };
+        let fallback_serves = self.fallback.iter().any(serves);
+        std::iter::once(&self.default)
+            .chain(self.channels.values())
+            .all(|chosen| serves(chosen) || fallback_serves)
     }
 
     /// How this runtime's components became ready (compiled or cached).

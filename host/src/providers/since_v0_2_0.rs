@@ -21,11 +21,13 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../wit/since_v0.2.0",
-        // Only HTTP waits on the network; every other import is a quick,
+        // HTTP waits on the network and signing takes a millisecond of CPU
+        // (RSA), so both are async; every other import is a quick,
         // synchronous host call. Every import may trap so the host can stop a
         // plugin that abuses one (a log flood, an oversized random request).
         imports: {
             "loopcall:provider/http.send": async | trappable,
+            "loopcall:provider/crypto.sign": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -290,7 +292,7 @@ impl crypto::Host for CallState {
         CallState::random_bytes(self, len)
     }
 
-    fn sign(
+    async fn sign(
         &mut self,
         algorithm: crypto::SigningAlgorithm,
         private_key_pem: String,
@@ -300,6 +302,6 @@ impl crypto::Host for CallState {
             crypto::SigningAlgorithm::Rs256 => SigningAlgorithm::Rs256,
             crypto::SigningAlgorithm::Es256 => SigningAlgorithm::Es256,
         };
-        Ok(CallState::sign(self, algorithm, &private_key_pem, &data))
+        CallState::sign(self, algorithm, private_key_pem, data).await
     }
 }

@@ -66,6 +66,9 @@ pub(crate) struct CallState {
     /// Wall-clock deadline of the whole call, HTTP included.
     pub wall_deadline: Instant,
     pub log: LogBudget,
+    /// CPU time host imports spent for this instance on other threads
+    /// (`crypto.sign` runs on the blocking pool), in nanoseconds.
+    pub offloaded_cpu_ns: u64,
 }
 
 impl CallState {
@@ -75,6 +78,7 @@ impl CallState {
             stop: None,
             wall_deadline,
             log: LogBudget::default(),
+            offloaded_cpu_ns: 0,
         }
     }
 

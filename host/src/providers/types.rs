@@ -118,6 +118,8 @@ pub struct PluginHealth {
     pub consecutive_failures: u64,
     /// Wall time spent in its calls since start-up, in microseconds.
     pub busy_us: u64,
+    /// CPU time its calls used since start-up, in microseconds.
+    pub cpu_us: u64,
     /// False after several failed calls in a row, until one succeeds.
     pub healthy: bool,
     /// How much longer fallback skips this plugin (it was unavailable); 0
