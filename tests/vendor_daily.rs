@@ -5,6 +5,7 @@
 //! and slow answers turned into clear errors for the caller.
 
 use crate::common;
+use crate::common::vendor;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -14,11 +15,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, post};
+use common::TestServer;
 use common::vendor::{
-    assert_provider_error, attempt_call, call_flow, call_owner, hang_up, plugin_toml, run_sdk,
-    serve, unix_now,
+    assert_provider_error, attempt_call, call_flow, call_owner, hang_up, run_sdk, serve, unix_now,
 };
-use common::{ServerOptions, TestServer};
 use serde_json::{Value, json};
 
 const API_KEY: &str = "daily-test-api-key-5f0c1e9b7a3d2c4e";
@@ -97,15 +97,10 @@ impl FakeDaily {
 
     /// Waits (bounded) until the fake has seen `room` deleted.
     async fn wait_for_delete(&self, room: &str, why: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.deleted().iter().any(|r| r == room) {
-            assert!(
-                Instant::now() < deadline,
-                "the room was not deleted after {why}; deleted: {:?}",
-                self.deleted()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        vendor::eventually(&format!("{room} deleted after {why}"), || {
+            self.deleted().iter().any(|r| r == room)
+        })
+        .await;
     }
 }
 
@@ -246,19 +241,7 @@ async fn server(origin: &str, settings: &str, extra: &str, env: &[(&str, &str)])
         "api_key = {API_KEY:?}\napi_url = {origin:?}\ndomain = {DOMAIN:?}\n\
          domain_id = {DOMAIN_ID:?}\n{settings}"
     );
-    TestServer::start_with(ServerOptions {
-        loopback: false,
-        extra_toml: format!(
-            "[providers]\ndefault = \"daily\"\n\n{}\n{extra}",
-            plugin_toml("daily", &[origin], &settings)
-        ),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
-    .await
+    vendor::start("daily", &[origin], &settings, extra, env).await
 }
 
 #[tokio::test]
@@ -360,7 +343,9 @@ async fn daily_refused_api_key_is_a_clear_error_and_not_retried() {
     assert_provider_error(&attempt);
     assert_eq!(fake.posts(), 1, "a refused key is not retried");
     let logs = server
-        .wait_for_log("the Daily API refused the API key (check api_key): HTTP 401")
+        .wait_for_log(
+            "the Daily API refused the credentials (check `api_key`) to create the room: HTTP 401",
+        )
         .await;
     assert!(logs.contains("misconfigured"), "{logs}");
     assert!(!logs.contains(API_KEY), "the API key is not logged");
@@ -388,7 +373,7 @@ async fn daily_server_errors_are_retried_then_unavailable() {
     assert_provider_error(&attempt);
     assert_eq!(fake.posts(), 2 + 3, "three attempts");
     let logs = server
-        .wait_for_log("the Daily API is unavailable: HTTP 503")
+        .wait_for_log("the Daily API is unavailable to create the room: HTTP 503")
         .await;
     assert!(logs.contains("after 3 attempts"), "{logs}");
     fake.assert_no_problems();
@@ -417,20 +402,13 @@ async fn daily_slow_api_times_out_then_unavailable() {
 async fn daily_missing_settings_are_misconfigured() {
     let (_fake, origin) = FakeDaily::start().await;
     // No domain: the room URL cannot be made.
-    let server = TestServer::start_with(ServerOptions {
-        loopback: false,
-        extra_toml: format!(
-            "[providers]\ndefault = \"daily\"\n\n{}",
-            plugin_toml(
-                "daily",
-                &[&origin],
-                &format!(
-                    "api_key = {API_KEY:?}\napi_url = {origin:?}\ndomain_id = {DOMAIN_ID:?}\n"
-                )
-            )
-        ),
-        ..Default::default()
-    })
+    let server = vendor::start(
+        "daily",
+        &[&origin],
+        &format!("api_key = {API_KEY:?}\napi_url = {origin:?}\ndomain_id = {DOMAIN_ID:?}\n"),
+        "",
+        &[],
+    )
     .await;
     let attempt = attempt_call(&server).await;
     assert_provider_error(&attempt);

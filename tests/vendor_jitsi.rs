@@ -5,10 +5,11 @@
 //! neither, are refused as misconfigured.
 
 use crate::common;
+use crate::common::vendor;
 use crate::common::vendor::call_owner;
 
-use common::vendor::{call_flow, plugin_toml, run_sdk};
-use common::{ServerOptions, TestServer, client, workspace_root};
+use common::vendor::{call_flow, run_sdk};
+use common::{TestServer, client, workspace_root};
 use serde_json::{Value, json};
 
 const SELF_HOSTED_URL: &str = "https://meet.example.com";
@@ -30,15 +31,7 @@ fn private_key() -> String {
 /// A server whose `config.toml` picks `jitsi` for every call; `extra` follows
 /// the plugin's settings table (nested tables, say).
 async fn server(settings: &str, extra: &str) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        loopback: false,
-        extra_toml: format!(
-            "[providers]\ndefault = \"jitsi\"\n\n{}\n{extra}",
-            plugin_toml("jitsi", &[], settings)
-        ),
-        ..Default::default()
-    })
-    .await
+    vendor::start("jitsi", &[], settings, extra, &[]).await
 }
 
 fn jaas_settings() -> String {

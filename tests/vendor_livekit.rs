@@ -6,9 +6,9 @@
 //! secret, issued by the API key, granting `roomCreate`.
 
 use crate::common;
+use crate::common::vendor;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -16,8 +16,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, plugin_toml, run_sdk, serve};
-use common::{ServerOptions, TestServer};
+use common::TestServer;
+use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, run_sdk, serve};
 use serde_json::{Value, json};
 
 const API_KEY: &str = "APIloopTest";
@@ -170,18 +170,9 @@ async fn livekit_server(
     hosts: &[&str],
     settings: &str,
     extra: &str,
-    env: Vec<(String, String)>,
+    env: &[(&str, &str)],
 ) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        loopback: false,
-        extra_toml: format!(
-            "[providers]\ndefault = \"livekit\"\n\n{extra}{}",
-            plugin_toml("livekit", hosts, settings)
-        ),
-        env,
-        ..Default::default()
-    })
-    .await
+    vendor::start("livekit", hosts, settings, extra, env).await
 }
 
 fn settings(url: &str, create_room: bool) -> String {
@@ -241,16 +232,12 @@ async fn check_call(call: &VendorCall, url: &str, service_tokens: Vec<String>) -
 
 /// Waits (bounded) until `done` holds of the fake.
 async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done(&fake.lock().unwrap()) {
-        assert!(Instant::now() < deadline, "the fake never saw {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    vendor::eventually(what, || done(&fake.lock().unwrap())).await;
 }
 
 #[tokio::test]
 async fn vendor_livekit_tokens_are_the_sdks_own() {
-    let server = livekit_server(&[], &settings(CLIENT_URL, false), "", vec![]).await;
+    let server = livekit_server(&[], &settings(CLIENT_URL, false), "", &[]).await;
     let call = call_flow(&server, None).await;
     check_call(&call, CLIENT_URL, vec![]).await;
     // Two calls, two rooms.
@@ -268,7 +255,7 @@ async fn vendor_livekit_creates_the_room_and_deletes_it_when_the_call_is_termina
     let (fake, origin) = fake_livekit().await;
     // Clients get the websocket URL; the plugin reaches its http origin.
     let url = origin.replacen("http://", "ws://", 1);
-    let server = livekit_server(&[origin.as_str()], &settings(&url, true), "", vec![]).await;
+    let server = livekit_server(&[origin.as_str()], &settings(&url, true), "", &[]).await;
     let call = call_flow(&server, None).await;
     let service_tokens = fake.lock().unwrap().bearers.clone();
     assert_eq!(service_tokens.len(), 1);
@@ -307,7 +294,7 @@ async fn vendor_livekit_room_settings_reach_create_room() {
             settings(&url, true)
         ),
         "",
-        vec![],
+        &[],
     )
     .await;
     let call = call_flow(&server, None).await;
@@ -326,7 +313,7 @@ async fn vendor_livekit_deletes_the_room_of_an_unanswered_call_when_it_expires()
         &[origin.as_str()],
         &settings(&url, true),
         "[calls]\nduration_seconds = 1\n\n",
-        vec![("LOOP_DATABASE__PURGE_INTERVAL_SECONDS".into(), "1".into())],
+        &[("LOOP_DATABASE__PURGE_INTERVAL_SECONDS", "1")],
     )
     .await;
     let call = call_flow(&server, None).await;
@@ -347,7 +334,7 @@ async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
         &[origin.as_str()],
         &format!("{}timeout_ms = 1000\n", settings(&url, true)),
         "",
-        vec![],
+        &[],
     )
     .await;
 
@@ -362,7 +349,7 @@ async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
     assert_eq!(fake.lock().unwrap().requests, 1, "a 401 is not retried");
     server
         .wait_for_log(
-            "provider livekit is misconfigured: LiveKit CreateRoom refused the credentials",
+            "provider livekit is misconfigured: the LiveKit room API refused the credentials (check `api_key` and `api_secret`) to create the room: HTTP 401",
         )
         .await;
 
@@ -379,7 +366,7 @@ async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
     assert_eq!(fake.lock().unwrap().requests, 3, "1 attempt + 2 retries");
     server
         .wait_for_log(
-            "provider livekit is unavailable: LiveKit CreateRoom is unavailable: HTTP 503",
+            "provider livekit is unavailable: the LiveKit room API is unavailable to create the room: HTTP 503",
         )
         .await;
 
@@ -398,7 +385,7 @@ async fn vendor_livekit_without_credentials_is_misconfigured() {
         &[],
         &format!("url = {CLIENT_URL:?}\napi_key = {API_KEY:?}\n"),
         "",
-        vec![],
+        &[],
     )
     .await;
     let attempt = attempt_call(&server).await;

@@ -3,6 +3,7 @@
 //! 127.0.0.1 that checks what OpenTok checks; the tokens both sides receive
 //! are checked by the `opentok` Python SDK (tests/vendor_sdks/opentok.py).
 
+use crate::common::vendor;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,10 +19,10 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
+use crate::common::TestServer;
 use crate::common::vendor::{
-    assert_provider_error, attempt_call, call_flow, plugin_toml, run_sdk, serve, unix_now,
+    assert_provider_error, attempt_call, call_flow, run_sdk, serve, unix_now,
 };
-use crate::common::{ServerOptions, TestServer};
 
 const KEY: &str = "46100001";
 const SECRET: &str = "opentok-test-secret-0123456789abcdef";
@@ -224,15 +225,7 @@ async fn server(fake: &FakeOpenTok, settings: &str) -> TestServer {
         "api_url = {:?}\napi_key = {KEY:?}\napi_secret = {SECRET:?}\n{settings}",
         fake.origin
     );
-    TestServer::start_with(ServerOptions {
-        loopback: false,
-        extra_toml: format!(
-            "[providers]\ndefault = \"opentok\"\n\n{}",
-            plugin_toml("opentok", &[&fake.origin], &settings)
-        ),
-        ..Default::default()
-    })
-    .await
+    vendor::start("opentok", &[&fake.origin], &settings, "", &[]).await
 }
 
 /// Checks one side's token with the SDK; returns its connection data.
@@ -377,7 +370,7 @@ async fn opentok_server_errors_are_retried_then_unavailable() {
     assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 3, "one attempt and two retries");
     let logs = server.wait_for_log("provider opentok is unavailable").await;
-    assert!(logs.contains("HTTP 500 (after 3 attempts)"), "{logs}");
+    assert!(logs.contains("the OpenTok API is unavailable to create the session: HTTP 500 (fake failure) (after 3 attempts)"), "{logs}");
 
     // Once OpenTok is back, calls go through again.
     fake.answer(Answer::Ok);
@@ -401,7 +394,10 @@ async fn opentok_slow_answers_time_out() {
     );
     assert_eq!(fake.requests(), 2);
     let logs = server.wait_for_log("provider opentok is unavailable").await;
-    assert!(logs.contains("timed out (after 2 attempts)"), "{logs}");
+    assert!(
+        logs.contains("the OpenTok API did not answer in time (after 2 attempts)"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]

@@ -6,10 +6,11 @@
 //! and form-encoded parameters.
 
 use crate::common;
+use crate::common::vendor;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,8 +18,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, plugin_toml, run_sdk, serve};
-use common::{ServerOptions, TestServer};
+use common::TestServer;
+use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, run_sdk, serve};
 use serde_json::{Value, json};
 
 const ACCOUNT_SID: &str = "ACtest0123456789abcdef0123456789ab";
@@ -176,18 +177,9 @@ async fn twilio_server(
     hosts: &[&str],
     settings: &str,
     extra: &str,
-    env: Vec<(String, String)>,
+    env: &[(&str, &str)],
 ) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        loopback: false,
-        extra_toml: format!(
-            "[providers]\ndefault = \"twilio\"\n\n{extra}{}",
-            plugin_toml("twilio", hosts, settings)
-        ),
-        env,
-        ..Default::default()
-    })
-    .await
+    vendor::start("twilio", hosts, settings, extra, env).await
 }
 
 fn settings(api_url: Option<&str>, create_room: bool) -> String {
@@ -254,17 +246,13 @@ async fn check_call(call: &VendorCall) -> String {
 
 /// Waits (bounded) until `done` holds of the fake.
 async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done(&fake.lock().unwrap()) {
-        assert!(Instant::now() < deadline, "the fake never saw {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    vendor::eventually(what, || done(&fake.lock().unwrap())).await;
 }
 
 #[tokio::test]
 async fn vendor_twilio_tokens_are_the_sdks_own() {
     // No api_url: the default (Twilio's) is never reached without create_room.
-    let server = twilio_server(&[], &settings(None, false), "", vec![]).await;
+    let server = twilio_server(&[], &settings(None, false), "", &[]).await;
     let call = call_flow(&server, None).await;
     check_call(&call).await;
     let again = call_flow(&server, None).await;
@@ -283,7 +271,7 @@ async fn vendor_twilio_creates_the_room_and_completes_it_when_the_call_is_termin
         &[origin.as_str()],
         &settings(Some(origin.as_str()), true),
         "",
-        vec![],
+        &[],
     )
     .await;
     let call = call_flow(&server, None).await;
@@ -319,7 +307,7 @@ async fn vendor_twilio_room_type_reaches_the_api() {
             settings(Some(format!("{origin}/").as_str()), true)
         ),
         "",
-        vec![],
+        &[],
     )
     .await;
     call_flow(&server, None).await;
@@ -333,7 +321,7 @@ async fn vendor_twilio_completes_the_room_of_an_unanswered_call_when_it_expires(
         &[origin.as_str()],
         &settings(Some(origin.as_str()), true),
         "[calls]\nduration_seconds = 1\n\n",
-        vec![("LOOP_DATABASE__PURGE_INTERVAL_SECONDS".into(), "1".into())],
+        &[("LOOP_DATABASE__PURGE_INTERVAL_SECONDS", "1")],
     )
     .await;
     let call = call_flow(&server, None).await;
@@ -356,7 +344,7 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
             settings(Some(origin.as_str()), true)
         ),
         "",
-        vec![],
+        &[],
     )
     .await;
 
@@ -370,7 +358,7 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
     assert!(body["message"].is_string(), "{body}");
     assert_eq!(fake.lock().unwrap().requests, 1, "a 401 is not retried");
     server
-        .wait_for_log("provider twilio is misconfigured: Twilio Video: creating the room: the API refused the credentials")
+        .wait_for_log("provider twilio is misconfigured: the Twilio Video API refused the credentials (check `api_key_sid` and `api_key_secret`) to create the room: HTTP 401")
         .await;
 
     // The vendor is down: retried (retries = 2), then unavailable.
@@ -385,7 +373,7 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
     assert_eq!(body["errno"], 201, "{body}");
     assert_eq!(fake.lock().unwrap().requests, 3, "1 attempt + 2 retries");
     server
-        .wait_for_log("provider twilio is unavailable: Twilio Video: creating the room: the API is unavailable: HTTP 500")
+        .wait_for_log("provider twilio is unavailable: the Twilio Video API is unavailable to create the room: HTTP 500")
         .await;
 
     // Slow answers: each attempt times out (timeout_ms = 300), then unavailable.
@@ -400,7 +388,7 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(fake.lock().unwrap().requests, 3, "1 attempt + 2 retries");
     server
-        .wait_for_log("provider twilio is unavailable: the Twilio Video API timed out")
+        .wait_for_log("provider twilio is unavailable: the Twilio Video API did not answer in time")
         .await;
 
     // Back up: calls go through again.
@@ -420,7 +408,7 @@ async fn vendor_twilio_rejects_an_unknown_room_type() {
         &[],
         &format!("{}room_type = \"huge\"\n", settings(None, false)),
         "",
-        vec![],
+        &[],
     )
     .await;
     let attempt = attempt_call(&server).await;

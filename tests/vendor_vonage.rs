@@ -4,6 +4,7 @@
 //! both sides receive are checked with the `vonage-video` Python SDK
 //! (tests/vendor_sdks/vonage.py).
 
+use crate::common::vendor;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,15 +194,7 @@ async fn server(fake: &FakeVonage, settings: &str) -> TestServer {
         fake.origin,
         private_key()
     );
-    TestServer::start_with(ServerOptions {
-        loopback: false,
-        extra_toml: format!(
-            "[providers]\ndefault = \"vonage\"\n\n{}",
-            plugin_toml("vonage", &[&fake.origin], &settings)
-        ),
-        ..Default::default()
-    })
-    .await
+    vendor::start("vonage", &[&fake.origin], &settings, "", &[]).await
 }
 
 async fn sdk_check(token: &Value, session_id: &str) -> Value {
@@ -278,14 +271,16 @@ async fn vonage_refusals_retries_and_timeouts() {
     let attempt = attempt_call(&server).await;
     assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 4, "one attempt and two retries");
-    server.wait_for_log("HTTP 503 (after 3 attempts)").await;
+    server.wait_for_log("the Vonage Video API is unavailable to create the session: HTTP 503 (fake failure) (after 3 attempts)").await;
 
     // Too slow: each attempt times out.
     fake.answer(Answer::Slow(Duration::from_secs(3)));
     let attempt = attempt_call(&server).await;
     assert_provider_error(&attempt);
     assert_eq!(fake.requests(), 7);
-    server.wait_for_log("timed out (after 3 attempts)").await;
+    server
+        .wait_for_log("the Vonage Video API did not answer in time (after 3 attempts)")
+        .await;
 
     // Back to normal.
     fake.answer(Answer::Ok);

@@ -23,7 +23,6 @@
 #define ROOM_RANDOM_BYTES 16 // "loop-" + 32 hex digits
 #define MAX_ROOM_NAME_BYTES 128
 #define MAX_FIELD_BYTES 1024
-#define MAX_ERROR_INFO_BYTES 200
 
 // What create-session leaves for the issue-token calls of the same call.
 static lp_buf_t g_room = {0};
@@ -118,131 +117,30 @@ static bool valid_room(const plugin_string_t *s) {
 
 // ---- the REST API --------------------------------------------------------------
 
-static bool fail_with(lp_error_t *err, uint8_t tag, lp_buf_t *msg) {
-  lp_buf_byte(msg, 0);
-  lp_error(err, tag, (const char *)msg->ptr);
-  lp_buf_free(msg);
-  return false;
+// Daily's REST API takes the API key as a Bearer token.
+static bool bearer(const void *ctx, lp_buf_t *value, lp_error_t *err) {
+  (void)err;
+  const account_t *a = ctx;
+  lp_buf_str(value, "Bearer ");
+  lp_buf_put(value, a->api_key.ptr, a->api_key.len);
+  return true;
 }
 
-// Appends Daily's own explanation (`{"error": ..., "info": ...}`), bounded, when
-// the answer carries one. It names what was wrong, never a credential.
-static void append_daily_info(lp_buf_t *msg, const loopcall_provider_http_response_t *resp) {
-  plugin_string_t info;
-  if (!lp_json_get_string(resp->body.ptr, resp->body.len, "info", &info) &&
-      !lp_json_get_string(resp->body.ptr, resp->body.len, "error", &info))
-    return;
-  size_t n = info.len;
-  if (n > MAX_ERROR_INFO_BYTES) {
-    n = MAX_ERROR_INFO_BYTES;
-    while (n && (info.ptr[n] & 0xC0) == 0x80) n--; // whole UTF-8 characters only
-  }
-  lp_buf_str(msg, " (");
-  lp_buf_put(msg, info.ptr, n);
-  lp_buf_byte(msg, ')');
-  plugin_string_free(&info);
-}
-
-// Sends one request to Daily with the API key as Bearer, retrying timeouts,
-// transport failures, 429 and 5xx up to `retries` times. On true, `resp` holds
-// a 2xx answer (or, when `ok_404`, a 404) and must be freed by the caller.
+// One request to Daily, retried and mapped to errors as every vendor's are.
 static bool daily_send(const account_t *a, loopcall_provider_http_method_t method,
                        const lp_buf_t *url, const lp_buf_t *body, bool ok_404, const char *what,
                        loopcall_provider_http_response_t *resp, lp_error_t *err) {
-  lp_buf_t auth = {0};
-  lp_buf_str(&auth, "Bearer ");
-  lp_buf_put(&auth, a->api_key.ptr, a->api_key.len);
-  lp_headers_t headers = {0};
-  lp_header(&headers, "authorization", auth.ptr, auth.len);
-  lp_header_cstr(&headers, "accept", "application/json");
-  if (body) lp_header_cstr(&headers, "content-type", "application/json");
-
-  loopcall_provider_http_request_t req = {0};
-  req.method = method;
-  req.url = (plugin_string_t){url->ptr, url->len};
-  req.headers.ptr = headers.items;
-  req.headers.len = headers.len;
-  if (body) {
-    req.body.is_some = true;
-    req.body.val = (plugin_list_u8_t){body->ptr, body->len};
-  }
-  req.timeout_ms.is_some = true;
-  req.timeout_ms.val = (uint32_t)a->timeout_ms;
-
-  bool ok = false;
-  lp_buf_t msg = {0};
-  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-  for (uint64_t attempt = 0; attempt <= a->retries; attempt++) {
-    lp_buf_free(&msg);
-    loopcall_provider_http_http_error_t http_err;
-    if (!loopcall_provider_http_send(&req, resp, &http_err)) {
-      bool retry = lp_http_error_retryable(&http_err);
-      switch (http_err.tag) {
-      case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_DENIED:
-        tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-        lp_buf_str(&msg, "the host denied the request to api_url (list its origin in "
-                         "allowed_hosts): ");
-        lp_buf_put(&msg, http_err.val.denied.ptr, http_err.val.denied.len);
-        break;
-      case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
-        tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-        lp_buf_str(&msg, "the Daily API did not answer in time");
-        break;
-      case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
-        tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-        lp_buf_str(&msg, "the Daily API's answer was too large");
-        break;
-      case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
-        tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-        lp_buf_str(&msg, "cannot reach the Daily API: ");
-        lp_buf_put(&msg, http_err.val.transport.ptr, http_err.val.transport.len);
-        break;
-      default:
-        tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-        lp_buf_str(&msg, "invalid request to the Daily API (check api_url): ");
-        lp_buf_put(&msg, http_err.val.invalid_request.ptr, http_err.val.invalid_request.len);
-        break;
-      }
-      loopcall_provider_http_http_error_free(&http_err);
-      if (retry) continue;
-      break;
-    }
-    uint16_t status = resp->status;
-    if ((status >= 200 && status <= 299) || (ok_404 && status == 404)) {
-      ok = true;
-      break;
-    }
-    bool retry = status == 429 || status >= 500;
-    if (status == 401 || status == 403) {
-      tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-      lp_buf_str(&msg, "the Daily API refused the API key (check api_key): HTTP ");
-    } else if (retry) {
-      tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-      lp_buf_str(&msg, "the Daily API is unavailable: HTTP ");
-    } else {
-      // Loop builds these requests from settings alone: any other refusal is
-      // the deployment's to fix (api_url, the account's plan, the domain).
-      tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-      lp_buf_str(&msg, "the Daily API refused to ");
-      lp_buf_str(&msg, what);
-      lp_buf_str(&msg, ": HTTP ");
-    }
-    lp_buf_u64(&msg, status);
-    append_daily_info(&msg, resp);
-    loopcall_provider_http_response_free(resp);
-    if (!retry) break;
-  }
-  lp_buf_free(&auth);
-  if (ok) {
-    lp_buf_free(&msg);
-    return true;
-  }
-  if (tag == LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE && a->retries) {
-    lp_buf_str(&msg, " (after ");
-    lp_buf_u64(&msg, a->retries + 1);
-    lp_buf_str(&msg, " attempts)");
-  }
-  return fail_with(err, tag, &msg);
+  const lp_vendor_t daily = {
+      .api = "the Daily API",
+      .credentials = "`api_key`",
+      .url_setting = "`api_url`",
+      .timeout_ms = a->timeout_ms,
+      .retries = a->retries,
+      .auth_header = "authorization",
+      .authorize = bearer,
+      .ctx = a,
+  };
+  return lp_vendor_send(&daily, method, url, "application/json", body, what, ok_404, resp, err);
 }
 
 static void rooms_url(lp_buf_t *url, const account_t *a) {
@@ -401,13 +299,9 @@ bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
   rooms_url(&url, &a);
   lp_buf_byte(&url, '/');
   lp_buf_put(&url, session_id->ptr, session_id->len);
-  loopcall_provider_http_response_t resp;
   // A room that is already gone (expired, deleted by hand) is a success.
-  if (daily_send(&a, LOOPCALL_PROVIDER_HTTP_METHOD_DELETE, &url, NULL, true, "delete the room",
-                 &resp, err)) {
-    loopcall_provider_http_response_free(&resp);
-    ok = true;
-  }
+  ok = daily_send(&a, LOOPCALL_PROVIDER_HTTP_METHOD_DELETE, &url, NULL, true, "delete the room",
+                  NULL, err);
 done:
   lp_buf_free(&url);
   account_free(&a);

@@ -430,4 +430,173 @@ static inline bool lp_json_get_string(const uint8_t *s, size_t len, const char *
   return false;
 }
 
+// ---- calling a vendor's REST API ---------------------------------------------
+// One request to a vendor, retried the same way by every plugin: timeouts,
+// transport failures, 429 and 5xx are retried up to `retries` times, then
+// `unavailable` (so fallback can serve the call); 401/403 and any other
+// refusal are `misconfigured` (Loop builds these requests from settings
+// alone, so the deployment has something to fix), and never retried. Every
+// message names the API and, where it helps, the settings to check; the
+// vendor's own words (the first of its JSON `message`, `msg`, `detail`, `info`, `error`
+// or `title`) follow the
+// status. Credentials never appear in a message.
+
+typedef struct {
+  const char *api;         // "the Daily API": how messages name it
+  const char *credentials; // the settings to check on 401/403: "api_key"
+  const char *url_setting; // the setting holding the API's address: "api_url"
+  uint64_t timeout_ms;
+  uint64_t retries;
+  const char *auth_header; // "authorization", or a vendor's own header
+  // Writes the auth header's value for one attempt (a fresh JWT each time,
+  // where a vendor refuses a reused `jti`). False, with `err` set, when it
+  // cannot (an unusable key): no attempt is made.
+  bool (*authorize)(const void *ctx, lp_buf_t *value, lp_error_t *err);
+  const void *ctx;
+} lp_vendor_t;
+
+// Appends " (…)" with the vendor's explanation from a JSON error body, if any.
+static inline void lp_vendor_words(lp_buf_t *msg, const loopcall_provider_http_response_t *resp) {
+  static const char *const keys[] = {"message", "msg", "detail", "info", "error", "title"};
+  for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+    plugin_string_t words = {0};
+    if (!lp_json_get_string(resp->body.ptr, resp->body.len, keys[k], &words)) continue;
+    if (words.len) {
+      size_t n = words.len > 200 ? 200 : words.len;
+      while (n < words.len && n && (words.ptr[n] & 0xC0) == 0x80) n--;
+      lp_buf_str(msg, " (");
+      lp_buf_put(msg, words.ptr, n);
+      lp_buf_byte(msg, ')');
+    }
+    plugin_string_free(&words);
+    return;
+  }
+}
+
+// Sends `method url` with `body` (of `content_type`; none when NULL) to do
+// `what` ("create the room"). True on 2xx, or on 404 when `ok_404` (a room
+// already gone); then, when `resp` is not NULL, it holds the answer and the
+// caller frees it. False with `err` set otherwise.
+static inline bool lp_vendor_send(const lp_vendor_t *v, loopcall_provider_http_method_t method,
+                                  const lp_buf_t *url, const char *content_type,
+                                  const lp_buf_t *body, const char *what, bool ok_404,
+                                  loopcall_provider_http_response_t *resp, lp_error_t *err) {
+  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
+  lp_buf_t msg = {0};
+  uint64_t attempts = 0;
+  bool ok = false, retry = true;
+  while (retry && attempts <= v->retries) {
+    if (attempts) {
+      // The last attempt's failure, as a warning: the call may still succeed.
+      lp_buf_str(&msg, "; retrying");
+      plugin_string_t line = {msg.ptr, msg.len};
+      loopcall_provider_log_log(LOOPCALL_PROVIDER_LOG_LEVEL_WARN, &line);
+    }
+    attempts++;
+    lp_buf_free(&msg);
+    lp_buf_t auth = {0};
+    if (v->authorize && !v->authorize(v->ctx, &auth, err)) {
+      lp_buf_free(&auth);
+      return false;
+    }
+    lp_headers_t headers = {0};
+    if (v->authorize) lp_header(&headers, v->auth_header, auth.ptr, auth.len);
+    lp_header_cstr(&headers, "accept", "application/json");
+    if (body && content_type) lp_header_cstr(&headers, "content-type", content_type);
+    loopcall_provider_http_request_t req = {0};
+    req.method = method;
+    req.url = (plugin_string_t){url->ptr, url->len};
+    req.headers.ptr = headers.items;
+    req.headers.len = headers.len;
+    if (body) {
+      req.body.is_some = true;
+      req.body.val = (plugin_list_u8_t){body->ptr, body->len};
+    }
+    req.timeout_ms.is_some = true;
+    req.timeout_ms.val = (uint32_t)v->timeout_ms;
+
+    loopcall_provider_http_response_t answer;
+    loopcall_provider_http_http_error_t e;
+    bool sent = loopcall_provider_http_send(&req, &answer, &e);
+    memset(auth.ptr, 0, auth.len);
+    lp_buf_free(&auth);
+    if (!sent) {
+      retry = lp_http_error_retryable(&e);
+      tag = retry ? LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE
+                  : LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
+      switch (e.tag) {
+      case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_DENIED:
+        lp_buf_str(&msg, "the host denied the request to ");
+        lp_buf_str(&msg, v->url_setting);
+        lp_buf_str(&msg, " (list its origin in allowed_hosts): ");
+        lp_buf_put(&msg, e.val.denied.ptr, e.val.denied.len);
+        break;
+      case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
+        lp_buf_str(&msg, v->api);
+        lp_buf_str(&msg, " did not answer in time");
+        break;
+      case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
+        tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
+        lp_buf_str(&msg, v->api);
+        lp_buf_str(&msg, " answered with more than the host accepts");
+        break;
+      case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
+        lp_buf_str(&msg, "cannot reach ");
+        lp_buf_str(&msg, v->api);
+        lp_buf_str(&msg, ": ");
+        lp_buf_put(&msg, e.val.transport.ptr, e.val.transport.len);
+        break;
+      default:
+        lp_buf_str(&msg, "invalid request to ");
+        lp_buf_str(&msg, v->api);
+        lp_buf_str(&msg, " (check ");
+        lp_buf_str(&msg, v->url_setting);
+        lp_buf_str(&msg, "): ");
+        lp_buf_put(&msg, e.val.invalid_request.ptr, e.val.invalid_request.len);
+        break;
+      }
+      loopcall_provider_http_http_error_free(&e);
+      continue;
+    }
+    uint16_t status = answer.status;
+    if ((status >= 200 && status <= 299) || (ok_404 && status == 404)) {
+      if (resp) *resp = answer;
+      else loopcall_provider_http_response_free(&answer);
+      ok = true;
+      break;
+    }
+    retry = status == 429 || status >= 500;
+    lp_buf_str(&msg, v->api);
+    if (status == 401 || status == 403) {
+      tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
+      lp_buf_str(&msg, " refused the credentials (check ");
+      lp_buf_str(&msg, v->credentials);
+      lp_buf_str(&msg, ") to ");
+    } else if (retry) {
+      tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
+      lp_buf_str(&msg, " is unavailable to ");
+    } else {
+      tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
+      lp_buf_str(&msg, " refused to ");
+    }
+    lp_buf_str(&msg, what);
+    lp_buf_str(&msg, ": HTTP ");
+    lp_buf_u64(&msg, status);
+    lp_vendor_words(&msg, &answer);
+    loopcall_provider_http_response_free(&answer);
+  }
+  if (ok) {
+    lp_buf_free(&msg);
+    return true;
+  }
+  if (retry && attempts > 1) {
+    lp_buf_str(&msg, " (after ");
+    lp_buf_u64(&msg, attempts);
+    lp_buf_str(&msg, " attempts)");
+  }
+  err->tag = tag;
+  lp_buf_into_string(&msg, &err->val.unavailable);
+  return false;
+}
+
 #endif

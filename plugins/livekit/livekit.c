@@ -114,67 +114,12 @@ static void sign(lp_buf_t *out, const config_t *c, const lp_buf_t *payload) {
 
 // ---- the room API -------------------------------------------------------------
 
-static bool http_failure(lp_error_t *err, const loopcall_provider_http_http_error_t *e) {
-  lp_buf_t msg = {0};
-  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-  switch (e->tag) {
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_DENIED:
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "the host denied the request to the LiveKit room API (list the http(s) "
-                     "origin of `url` in allowed_hosts): ");
-    lp_buf_put(&msg, e->val.denied.ptr, e->val.denied.len);
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
-    lp_buf_str(&msg, "the LiveKit room API timed out");
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
-    lp_buf_str(&msg, "the LiveKit room API's answer was too large");
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
-    lp_buf_str(&msg, "cannot reach the LiveKit room API: ");
-    lp_buf_put(&msg, e->val.transport.ptr, e->val.transport.len);
-    break;
-  default:
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "invalid request to the LiveKit room API (check `url`): ");
-    lp_buf_put(&msg, e->val.invalid_request.ptr, e->val.invalid_request.len);
-    break;
-  }
-  err->tag = tag;
-  lp_buf_into_string(&msg, &err->val.unavailable);
-  return false;
-}
-
-static bool status_failure(lp_error_t *err, const char *method, uint16_t status) {
-  lp_buf_t msg = {0};
-  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-  lp_buf_str(&msg, "LiveKit ");
-  lp_buf_str(&msg, method);
-  if (status == 401 || status == 403) {
-    lp_buf_str(&msg, " refused the credentials (check api_key/api_secret): HTTP ");
-  } else if (status == 429 || status >= 500) {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-    lp_buf_str(&msg, " is unavailable: HTTP ");
-  } else {
-    lp_buf_str(&msg, " failed (check `url`): HTTP ");
-  }
-  lp_buf_u64(&msg, status);
-  err->tag = tag;
-  lp_buf_into_string(&msg, &err->val.unavailable);
-  return false;
-}
-
-// Calls RoomService `method` with the JSON `body`. True on HTTP 200; with
-// `not_found_ok`, a 404 (the room is already gone) is success too.
-static bool room_api(const config_t *c, const char *method, const lp_buf_t *body,
-                     bool not_found_ok, lp_error_t *err) {
-  lp_buf_t url = {0}, auth = {0};
-  api_base(&url, &c->url);
-  lp_buf_str(&url, "/twirp/livekit.RoomService/");
-  lp_buf_str(&url, method);
-
-  // What the SDK's RoomService sends: an access token with only the roomCreate
-  // grant (and VideoGrants' publish defaults), no identity.
+// The room API's Bearer token: what the SDK's RoomService sends, an access
+// token with only the roomCreate grant (and VideoGrants' publish defaults), no
+// identity. Made afresh for each attempt.
+static bool service_token(const void *ctx, lp_buf_t *auth, lp_error_t *err) {
+  (void)err;
+  const config_t *c = ctx;
   uint64_t now = lp_now_seconds();
   lp_json_t p = {0};
   lp_json_open(&p);
@@ -189,49 +134,33 @@ static bool room_api(const config_t *c, const char *method, const lp_buf_t *body
   lp_json_u64(&p, "nbf", now);
   lp_json_u64(&p, "exp", now + SERVICE_TOKEN_SECONDS);
   lp_json_close(&p);
-  lp_buf_str(&auth, "Bearer ");
-  sign(&auth, c, &p.buf);
+  lp_buf_str(auth, "Bearer ");
+  sign(auth, c, &p.buf);
   lp_buf_free(&p.buf);
+  return true;
+}
 
-  lp_headers_t headers = {0};
-  lp_header(&headers, "authorization", auth.ptr, auth.len);
-  lp_header_cstr(&headers, "content-type", "application/json");
-  lp_header_cstr(&headers, "accept", "application/json");
-
-  loopcall_provider_http_request_t req = {0};
-  req.method = LOOPCALL_PROVIDER_HTTP_METHOD_POST;
-  req.url = (plugin_string_t){url.ptr, url.len};
-  req.headers.ptr = headers.items;
-  req.headers.len = headers.len;
-  req.body.is_some = true;
-  req.body.val = (plugin_list_u8_t){body->ptr, body->len};
-  req.timeout_ms.is_some = true;
-  req.timeout_ms.val = (uint32_t)c->timeout_ms;
-
-  bool ok = false;
-  for (uint64_t attempt = 0;; attempt++) {
-    bool last = attempt >= c->retries;
-    loopcall_provider_http_response_t resp;
-    loopcall_provider_http_http_error_t e;
-    if (!loopcall_provider_http_send(&req, &resp, &e)) {
-      bool retry = !last && lp_http_error_retryable(&e);
-      if (!retry) http_failure(err, &e);
-      loopcall_provider_http_http_error_free(&e);
-      if (retry) continue;
-      break;
-    }
-    uint16_t status = resp.status;
-    loopcall_provider_http_response_free(&resp);
-    if (status == 200 || (not_found_ok && status == 404)) {
-      ok = true;
-      break;
-    }
-    if (!last && (status == 429 || status >= 500)) continue;
-    status_failure(err, method, status);
-    break;
-  }
+// Calls RoomService `method` with the JSON `body` to do `what`. True on
+// success; with `not_found_ok`, a 404 (the room is already gone) is success too.
+static bool room_api(const config_t *c, const char *method, const char *what,
+                     const lp_buf_t *body, bool not_found_ok, lp_error_t *err) {
+  lp_buf_t url = {0};
+  api_base(&url, &c->url);
+  lp_buf_str(&url, "/twirp/livekit.RoomService/");
+  lp_buf_str(&url, method);
+  const lp_vendor_t room_service = {
+      .api = "the LiveKit room API",
+      .credentials = "`api_key` and `api_secret`",
+      .url_setting = "`url` (its http(s) origin)",
+      .timeout_ms = c->timeout_ms,
+      .retries = c->retries,
+      .auth_header = "authorization",
+      .authorize = service_token,
+      .ctx = c,
+  };
+  bool ok = lp_vendor_send(&room_service, LOOPCALL_PROVIDER_HTTP_METHOD_POST, &url,
+                           "application/json", body, what, not_found_ok, NULL, err);
   lp_buf_free(&url);
-  lp_buf_free(&auth);
   return ok;
 }
 
@@ -259,7 +188,7 @@ bool exports_loopcall_provider_provider_create_session(
     lp_json_u64(&body, "empty_timeout", c.empty_timeout);
     lp_json_u64(&body, "max_participants", c.max_participants);
     lp_json_close(&body);
-    bool created = room_api(&c, "CreateRoom", &body.buf, false, err);
+    bool created = room_api(&c, "CreateRoom", "create the room", &body.buf, false, err);
     lp_buf_free(&body.buf);
     if (!created) {
       lp_buf_free(&room);
@@ -360,7 +289,7 @@ bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
       lp_json_open(&body);
       lp_json_str(&body, "room", session_id);
       lp_json_close(&body);
-      ok = room_api(&c, "DeleteRoom", &body.buf, true, err);
+      ok = room_api(&c, "DeleteRoom", "delete the room", &body.buf, true, err);
       lp_buf_free(&body.buf);
       if (ok) lp_log(LOOPCALL_PROVIDER_LOG_LEVEL_DEBUG, "livekit room deleted");
     }

@@ -141,75 +141,10 @@ static void auth_jwt(lp_buf_t *out, const credentials_t *c) {
   lp_buf_free(&claims.buf);
 }
 
-static void set_error(lp_error_t *err, uint8_t tag, lp_buf_t *msg) {
-  err->tag = tag;
-  lp_buf_into_string(msg, &err->val.unavailable);
-}
-
-// Maps a host HTTP failure; *retry when another attempt may work.
-static void http_failure(const loopcall_provider_http_http_error_t *e, lp_error_t *err,
-                         bool *retry) {
-  lp_buf_t msg = {0};
-  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-  *retry = lp_http_error_retryable(e);
-  switch (e->tag) {
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_DENIED:
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "the host denied the request to api_url (list its origin in allowed_hosts): ");
-    lp_buf_put(&msg, e->val.denied.ptr, e->val.denied.len);
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
-    lp_buf_str(&msg, "the OpenTok API timed out");
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
-    lp_buf_str(&msg, "the OpenTok API answer was too large");
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
-    lp_buf_str(&msg, "cannot reach the OpenTok API: ");
-    lp_buf_put(&msg, e->val.transport.ptr, e->val.transport.len);
-    break;
-  default:
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "invalid request to the OpenTok API (check api_url): ");
-    lp_buf_put(&msg, e->val.invalid_request.ptr, e->val.invalid_request.len);
-    break;
-  }
-  set_error(err, tag, &msg);
-}
-
-// Maps a non-2xx status; *retry for 5xx and 429.
-static void status_failure(uint16_t status, lp_error_t *err, bool *retry) {
-  lp_buf_t msg = {0};
-  uint8_t tag;
-  *retry = false;
-  if (status == 401 || status == 403) {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "the OpenTok API refused the credentials (check api_key and api_secret): HTTP ");
-  } else if (status == 429 || status >= 500) {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-    *retry = true;
-    lp_buf_str(&msg, "the OpenTok API is unavailable: HTTP ");
-  } else if (status >= 400) {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_REJECTED;
-    lp_buf_str(&msg, "the OpenTok API refused to create the session: HTTP ");
-  } else {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-    lp_buf_str(&msg, "unexpected answer from the OpenTok API: HTTP ");
-  }
-  lp_buf_u64(&msg, status);
-  set_error(err, tag, &msg);
-}
-
-// Replaces a failure message with one saying how many attempts were made.
-static void note_attempts(lp_error_t *err, uint64_t attempts) {
-  if (attempts < 2) return;
-  lp_buf_t msg = {0};
-  lp_buf_put(&msg, err->val.unavailable.ptr, err->val.unavailable.len);
-  lp_buf_str(&msg, " (after ");
-  lp_buf_u64(&msg, attempts);
-  lp_buf_str(&msg, " attempts)");
-  plugin_string_free(&err->val.unavailable);
-  lp_buf_into_string(&msg, &err->val.unavailable);
+static bool x_opentok_auth(const void *ctx, lp_buf_t *value, lp_error_t *err) {
+  (void)err;
+  auth_jwt(value, ctx);
+  return true;
 }
 
 // POST {api_url}/session/create; the session id of a 2xx answer into `out`.
@@ -231,55 +166,29 @@ static bool create_remote_session(const credentials_t *c, const plugin_string_t 
   lp_buf_byte(&body, '=');
   lp_buf_str(&body, always ? "always" : "manual");
 
-  bool ok = false;
-  uint64_t attempt = 0;
-  for (;;) {
-    attempt++;
-    lp_buf_t auth = {0};
-    auth_jwt(&auth, c);
-    lp_headers_t headers = {0};
-    lp_header(&headers, "X-OPENTOK-AUTH", auth.ptr, auth.len);
-    lp_header_cstr(&headers, "Accept", "application/json");
-    lp_header_cstr(&headers, "Content-Type", "application/x-www-form-urlencoded");
-
-    loopcall_provider_http_request_t req = {0};
-    req.method = LOOPCALL_PROVIDER_HTTP_METHOD_POST;
-    req.url = (plugin_string_t){url.ptr, url.len};
-    req.headers.ptr = headers.items;
-    req.headers.len = headers.len;
-    req.body.is_some = true;
-    req.body.val = (plugin_list_u8_t){body.ptr, body.len};
-    req.timeout_ms.is_some = true;
-    req.timeout_ms.val = (uint32_t)timeout_ms;
-
-    loopcall_provider_http_response_t resp;
-    loopcall_provider_http_http_error_t http_err;
-    bool sent = loopcall_provider_http_send(&req, &resp, &http_err);
-    lp_buf_free(&auth);
-
-    bool retry = false;
-    if (!sent) {
-      http_failure(&http_err, err, &retry);
-      loopcall_provider_http_http_error_free(&http_err);
-    } else {
-      if (resp.status < 200 || resp.status > 299) {
-        status_failure(resp.status, err, &retry);
-      } else if (!lp_json_get_string(resp.body.ptr, resp.body.len, "session_id", out)) {
-        lp_unavailable(err, "the OpenTok API answered without a session_id");
-      } else if (out->len == 0 || out->len > MAX_SESSION_ID_BYTES) {
-        plugin_string_free(out);
-        lp_unavailable(err, "the OpenTok API returned an unusable session_id");
-      } else {
-        ok = true;
-      }
-      loopcall_provider_http_response_free(&resp);
+  const lp_vendor_t opentok = {
+      .api = "the OpenTok API",
+      .credentials = "`api_key` and `api_secret`",
+      .url_setting = "`api_url`",
+      .timeout_ms = timeout_ms,
+      .retries = retries,
+      .auth_header = "X-OPENTOK-AUTH",
+      .authorize = x_opentok_auth,
+      .ctx = c,
+  };
+  loopcall_provider_http_response_t resp;
+  bool ok = lp_vendor_send(&opentok, LOOPCALL_PROVIDER_HTTP_METHOD_POST, &url,
+                           "application/x-www-form-urlencoded", &body, "create the session",
+                           false, &resp, err);
+  if (ok) {
+    if (!lp_json_get_string(resp.body.ptr, resp.body.len, "session_id", out)) {
+      ok = lp_unavailable(err, "the OpenTok API answered without a session_id");
+    } else if (out->len == 0 || out->len > MAX_SESSION_ID_BYTES) {
+      plugin_string_free(out);
+      ok = lp_unavailable(err, "the OpenTok API returned an unusable session_id");
     }
-    if (ok || !retry || attempt > retries) break;
-    // The failure of this attempt is replaced by the next one's.
-    exports_loopcall_provider_provider_provider_error_free(err);
-    lp_log(LOOPCALL_PROVIDER_LOG_LEVEL_WARN, "the OpenTok API failed; retrying");
+    loopcall_provider_http_response_free(&resp);
   }
-  if (!ok) note_attempts(err, attempt);
   lp_buf_free(&url);
   lp_buf_free(&body);
   return ok;

@@ -77,114 +77,44 @@ static bool load_config(config_t *c, lp_error_t *err) {
 
 // ---- the REST API -------------------------------------------------------------
 
-static bool http_failure(lp_error_t *err, const loopcall_provider_http_http_error_t *e) {
-  lp_buf_t msg = {0};
-  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-  switch (e->tag) {
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_DENIED:
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "the host denied the request to api_url (list its origin in "
-                     "allowed_hosts): ");
-    lp_buf_put(&msg, e->val.denied.ptr, e->val.denied.len);
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
-    lp_buf_str(&msg, "the Twilio Video API timed out");
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
-    lp_buf_str(&msg, "the Twilio Video API's answer was too large");
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
-    lp_buf_str(&msg, "cannot reach the Twilio Video API: ");
-    lp_buf_put(&msg, e->val.transport.ptr, e->val.transport.len);
-    break;
-  default:
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "invalid request to the Twilio Video API (check api_url): ");
-    lp_buf_put(&msg, e->val.invalid_request.ptr, e->val.invalid_request.len);
-    break;
-  }
-  err->tag = tag;
-  lp_buf_into_string(&msg, &err->val.unavailable);
-  return false;
+// Twilio's REST API takes the API key's sid and secret as Basic credentials.
+static bool basic_auth(const void *ctx, lp_buf_t *auth, lp_error_t *err) {
+  (void)err;
+  const config_t *c = ctx;
+  lp_buf_t credentials = {0};
+  lp_buf_put(&credentials, c->key_sid.ptr, c->key_sid.len);
+  lp_buf_byte(&credentials, ':');
+  lp_buf_put(&credentials, c->key_secret.ptr, c->key_secret.len);
+  lp_buf_str(auth, "Basic ");
+  lp_b64_encode(auth, credentials.ptr, credentials.len);
+  // The secret is not left lying around in freed memory.
+  memset(credentials.ptr, 0, credentials.len);
+  lp_buf_free(&credentials);
+  return true;
 }
 
-static bool status_failure(lp_error_t *err, const char *what, uint16_t status) {
-  lp_buf_t msg = {0};
-  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-  lp_buf_str(&msg, "Twilio Video: ");
-  lp_buf_str(&msg, what);
-  if (status == 401 || status == 403) {
-    lp_buf_str(&msg, ": the API refused the credentials (check api_key_sid/api_key_secret): HTTP ");
-  } else if (status == 429 || status >= 500) {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-    lp_buf_str(&msg, ": the API is unavailable: HTTP ");
-  } else {
-    lp_buf_str(&msg, ": the API refused the request (check api_url and room_type): HTTP ");
-  }
-  lp_buf_u64(&msg, status);
-  err->tag = tag;
-  lp_buf_into_string(&msg, &err->val.unavailable);
-  return false;
-}
-
-// POSTs the form `body` to {api_url}{path}. True on 2xx; with `not_found_ok`,
-// a 404 is success too.
+// POSTs the form `body` to {api_url}{path} to do `what`. True on 2xx; with
+// `not_found_ok`, a 404 is success too.
 static bool rest_post(const config_t *c, const lp_buf_t *path, const lp_buf_t *body,
                       const char *what, bool not_found_ok, lp_error_t *err) {
-  lp_buf_t url = {0}, credentials = {0}, auth = {0};
+  lp_buf_t url = {0};
   size_t base_len = c->api_url.len;
   while (base_len && c->api_url.ptr[base_len - 1] == '/') base_len--;
   lp_buf_put(&url, c->api_url.ptr, base_len);
   lp_buf_put(&url, path->ptr, path->len);
-
-  lp_buf_put(&credentials, c->key_sid.ptr, c->key_sid.len);
-  lp_buf_byte(&credentials, ':');
-  lp_buf_put(&credentials, c->key_secret.ptr, c->key_secret.len);
-  lp_buf_str(&auth, "Basic ");
-  lp_b64_encode(&auth, credentials.ptr, credentials.len);
-  // The secret is not left lying around in freed memory.
-  memset(credentials.ptr, 0, credentials.len);
-  lp_buf_free(&credentials);
-
-  lp_headers_t headers = {0};
-  lp_header(&headers, "authorization", auth.ptr, auth.len);
-  lp_header_cstr(&headers, "content-type", "application/x-www-form-urlencoded");
-  lp_header_cstr(&headers, "accept", "application/json");
-
-  loopcall_provider_http_request_t req = {0};
-  req.method = LOOPCALL_PROVIDER_HTTP_METHOD_POST;
-  req.url = (plugin_string_t){url.ptr, url.len};
-  req.headers.ptr = headers.items;
-  req.headers.len = headers.len;
-  req.body.is_some = true;
-  req.body.val = (plugin_list_u8_t){body->ptr, body->len};
-  req.timeout_ms.is_some = true;
-  req.timeout_ms.val = (uint32_t)c->timeout_ms;
-
-  bool ok = false;
-  for (uint64_t attempt = 0;; attempt++) {
-    bool last = attempt >= c->retries;
-    loopcall_provider_http_response_t resp;
-    loopcall_provider_http_http_error_t e;
-    if (!loopcall_provider_http_send(&req, &resp, &e)) {
-      bool retry = !last && lp_http_error_retryable(&e);
-      if (!retry) http_failure(err, &e);
-      loopcall_provider_http_http_error_free(&e);
-      if (retry) continue;
-      break;
-    }
-    uint16_t status = resp.status;
-    loopcall_provider_http_response_free(&resp);
-    if ((status >= 200 && status <= 299) || (not_found_ok && status == 404)) {
-      ok = true;
-      break;
-    }
-    if (!last && (status == 429 || status >= 500)) continue;
-    status_failure(err, what, status);
-    break;
-  }
-  memset(auth.ptr, 0, auth.len);
-  lp_buf_free(&auth);
+  const lp_vendor_t rooms = {
+      .api = "the Twilio Video API",
+      .credentials = "`api_key_sid` and `api_key_secret`",
+      .url_setting = "`api_url`",
+      .timeout_ms = c->timeout_ms,
+      .retries = c->retries,
+      .auth_header = "authorization",
+      .authorize = basic_auth,
+      .ctx = c,
+  };
+  bool ok = lp_vendor_send(&rooms, LOOPCALL_PROVIDER_HTTP_METHOD_POST, &url,
+                           "application/x-www-form-urlencoded", body, what, not_found_ok, NULL,
+                           err);
   lp_buf_free(&url);
   return ok;
 }
@@ -230,7 +160,7 @@ bool exports_loopcall_provider_provider_create_session(
     form_field(&form, "Type", c.room_type.ptr, c.room_type.len);
     form_field(&form, "MaxParticipants", (const uint8_t *)MAX_PARTICIPANTS,
                strlen(MAX_PARTICIPANTS));
-    bool created = rest_post(&c, &path, &form, "creating the room", false, err);
+    bool created = rest_post(&c, &path, &form, "create the room", false, err);
     lp_buf_free(&path);
     lp_buf_free(&form);
     if (!created) {
@@ -337,7 +267,7 @@ bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
       lp_buf_str(&path, "/v1/Rooms/");
       lp_form_encode(&path, session_id->ptr, session_id->len);
       form_field(&form, "Status", (const uint8_t *)"completed", 9);
-      ok = rest_post(&c, &path, &form, "completing the room", true, err);
+      ok = rest_post(&c, &path, &form, "complete the room", true, err);
       lp_buf_free(&path);
       lp_buf_free(&form);
       if (ok) lp_log(LOOPCALL_PROVIDER_LOG_LEVEL_DEBUG, "twilio room completed");

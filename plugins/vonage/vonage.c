@@ -106,75 +106,18 @@ static bool app_jwt(lp_buf_t *out, const app_t *a, lp_error_t *err) {
 
 // ---- the REST call ------------------------------------------------------------
 
-static void set_error(lp_error_t *err, uint8_t tag, lp_buf_t *msg) {
-  err->tag = tag;
-  lp_buf_into_string(msg, &err->val.unavailable);
-}
-
-// Maps a host HTTP failure; *retry when another attempt may work.
-static void http_failure(const loopcall_provider_http_http_error_t *e, lp_error_t *err,
-                         bool *retry) {
-  lp_buf_t msg = {0};
-  uint8_t tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-  *retry = lp_http_error_retryable(e);
-  switch (e->tag) {
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_DENIED:
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "the host denied the request to api_url (list its origin in allowed_hosts): ");
-    lp_buf_put(&msg, e->val.denied.ptr, e->val.denied.len);
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TIMEOUT:
-    lp_buf_str(&msg, "the Vonage Video API timed out");
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TOO_LARGE:
-    lp_buf_str(&msg, "the Vonage Video API answer was too large");
-    break;
-  case LOOPCALL_PROVIDER_HTTP_HTTP_ERROR_TRANSPORT:
-    lp_buf_str(&msg, "cannot reach the Vonage Video API: ");
-    lp_buf_put(&msg, e->val.transport.ptr, e->val.transport.len);
-    break;
-  default:
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "invalid request to the Vonage Video API (check api_url): ");
-    lp_buf_put(&msg, e->val.invalid_request.ptr, e->val.invalid_request.len);
-    break;
+// The application JWT as a Bearer token, signed afresh (a new jti) per attempt.
+// False when the host cannot use the key: no attempt can fix that.
+static bool bearer_app_jwt(const void *ctx, lp_buf_t *value, lp_error_t *err) {
+  // lp_jwt_sign signs all of its buffer: the JWT is made on its own first.
+  lp_buf_t jwt = {0};
+  bool ok = app_jwt(&jwt, ctx, err);
+  if (ok) {
+    lp_buf_str(value, "Bearer ");
+    lp_buf_put(value, jwt.ptr, jwt.len);
   }
-  set_error(err, tag, &msg);
-}
-
-// Maps a non-2xx status; *retry for 5xx and 429.
-static void status_failure(uint16_t status, lp_error_t *err, bool *retry) {
-  lp_buf_t msg = {0};
-  uint8_t tag;
-  *retry = false;
-  if (status == 401 || status == 403) {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_MISCONFIGURED;
-    lp_buf_str(&msg, "the Vonage Video API refused the application JWT (check application_id "
-                     "and private_key): HTTP ");
-  } else if (status == 429 || status >= 500) {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-    *retry = true;
-    lp_buf_str(&msg, "the Vonage Video API is unavailable: HTTP ");
-  } else if (status >= 400) {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_REJECTED;
-    lp_buf_str(&msg, "the Vonage Video API refused to create the session: HTTP ");
-  } else {
-    tag = LOOPCALL_PROVIDER_TYPES_PROVIDER_ERROR_UNAVAILABLE;
-    lp_buf_str(&msg, "unexpected answer from the Vonage Video API: HTTP ");
-  }
-  lp_buf_u64(&msg, status);
-  set_error(err, tag, &msg);
-}
-
-static void note_attempts(lp_error_t *err, uint64_t attempts) {
-  if (attempts < 2) return;
-  lp_buf_t msg = {0};
-  lp_buf_put(&msg, err->val.unavailable.ptr, err->val.unavailable.len);
-  lp_buf_str(&msg, " (after ");
-  lp_buf_u64(&msg, attempts);
-  lp_buf_str(&msg, " attempts)");
-  plugin_string_free(&err->val.unavailable);
-  lp_buf_into_string(&msg, &err->val.unavailable);
+  lp_buf_free(&jwt);
+  return ok;
 }
 
 bool exports_loopcall_provider_provider_create_session(
@@ -202,68 +145,33 @@ bool exports_loopcall_provider_provider_create_session(
   lp_buf_byte(&body, '=');
   lp_buf_str(&body, routed ? "disabled" : "enabled");
 
-  uint64_t attempt = 0;
-  for (;;) {
-    attempt++;
-    // lp_jwt_sign signs all of its buffer: the JWT is made on its own first.
-    lp_buf_t jwt = {0}, auth = {0};
-    if (!app_jwt(&jwt, &a, err)) {
-      // A key the host cannot use is misconfigured, and no attempt can fix it.
-      lp_buf_free(&jwt);
-      goto done;
-    }
-    lp_buf_str(&auth, "Bearer ");
-    lp_buf_put(&auth, jwt.ptr, jwt.len);
-    lp_buf_free(&jwt);
-    lp_headers_t headers = {0};
-    lp_header(&headers, "Authorization", auth.ptr, auth.len);
-    lp_header_cstr(&headers, "Accept", "application/json");
-    lp_header_cstr(&headers, "Content-Type", "application/x-www-form-urlencoded");
-
-    loopcall_provider_http_request_t req = {0};
-    req.method = LOOPCALL_PROVIDER_HTTP_METHOD_POST;
-    req.url = (plugin_string_t){url.ptr, url.len};
-    req.headers.ptr = headers.items;
-    req.headers.len = headers.len;
-    req.body.is_some = true;
-    req.body.val = (plugin_list_u8_t){body.ptr, body.len};
-    req.timeout_ms.is_some = true;
-    req.timeout_ms.val = (uint32_t)timeout_ms;
-
-    loopcall_provider_http_response_t resp;
-    loopcall_provider_http_http_error_t http_err;
-    bool sent = loopcall_provider_http_send(&req, &resp, &http_err);
-    lp_buf_free(&auth);
-
-    bool retry = false;
-    if (!sent) {
-      http_failure(&http_err, err, &retry);
-      loopcall_provider_http_http_error_free(&http_err);
-    } else {
-      if (resp.status < 200 || resp.status > 299) {
-        status_failure(resp.status, err, &retry);
-      } else if (!lp_json_get_string(resp.body.ptr, resp.body.len, "session_id",
-                                     &ret->session_id)) {
-        lp_unavailable(err, "the Vonage Video API answered without a session_id");
-      } else if (ret->session_id.len == 0 || ret->session_id.len > MAX_SESSION_ID_BYTES) {
-        plugin_string_free(&ret->session_id);
-        lp_unavailable(err, "the Vonage Video API returned an unusable session_id");
-      } else {
-        ok = true;
-      }
-      loopcall_provider_http_response_free(&resp);
-    }
-    if (ok || !retry || attempt > retries) break;
-    exports_loopcall_provider_provider_provider_error_free(err);
-    lp_log(LOOPCALL_PROVIDER_LOG_LEVEL_WARN, "the Vonage Video API failed; retrying");
-  }
-  if (ok) {
+  const lp_vendor_t vonage = {
+      .api = "the Vonage Video API",
+      .credentials = "`application_id` and `private_key`",
+      .url_setting = "`api_url`",
+      .timeout_ms = timeout_ms,
+      .retries = retries,
+      .auth_header = "authorization",
+      .authorize = bearer_app_jwt,
+      .ctx = &a,
+  };
+  loopcall_provider_http_response_t resp;
+  if (!lp_vendor_send(&vonage, LOOPCALL_PROVIDER_HTTP_METHOD_POST, &url,
+                      "application/x-www-form-urlencoded", &body, "create the session", false,
+                      &resp, err))
+    goto done;
+  if (!lp_json_get_string(resp.body.ptr, resp.body.len, "session_id", &ret->session_id)) {
+    lp_unavailable(err, "the Vonage Video API answered without a session_id");
+  } else if (ret->session_id.len == 0 || ret->session_id.len > MAX_SESSION_ID_BYTES) {
+    plugin_string_free(&ret->session_id);
+    lp_unavailable(err, "the Vonage Video API returned an unusable session_id");
+  } else {
     ret->api_key = a.application_id;
     a.application_id = (plugin_string_t){0};
     lp_log(LOOPCALL_PROVIDER_LOG_LEVEL_DEBUG, "Vonage Video session created");
-  } else {
-    note_attempts(err, attempt);
+    ok = true;
   }
+  loopcall_provider_http_response_free(&resp);
 
 done:
   app_free(&a);

@@ -129,6 +129,44 @@ pub fn plugin_toml(name: &str, allowed_hosts: &[&str], settings: &str) -> String
     )
 }
 
+/// A server whose `config.toml` makes the vendor plugin `name` the default
+/// provider (its table from `plugin_toml`), followed by the `extra` tables,
+/// with `env` in the server's environment.
+pub async fn start(
+    name: &str,
+    allowed_hosts: &[&str],
+    settings: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> TestServer {
+    TestServer::start_with(super::ServerOptions {
+        loopback: false,
+        extra_toml: format!(
+            "[providers]\ndefault = {name:?}\n\n{}\n{extra}",
+            plugin_toml(name, allowed_hosts, settings)
+        ),
+        env: env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Waits, up to 20 s, until `done` holds: a provider session is ended after
+/// the call's answer, so the fake vendor sees it a little later.
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "the fake vendor never saw {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Unix time in seconds, for checking the times in tokens.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
