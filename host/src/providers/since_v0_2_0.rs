@@ -166,10 +166,7 @@ impl PluginInstance for Instance {
     ) -> wasmtime::Result<Result<Session, GuestError>> {
         let request = types::SessionRequest {
             call_id: request.call_id.to_owned(),
-            call_type: match request.call_type {
-                CallType::Audio => types::CallType::Audio,
-                CallType::AudioVideo => types::CallType::AudioVideo,
-            },
+            call_type: call_type_to(request.call_type),
             caller: request.caller.to_owned(),
             callee: request.callee.to_owned(),
             channel: request.channel.map(str::to_owned),
@@ -240,57 +237,14 @@ impl PluginInstance for Instance {
     }
 }
 
-fn guest_error(err: types::ProviderError) -> GuestError {
-    match err {
-        types::ProviderError::Misconfigured(message) => GuestError::Misconfigured(message),
-        types::ProviderError::Unavailable(message) => GuestError::Unavailable(message),
-        types::ProviderError::Rejected(message) => GuestError::Rejected(message),
-    }
-}
-
-fn call_type_from(call_type: types::CallType) -> CallType {
-    match call_type {
-        types::CallType::Audio => CallType::Audio,
-        types::CallType::AudioVideo => CallType::AudioVideo,
-    }
-}
-
-fn role_from(role: types::Role) -> Role {
-    match role {
-        types::Role::Publisher => Role::Publisher,
-        types::Role::Subscriber => Role::Subscriber,
-        types::Role::Moderator => Role::Moderator,
-    }
-}
-
-fn role_to(role: Role) -> types::Role {
-    match role {
-        Role::Publisher => types::Role::Publisher,
-        Role::Subscriber => types::Role::Subscriber,
-        Role::Moderator => types::Role::Moderator,
-    }
-}
+super::versions::type_conversions_since_v0_1_0!(types);
 
 // ---- imports ----
 
 super::imports::host_imports_since_v0_1_0!(bindings::loopcall::provider);
 
 impl crypto::Host for CallState {
-    fn hmac_sha1(&mut self, key: Vec<u8>, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
-        Ok(CallState::hmac_sha1(self, &key, &data))
-    }
-
-    fn hmac_sha256(&mut self, key: Vec<u8>, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
-        Ok(CallState::hmac_sha256(self, &key, &data))
-    }
-
-    fn sha256(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
-        Ok(CallState::sha256(self, &data))
-    }
-
-    fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
-        CallState::random_bytes(self, len)
-    }
+    super::imports::crypto_since_v0_1_0!();
 
     async fn sign(
         &mut self,

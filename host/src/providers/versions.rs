@@ -184,3 +184,49 @@ fn import_problems(engine: &Engine, component: &Component, version: &WitVersion)
         })
         .collect()
 }
+
+/// The conversions between the host's provider types and one version's
+/// generated `types` module, for the types whose WIT did not change since
+/// 0.1.0 (errors, call types, roles): `$types` is that module.
+macro_rules! type_conversions_since_v0_1_0 {
+    ($types:ident) => {
+        fn guest_error(err: $types::ProviderError) -> GuestError {
+            match err {
+                $types::ProviderError::Misconfigured(message) => GuestError::Misconfigured(message),
+                $types::ProviderError::Unavailable(message) => GuestError::Unavailable(message),
+                $types::ProviderError::Rejected(message) => GuestError::Rejected(message),
+            }
+        }
+
+        fn call_type_from(call_type: $types::CallType) -> CallType {
+            match call_type {
+                $types::CallType::Audio => CallType::Audio,
+                $types::CallType::AudioVideo => CallType::AudioVideo,
+            }
+        }
+
+        fn call_type_to(call_type: CallType) -> $types::CallType {
+            match call_type {
+                CallType::Audio => $types::CallType::Audio,
+                CallType::AudioVideo => $types::CallType::AudioVideo,
+            }
+        }
+
+        fn role_from(role: $types::Role) -> Role {
+            match role {
+                $types::Role::Publisher => Role::Publisher,
+                $types::Role::Subscriber => Role::Subscriber,
+                $types::Role::Moderator => Role::Moderator,
+            }
+        }
+
+        fn role_to(role: Role) -> $types::Role {
+            match role {
+                Role::Publisher => $types::Role::Publisher,
+                Role::Subscriber => $types::Role::Subscriber,
+                Role::Moderator => $types::Role::Moderator,
+            }
+        }
+    };
+}
+pub(crate) use type_conversions_since_v0_1_0;

@@ -92,3 +92,30 @@ macro_rules! host_imports_since_v0_1_0 {
     };
 }
 pub(crate) use host_imports_since_v0_1_0;
+
+/// The `crypto` functions of 0.1.0, unchanged since, as methods of one
+/// version's `crypto::Host` impl (0.2.0 adds `sign` beside them).
+macro_rules! crypto_since_v0_1_0 {
+    () => {
+        fn hmac_sha1(&mut self, key: Vec<u8>, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+            Ok($crate::providers::state::CallState::hmac_sha1(
+                self, &key, &data,
+            ))
+        }
+
+        fn hmac_sha256(&mut self, key: Vec<u8>, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+            Ok($crate::providers::state::CallState::hmac_sha256(
+                self, &key, &data,
+            ))
+        }
+
+        fn sha256(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+            Ok($crate::providers::state::CallState::sha256(self, &data))
+        }
+
+        fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
+            $crate::providers::state::CallState::random_bytes(self, len)
+        }
+    };
+}
+pub(crate) use crypto_since_v0_1_0;
