@@ -1,7 +1,8 @@
-//! Provider runtime benchmark: one Loop call setup on the loopback plugin
-//! (fresh instance + create-session + 2 × issue-token), on one thread and on
-//! two, and the start-up time of a runtime with three plugins and a warm
-//! compile cache.
+//! Provider runtime benchmark: one Loop call setup (fresh instance +
+//! create-session + 2 × issue-token) on the loopback plugin, on one thread and
+//! on two, and on the livekit plugin (HS256 JWTs, no HTTP) on one thread, with
+//! the CPU time the runtime charged each call; and the start-up time of a
+//! runtime with four plugins and a warm compile cache.
 //!
 //! `cargo bench -p loop-server --bench providers`
 
@@ -52,6 +53,12 @@ fn config(data_dir: &Path) -> Config {
         "settings-echo".into(),
         plugin(test_plugin("settings-echo"), &[]),
     );
+    let mut livekit = plugin(root.join("plugins/livekit/livekit.wasm"), &[]);
+    livekit.settings = toml::from_str(
+        "url = \"wss://livekit.example.com\"\napi_key = \"APIbench\"\napi_secret = \"bench-secret-0123456789abcdef\"\n",
+    )
+    .unwrap();
+    config.plugins.insert("livekit".into(), livekit);
     config
 }
 
@@ -75,15 +82,22 @@ fn request(i: usize) -> CallSetupRequest {
     }
 }
 
-async fn calls(runtime: &ProviderRuntime, count: usize) -> Vec<Duration> {
+async fn calls(runtime: &ProviderRuntime, plugin: &str, count: usize) -> Vec<Duration> {
     let mut times = Vec::with_capacity(count);
     for i in 0..count {
         let req = request(i);
         let started = Instant::now();
-        runtime.setup_call("loopback", req).await.unwrap();
+        runtime.setup_call(plugin, req).await.unwrap();
         times.push(started.elapsed());
     }
     times
+}
+
+/// The CPU time the runtime charged `plugin` so far, and its calls.
+fn charged(runtime: &ProviderRuntime, plugin: &str) -> (u64, u64) {
+    let health = runtime.health();
+    let plugin = health.iter().find(|h| h.plugin == plugin).unwrap();
+    (plugin.cpu_us, plugin.calls)
 }
 
 fn report(label: &str, mut times: Vec<Duration>) {
@@ -109,32 +123,38 @@ fn main() {
     let cold = Instant::now();
     let runtime = rt.block_on(load(&config));
     println!(
-        "cold start-up (compile 3 plugins)             {:>8.1} ms",
+        "cold start-up (compile 4 plugins)             {:>8.1} ms",
         cold.elapsed().as_secs_f64() * 1e3
     );
-    assert_eq!(runtime.stats().compiled, 3);
+    assert_eq!(runtime.stats().compiled, 4);
     drop(runtime);
     let mut startups = Vec::new();
     for _ in 0..STARTUPS {
         let started = Instant::now();
         let runtime = rt.block_on(load(&config));
         startups.push(started.elapsed());
-        assert_eq!(runtime.stats().cache_hits, 3);
+        assert_eq!(runtime.stats().cache_hits, 4);
     }
     startups.sort();
     println!(
-        "warm start-up (3 plugins, cached)  n={STARTUPS:<3}      median {:>8.1} ms   max {:>8.1} ms",
+        "warm start-up (4 plugins, cached)  n={STARTUPS:<3}      median {:>8.1} ms   max {:>8.1} ms",
         startups[STARTUPS / 2].as_secs_f64() * 1e3,
         startups[STARTUPS - 1].as_secs_f64() * 1e3
     );
 
     // One thread.
     let runtime = Arc::new(rt.block_on(load(&config)));
-    rt.block_on(calls(&runtime, WARMUP_CALLS));
-    report(
-        "call setup, 1 thread",
-        rt.block_on(calls(&runtime, MEASURED_CALLS)),
-    );
+    for plugin in ["loopback", "livekit"] {
+        rt.block_on(calls(&runtime, plugin, WARMUP_CALLS));
+        let (cpu_before, calls_before) = charged(&runtime, plugin);
+        let times = rt.block_on(calls(&runtime, plugin, MEASURED_CALLS));
+        let (cpu_after, calls_after) = charged(&runtime, plugin);
+        report(&format!("call setup, {plugin}, 1 thread"), times);
+        println!(
+            "  CPU charged to {plugin} per call: {:.1} µs",
+            (cpu_after - cpu_before) as f64 / (calls_after - calls_before) as f64
+        );
+    }
     drop(rt);
 
     // Two threads calling at once.
@@ -148,8 +168,8 @@ fn main() {
             .map(|_| {
                 let runtime = runtime.clone();
                 tokio::spawn(async move {
-                    calls(&runtime, WARMUP_CALLS / 2).await;
-                    calls(&runtime, MEASURED_CALLS / 2).await
+                    calls(&runtime, "loopback", WARMUP_CALLS / 2).await;
+                    calls(&runtime, "loopback", MEASURED_CALLS / 2).await
                 })
             })
             .collect();
@@ -159,5 +179,5 @@ fn main() {
         }
         all
     });
-    report("call setup, 2 threads in parallel", times);
+    report("call setup, loopback, 2 threads in parallel", times);
 }

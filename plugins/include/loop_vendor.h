@@ -24,9 +24,58 @@ static inline char *lp_cstr(const plugin_string_t *s) {
   return c;
 }
 
+// Settings cannot change during an instance's life (one Loop call: create-session
+// and both issue-tokens), and every export reads the same ones, so each key is
+// asked of the host once per instance and later reads copy the remembered value:
+// a host call costs a boundary crossing and an allocation inside the plugin.
+#define LP_REMEMBERED_SETTINGS 32
+typedef struct {
+  lp_buf_t key;
+  bool found;
+  plugin_string_t value;
+} lp_remembered_setting_t;
+static lp_remembered_setting_t lp_remembered[LP_REMEMBERED_SETTINGS];
+static size_t lp_remembered_len;
+
+// Reads the setting named by `key` (`len` bytes), through the instance's memory
+// of earlier reads. False when absent; otherwise the caller owns `out`.
+static inline bool lp_vendor_setting(const uint8_t *key, size_t len, plugin_string_t *out) {
+  for (size_t i = 0; i < lp_remembered_len; i++) {
+    lp_remembered_setting_t *r = &lp_remembered[i];
+    if (r->key.len != len || memcmp(r->key.ptr, key, len) != 0) continue;
+    if (!r->found) return false;
+    lp_string_from(out, r->value.ptr, r->value.len);
+    return true;
+  }
+  plugin_string_t name = {(uint8_t *)key, len};
+  plugin_string_t value;
+  bool found = loopcall_provider_settings_get(&name, &value);
+  if (lp_remembered_len < LP_REMEMBERED_SETTINGS) {
+    lp_remembered_setting_t *r = &lp_remembered[lp_remembered_len++];
+    r->key = (lp_buf_t){0};
+    lp_buf_put(&r->key, key, len);
+    r->found = found;
+    r->value = (plugin_string_t){0};
+    if (found) lp_string_from(&r->value, value.ptr, value.len);
+  }
+  if (found) *out = value;
+  return found;
+}
+
+// lp_setting_nonempty through the instance's memory of earlier reads: false when
+// the setting is absent or empty; otherwise the caller owns `out`.
+static inline bool lp_vendor_setting_nonempty(const char *key, plugin_string_t *out) {
+  if (!lp_vendor_setting((const uint8_t *)key, strlen(key), out)) return false;
+  if (out->len == 0) {
+    plugin_string_free(out);
+    return false;
+  }
+  return true;
+}
+
 // Reads setting `key`, or `fallback` when it is absent or empty. The caller owns `out`.
 static inline void lp_setting_or(const char *key, const char *fallback, plugin_string_t *out) {
-  if (!lp_setting_nonempty(key, out)) lp_string_cstr(out, fallback);
+  if (!lp_vendor_setting_nonempty(key, out)) lp_string_cstr(out, fallback);
 }
 
 // Reads an unsigned integer setting in [min, max]; `fallback` when absent. False
@@ -34,7 +83,7 @@ static inline void lp_setting_or(const char *key, const char *fallback, plugin_s
 static inline bool lp_setting_u64(const char *key, uint64_t fallback, uint64_t min, uint64_t max,
                                   uint64_t *out, lp_error_t *err) {
   plugin_string_t text;
-  if (!lp_setting_nonempty(key, &text)) {
+  if (!lp_vendor_setting_nonempty(key, &text)) {
     *out = fallback;
     return true;
   }
@@ -65,7 +114,7 @@ static inline bool lp_setting_u64(const char *key, uint64_t fallback, uint64_t m
 // Reads a boolean setting ("true"/"false"); `fallback` when absent.
 static inline bool lp_setting_bool(const char *key, bool fallback, bool *out, lp_error_t *err) {
   plugin_string_t text;
-  if (!lp_setting_nonempty(key, &text)) {
+  if (!lp_vendor_setting_nonempty(key, &text)) {
     *out = fallback;
     return true;
   }
@@ -95,13 +144,12 @@ static inline bool lp_channel_setting(const plugin_string_t *channel, const char
     lp_buf_put(&k, channel->ptr, channel->len);
     lp_buf_byte(&k, '.');
     lp_buf_str(&k, key);
-    plugin_string_t name = {k.ptr, k.len};
-    bool found = loopcall_provider_settings_get(&name, out);
+    bool found = lp_vendor_setting(k.ptr, k.len, out);
     lp_buf_free(&k);
     if (found && out->len) return true;
     if (found) plugin_string_free(out);
   }
-  return lp_setting_nonempty(key, out);
+  return lp_vendor_setting_nonempty(key, out);
 }
 
 // A misconfigured error saying which setting is missing.

@@ -38,7 +38,7 @@ void exports_loopcall_provider_provider_describe(
 // (safe to free) when the setting is absent: the generated settings.get
 // binding writes an uninitialised string there for `none`.
 static bool setting(const char *key, plugin_string_t *out) {
-  if (lp_setting_nonempty(key, out)) return true;
+  if (lp_vendor_setting_nonempty(key, out)) return true;
   *out = (plugin_string_t){0};
   return false;
 }

@@ -61,7 +61,7 @@ static size_t scheme_len(const plugin_string_t *url) {
 // Reads the required setting `key` into `slot`. On failure the slot is left empty
 // (the settings binding leaves garbage in it when the key is absent).
 static bool required(const char *key, plugin_string_t *slot) {
-  if (lp_setting_nonempty(key, slot)) return true;
+  if (lp_vendor_setting_nonempty(key, slot)) return true;
   *slot = (plugin_string_t){0};
   return false;
 }

@@ -35,7 +35,7 @@ void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provi
 static bool setting_choice(const char *key, const char *a, const char *b, bool *is_b,
                            lp_error_t *err) {
   plugin_string_t text;
-  if (!lp_setting_nonempty(key, &text)) {
+  if (!lp_vendor_setting_nonempty(key, &text)) {
     *is_b = false;
     return true;
   }
@@ -93,8 +93,7 @@ static bool preset_session(const plugin_string_t *channel, plugin_string_t *out)
     lp_buf_byte(&k, '.');
     size_t prefix = k.len;
     lp_buf_str(&k, "session_id");
-    plugin_string_t name = {k.ptr, k.len};
-    bool found = loopcall_provider_settings_get(&name, out);
+    bool found = lp_vendor_setting(k.ptr, k.len, out);
     if (found && out->len) {
       lp_buf_free(&k);
       return true;
@@ -102,9 +101,8 @@ static bool preset_session(const plugin_string_t *channel, plugin_string_t *out)
     if (found) plugin_string_free(out);
     k.len = prefix;
     lp_buf_str(&k, "api_key");
-    name = (plugin_string_t){k.ptr, k.len};
     plugin_string_t own_key;
-    bool has_own_key = loopcall_provider_settings_get(&name, &own_key);
+    bool has_own_key = lp_vendor_setting(k.ptr, k.len, &own_key);
     lp_buf_free(&k);
     if (has_own_key) {
       bool nonempty = own_key.len > 0;
@@ -112,7 +110,7 @@ static bool preset_session(const plugin_string_t *channel, plugin_string_t *out)
       if (nonempty) return false;
     }
   }
-  return lp_setting_nonempty("session_id", out);
+  return lp_vendor_setting_nonempty("session_id", out);
 }
 
 // ---- the REST call ------------------------------------------------------------

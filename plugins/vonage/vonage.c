@@ -54,9 +54,9 @@ static void unescape_newlines(plugin_string_t *pem) {
 
 static bool load_app(app_t *a, lp_error_t *err) {
   *a = (app_t){0};
-  if (!lp_setting_nonempty("application_id", &a->application_id))
+  if (!lp_vendor_setting_nonempty("application_id", &a->application_id))
     return lp_missing_setting(err, "application_id");
-  if (!lp_setting_nonempty("private_key", &a->private_key)) {
+  if (!lp_vendor_setting_nonempty("private_key", &a->private_key)) {
     plugin_string_free(&a->application_id);
     return lp_missing_setting(err, "private_key");
   }
@@ -67,7 +67,7 @@ static bool load_app(app_t *a, lp_error_t *err) {
 static bool media_routed(bool *routed, lp_error_t *err) {
   plugin_string_t text;
   *routed = false;
-  if (!lp_setting_nonempty("media_mode", &text)) return true;
+  if (!lp_vendor_setting_nonempty("media_mode", &text)) return true;
   bool relayed = lp_string_eq_cstr(&text, "relayed");
   *routed = lp_string_eq_cstr(&text, "routed");
   plugin_string_free(&text);
