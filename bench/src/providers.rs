@@ -21,6 +21,10 @@
 //! plugin's share is Δcpu ÷ the server's CPU time over the run. `busy_ms`
 //! is their wall time, which under load also counts waiting for a core.
 //!
+//! The `empty` test plugin (no settings, no host calls, fixed answers) is
+//! measured like the others: its CPU per call is the sandbox's own cost, so
+//! the report also gives each plugin's share beyond it.
+//!
 //! A configuration whose `plugins/<name>/<name>.wasm` is missing is
 //! reported as skipped; one whose server or fixtures fail is reported as
 //! failed (the others still run, and the exit status is 2).
@@ -75,7 +79,7 @@ pub struct ProvidersArgs {
     #[arg(long, default_value_t = 2, value_parser = parse_seconds)]
     timeout: u64,
     /// Comma-separated subset of the configurations (default: all):
-    /// loopback, livekit, twilio, jitsi, opentok, opentok-jwt, vonage, jitsi-jaas.
+    /// loopback, livekit, twilio, jitsi, opentok, opentok-jwt, vonage, jitsi-jaas, empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The release loop-server binary.
@@ -125,67 +129,88 @@ pub enum Signing {
     SharedSecret,
     /// RS256 through the host's `crypto.sign`.
     Rs256,
+    /// No signing at all: the `empty` test plugin, whose calls cost what the
+    /// sandbox costs (a fresh instance, three export calls, teardown).
+    Sandbox,
 }
 
 /// One provider configuration.
 pub struct Case {
     /// Its name in `--only` and in the report.
     pub key: &'static str,
-    /// The plugin: `[plugins.<plugin>]`, `<plugins_dir>/<plugin>/<plugin>.wasm`.
+    /// The plugin: `[plugins.<plugin>]`, `<plugins_dir>/<plugin>/<plugin>.wasm`
+    /// (`tests/plugins/<plugin>/<plugin>.wasm` beside `plugins_dir` for a test plugin).
     pub plugin: &'static str,
+    pub test_plugin: bool,
     pub signing: Signing,
     /// What one `POST /calls/{token}` makes the plugin do.
     pub work: &'static str,
 }
 
-pub const CASES: [Case; 8] = [
+pub const CASES: [Case; 9] = [
     Case {
         key: "loopback",
+        test_plugin: false,
         plugin: "loopback",
         signing: Signing::Baseline,
         work: "the bundled test provider: an HMAC-SHA256 token per side, no HTTP",
     },
     Case {
         key: "livekit",
+        test_plugin: false,
         plugin: "livekit",
         signing: Signing::SharedSecret,
         work: "`create_room = false`: two HS256 access tokens, no HTTP",
     },
     Case {
         key: "twilio",
+        test_plugin: false,
         plugin: "twilio",
         signing: Signing::SharedSecret,
         work: "`create_room = false`: two HS256 access tokens, no HTTP",
     },
     Case {
         key: "jitsi",
+        test_plugin: false,
         plugin: "jitsi",
         signing: Signing::SharedSecret,
         work: "self-hosted (`app_secret`): two HS256 tokens, no HTTP",
     },
     Case {
         key: "opentok",
+        test_plugin: false,
         plugin: "opentok",
         signing: Signing::SharedSecret,
         work: "`media_mode = \"relayed\"`, a pre-created `session_id`, T1 tokens (HMAC-SHA1): two tokens, no HTTP",
     },
     Case {
         key: "opentok-jwt",
+        test_plugin: false,
         plugin: "opentok",
         signing: Signing::SharedSecret,
         work: "as `opentok` with `token_format = \"jwt\"`: two HS256 tokens, no HTTP",
     },
     Case {
         key: "vonage",
+        test_plugin: false,
         plugin: "vonage",
         signing: Signing::Rs256,
         work: "session created on a local fake Vonage API (RS256 application JWT, one HTTP request), two RS256 tokens",
     },
     Case {
         key: "jitsi-jaas",
+        test_plugin: false,
         plugin: "jitsi",
         signing: Signing::Rs256,
         work: "Jitsi as a Service (`kid` + `private_key`): two RS256 tokens, no HTTP",
+    },
+    Case {
+        key: "empty",
+        test_plugin: true,
+        plugin: "empty",
+        signing: Signing::Sandbox,
+        work: "the `empty` test plugin: a fixed session and fixed tokens, no settings, no host calls; what the sandbox \
+               alone costs per call",
     },
 ];
 
@@ -201,9 +226,12 @@ impl Case {
     }
 
     fn component(&self, plugins_dir: &Path) -> PathBuf {
-        plugins_dir
-            .join(self.plugin)
-            .join(format!("{}.wasm", self.plugin))
+        let dir = if self.test_plugin {
+            plugins_dir.join("../tests/plugins")
+        } else {
+            plugins_dir.to_path_buf()
+        };
+        dir.join(self.plugin).join(format!("{}.wasm", self.plugin))
     }
 
     fn signing_label(&self) -> &'static str {
@@ -212,6 +240,7 @@ impl Case {
             Signing::SharedSecret if self.key == "opentok" => "HMAC-SHA1 (T1)",
             Signing::SharedSecret => "HS256",
             Signing::Rs256 => "RS256",
+            Signing::Sandbox => "none (the sandbox alone)",
         }
     }
 
@@ -893,6 +922,7 @@ fn verdict(result: &CaseResult, figures: &Figures) -> String {
         Signing::SharedSecret => "NOT met".into(),
         Signing::Baseline => "(baseline)".into(),
         Signing::Rs256 => "(no target)".into(),
+        Signing::Sandbox => "(floor)".into(),
     }
 }
 
@@ -942,16 +972,20 @@ fn markdown(results: &[CaseResult], plan: &Plan, args: &ProvidersArgs) -> String
         .iter()
         .find(|r| r.case.signing == Signing::Baseline)
         .and_then(CaseResult::figures);
+    let sandbox = results
+        .iter()
+        .find(|r| r.case.signing == Signing::Sandbox)
+        .and_then(CaseResult::figures);
     let _ = writeln!(out, "### Against loopback, measured in the same run\n");
     if base.is_none() {
         let _ = writeln!(out, "Loopback was not measured in this run: no ratios.\n");
     }
     let _ = writeln!(
         out,
-        "| provider | signing | req/s ÷ loopback | server CPU/req ÷ loopback | server CPU/req − loopback's | plugin CPU/call ÷ loopback | plugin share of server CPU | target < {:.0}% |",
+        "| provider | signing | req/s ÷ loopback | server CPU/req ÷ loopback | server CPU/req − loopback's | plugin CPU/call ÷ loopback | plugin share of server CPU | its share beyond the sandbox's (− empty's CPU/call) | target < {:.0}% |",
         TARGET_PLUGIN_SHARE * 100.0
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|");
     for result in results {
         let case = result.case;
         match (&result.outcome, result.figures()) {
@@ -965,9 +999,13 @@ fn markdown(results: &[CaseResult], plan: &Plan, args: &ProvidersArgs) -> String
                     ),
                     None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
                 };
+                let beyond = match sandbox {
+                    Some(floor) => percent((f.plugin_us - floor.plugin_us) / f.server_cpu_us),
+                    None => "n/a".into(),
+                };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {r_rps} | {r_cpu} | {d_cpu} | {r_plugin} | {} | {} |",
+                    "| {} | {} | {r_rps} | {r_cpu} | {d_cpu} | {r_plugin} | {} | {beyond} | {} |",
                     case.key,
                     case.signing_label(),
                     percent(f.share),
@@ -978,7 +1016,7 @@ fn markdown(results: &[CaseResult], plan: &Plan, args: &ProvidersArgs) -> String
                 let why = why.lines().next().unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {why} | | | | | |",
+                    "| {} | {} | {why} | | | | | | |",
                     case.key,
                     case.signing_label()
                 );
@@ -986,7 +1024,7 @@ fn markdown(results: &[CaseResult], plan: &Plan, args: &ProvidersArgs) -> String
             (Outcome::Measured(_), None) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | no run completed | | | | | FAILED |",
+                    "| {} | {} | no run completed | | | | | | FAILED |",
                     case.key,
                     case.signing_label()
                 );
