@@ -8,6 +8,7 @@
 //! with each provider plugin and the plugin's share of the server's time.
 //! `sign` and `seed` expose the two building blocks for manual runs.
 
+mod args;
 mod cpu;
 mod fixtures;
 mod hawk_sign;

@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::args::{ReportArgs, ServerArgs, parse_seconds};
 use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::fixtures::Api;
 use crate::hawk_sign::HawkSession;
@@ -84,35 +85,16 @@ pub struct ProgressArgs {
     /// Smoke test: 1,000 idle sockets, 5 s of fan-out; no report is written.
     #[arg(long)]
     quick: bool,
-    /// The release loop-server binary.
-    #[arg(long)]
-    server_bin: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The loopback provider component.
     #[arg(long)]
     plugin: PathBuf,
-    /// Scratch space: config, database, log, pid file.
-    #[arg(long)]
-    work_dir: PathBuf,
-    /// Markdown file whose "Call-progress websocket fan-out" section is replaced.
-    #[arg(long)]
-    report: Option<PathBuf>,
-    /// `LOOP_LOG` for the server; unset keeps the server's default.
-    #[arg(long)]
-    server_log: Option<String>,
-    /// For the report: the command that was run, the commit and the date.
+    #[command(flatten)]
+    out: ReportArgs,
+    /// For the report: the command that was run.
     #[arg(long, default_value = "scripts/bench progress")]
     command_line: String,
-    #[arg(long, default_value = "")]
-    commit: String,
-    #[arg(long, default_value = "")]
-    date: String,
-}
-
-fn parse_seconds(value: &str) -> Result<u64, String> {
-    value
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("{value:?} is not a number of seconds (like 20 or 20s)"))
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -140,7 +122,7 @@ pub async fn run(args: ProgressArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(args.rate >= 1, "--rate: at least 1");
     anyhow::ensure!((1..=5_000).contains(&args.step_ms), "--step-ms: 1 to 5000");
     for (path, flag) in [
-        (&args.server_bin, "--server-bin"),
+        (&args.server.server_bin, "--server-bin"),
         (&args.plugin, "--plugin"),
     ] {
         anyhow::ensure!(path.is_file(), "{flag}: {} does not exist", path.display());
@@ -156,13 +138,13 @@ pub async fn run(args: ProgressArgs) -> anyhow::Result<bool> {
     let needed_fds = sockets as u64 + driven_open + SPARE_FDS;
     let own_limit = raise_own_open_files_limit(needed_fds)?;
 
-    std::fs::create_dir_all(&args.work_dir)?;
-    let dir = std::path::absolute(args.work_dir.join("progress"))?;
+    std::fs::create_dir_all(&args.server.work_dir)?;
+    let dir = std::path::absolute(args.server.work_dir.join("progress"))?;
     std::fs::create_dir_all(&dir)?;
-    let server_bin = std::path::absolute(&args.server_bin)?;
+    let server_bin = std::path::absolute(&args.server.server_bin)?;
     let plugin = std::path::absolute(&args.plugin)?;
     let sink = PushSink::start().await.context("starting the push sink")?;
-    let database = Database::create(Backend::Sqlite, &dir, &args.work_dir, "").await?;
+    let database = Database::create(Backend::Sqlite, &dir, &args.server.work_dir, "").await?;
     let progress_toml = format!(
         "[progress]\nsupervisory_seconds = {TIMER_SECONDS}.0\nringing_seconds = {TIMER_SECONDS}.0\n\
          connection_seconds = {TIMER_SECONDS}.0\n"
@@ -178,8 +160,8 @@ pub async fn run(args: ProgressArgs) -> anyhow::Result<bool> {
         &server_bin,
         &config,
         &dir,
-        &args.work_dir,
-        args.server_log.as_deref(),
+        &args.server.work_dir,
+        args.server.server_log.as_deref(),
     )
     .await?;
     eprintln!(
@@ -205,7 +187,7 @@ pub async fn run(args: ProgressArgs) -> anyhow::Result<bool> {
     let summary = result.summary(&plan);
     println!("\n{summary}");
     println!("LOOP_BENCH_PROGRESS {}", result.json(&plan));
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.out.report {
         if args.quick {
             eprintln!("--quick: {} is left as it is", path.display());
         } else {
@@ -1101,14 +1083,7 @@ impl ProgressResult {
         let f = &self.fanout;
         let other = Percentiles::of(&f.other);
         let mut out = String::new();
-        let mut run = format!("Command: `{}`", args.command_line);
-        if !args.date.is_empty() {
-            let _ = write!(run, ", run {}", args.date);
-        }
-        if !args.commit.is_empty() {
-            let _ = write!(run, " at commit `{}`", args.commit);
-        }
-        let _ = writeln!(out, "{run}.");
+        let _ = writeln!(out, "{}", args.out.command_line(&args.command_line));
         let _ = writeln!(out, "Machine: {}.", crate::run::machine_description());
         let _ = writeln!(
             out,

@@ -45,6 +45,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::args::{LoadArgs, ReportArgs, ServerArgs, parse_seconds};
 use crate::fixtures::{self, Api, Fixtures};
 use crate::report::{Route, thousands};
 use crate::server::{Backend, ConfigInputs, Database, ServerProcess, write_config};
@@ -60,31 +61,20 @@ pub struct ProvidersArgs {
     /// Smoke test: 3 s runs, 1 s warm-up; no report is written.
     #[arg(long)]
     quick: bool,
-    /// wrk threads.
-    #[arg(short = 't', long, default_value_t = 2)]
-    threads: u32,
-    /// wrk connections, all threads together.
-    #[arg(short = 'c', long, default_value_t = 32)]
-    connections: u32,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Seconds per measured run (`10` or `10s`); default 10, or 3 with --quick.
     #[arg(short = 'd', long, value_parser = parse_seconds)]
     duration: Option<u64>,
-    /// Measured runs per configuration, taken in turns (medians reported).
-    #[arg(long, default_value_t = 1)]
-    runs: usize,
     /// Unmeasured seconds of load before each measured run; default 2, or 1 with --quick.
     #[arg(long, value_parser = parse_seconds)]
     warmup: Option<u64>,
-    /// Seconds after which wrk counts a response as a timeout error.
-    #[arg(long, default_value_t = 2, value_parser = parse_seconds)]
-    timeout: u64,
     /// Comma-separated subset of the configurations (default: all):
     /// loopback, livekit, twilio, jitsi, opentok, opentok-jwt, vonage, jitsi-jaas, empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// The release loop-server binary.
-    #[arg(long)]
-    server_bin: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The folder holding `<name>/<name>.wasm` for each plugin.
     #[arg(long)]
     plugins_dir: PathBuf,
@@ -94,29 +84,11 @@ pub struct ProvidersArgs {
     /// bench/wrk/loop.lua.
     #[arg(long)]
     lua: PathBuf,
-    /// Scratch space: configs, databases, logs, pid files.
-    #[arg(long)]
-    work_dir: PathBuf,
-    /// Markdown file whose "Provider plugins" section is replaced (not with --quick).
-    #[arg(long)]
-    report: Option<PathBuf>,
-    /// `LOOP_LOG` for the servers; unset keeps the server's default.
-    #[arg(long)]
-    server_log: Option<String>,
-    /// For the report: the command that was run, the commit and the date.
+    #[command(flatten)]
+    out: ReportArgs,
+    /// For the report: the command that was run.
     #[arg(long, default_value = "scripts/bench providers")]
     command_line: String,
-    #[arg(long, default_value = "")]
-    commit: String,
-    #[arg(long, default_value = "")]
-    date: String,
-}
-
-fn parse_seconds(value: &str) -> Result<u64, String> {
-    value
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("{value:?} is not a number of seconds (like 10 or 10s)"))
 }
 
 /// How a configuration's tokens are signed.
@@ -555,13 +527,9 @@ pub async fn run(args: ProvidersArgs) -> anyhow::Result<bool> {
     let warmup_s = args.warmup.unwrap_or(if args.quick { 1 } else { 2 });
     anyhow::ensure!((1..=120).contains(&duration_s), "--duration: 1 to 120 s");
     anyhow::ensure!(warmup_s <= 60, "--warmup: at most 60 s");
-    anyhow::ensure!(args.runs >= 1, "--runs: at least 1");
-    anyhow::ensure!(
-        args.threads >= 1 && args.connections >= args.threads,
-        "--connections: at least one per thread"
-    );
+    args.load.check()?;
     for (path, flag) in [
-        (&args.server_bin, "--server-bin"),
+        (&args.server.server_bin, "--server-bin"),
         (&args.rsa_key, "--rsa-key"),
         (&args.lua, "--lua"),
     ] {
@@ -582,19 +550,19 @@ pub async fn run(args: ProvidersArgs) -> anyhow::Result<bool> {
     };
     let plan = Plan {
         settings: LoadSettings {
-            threads: args.threads,
-            connections: args.connections,
-            timeout_s: args.timeout,
+            threads: args.load.threads,
+            connections: args.load.connections,
+            timeout_s: args.load.timeout,
             lua: absolute(&args.lua)?,
             // No Hawk route here: nothing is pre-signed.
             max_signed_rate: 1,
         },
         duration_s,
         warmup_s,
-        runs: args.runs,
+        runs: args.load.runs,
     };
-    std::fs::create_dir_all(&args.work_dir)?;
-    let server_bin = absolute(&args.server_bin)?;
+    std::fs::create_dir_all(&args.server.work_dir)?;
+    let server_bin = absolute(&args.server.server_bin)?;
     let plugins_dir = absolute(&args.plugins_dir)?;
     let loopback = CASES[0].component(&plugins_dir);
     anyhow::ensure!(
@@ -715,7 +683,7 @@ pub async fn run(args: ProvidersArgs) -> anyhow::Result<bool> {
 
     let markdown = markdown(&results, &plan, &args);
     println!("\n{markdown}");
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.out.report {
         if args.quick {
             eprintln!("--quick: {} is left as it is", path.display());
         } else {
@@ -747,9 +715,9 @@ async fn start(
     sink: &PushSink,
     args: &ProvidersArgs,
 ) -> anyhow::Result<Live> {
-    let dir = absolute(&args.work_dir.join(format!("provider-{}", case.key)))?;
+    let dir = absolute(&args.server.work_dir.join(format!("provider-{}", case.key)))?;
     std::fs::create_dir_all(&dir)?;
-    let database = Database::create(Backend::Sqlite, &dir, &args.work_dir, "").await?;
+    let database = Database::create(Backend::Sqlite, &dir, &args.server.work_dir, "").await?;
     let extra_toml = case.config_toml(component, inputs)?;
     let config = write_config(&ConfigInputs {
         dir: &dir,
@@ -762,8 +730,8 @@ async fn start(
         server_bin,
         &config,
         &dir,
-        &args.work_dir,
-        args.server_log.as_deref(),
+        &args.server.work_dir,
+        args.server.server_log.as_deref(),
     )
     .await?;
     eprintln!(
@@ -928,14 +896,7 @@ fn verdict(result: &CaseResult, figures: &Figures) -> String {
 
 fn markdown(results: &[CaseResult], plan: &Plan, args: &ProvidersArgs) -> String {
     let mut out = String::new();
-    let mut run = format!("Command: `{}`", args.command_line);
-    if !args.date.is_empty() {
-        let _ = write!(run, ", run {}", args.date);
-    }
-    if !args.commit.is_empty() {
-        let _ = write!(run, " at commit `{}`", args.commit);
-    }
-    let _ = writeln!(out, "{run}.");
+    let _ = writeln!(out, "{}", args.out.command_line(&args.command_line));
     let _ = writeln!(out, "Machine: {}.", crate::run::machine());
     let _ = writeln!(
         out,

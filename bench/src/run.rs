@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::args::{LoadArgs, ReportArgs, ServerArgs, parse_seconds};
 use crate::fixtures::{self, Api, CALL_BODY, CALL_URL_BODY, Fixtures};
 use crate::report::{self, Dataset, PhaseResult, Route, RouteResult};
 use crate::seed::{self, SeedCounts};
@@ -32,24 +33,14 @@ pub struct RunArgs {
     /// Smoke test: 3 s runs, 1 s warm-up and a 10× smaller seeded database.
     #[arg(long)]
     quick: bool,
-    /// wrk threads.
-    #[arg(short = 't', long, default_value_t = 2)]
-    threads: u32,
-    /// wrk connections, all threads together.
-    #[arg(short = 'c', long, default_value_t = 32)]
-    connections: u32,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Seconds per run (`15` or `15s`); default 15, or 3 with --quick.
     #[arg(short = 'd', long, value_parser = parse_seconds)]
     duration: Option<u64>,
-    /// Runs per route; the report gives medians (the original used 6).
-    #[arg(long, default_value_t = 1)]
-    runs: usize,
     /// Unmeasured seconds of load per route before its runs; default 2, or 1 with --quick.
     #[arg(long, value_parser = parse_seconds)]
     warmup: Option<u64>,
-    /// Seconds after which wrk counts a response as a timeout error.
-    #[arg(long, default_value_t = 2, value_parser = parse_seconds)]
-    timeout: u64,
     /// Comma-separated subset: registration, call-url, call-info, place-call, list-calls.
     #[arg(long, value_delimiter = ',')]
     routes: Vec<String>,
@@ -73,38 +64,19 @@ pub struct RunArgs {
     /// is reported as failed, never replayed.
     #[arg(long, default_value_t = 40_000)]
     max_signed_rate: u64,
-    /// The release loop-server binary.
-    #[arg(long)]
-    server_bin: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The loopback provider component.
     #[arg(long)]
     plugin: PathBuf,
     /// bench/wrk/loop.lua.
     #[arg(long)]
     lua: PathBuf,
-    /// Scratch space: configs, databases, logs, pid files.
-    #[arg(long)]
-    work_dir: PathBuf,
-    /// Markdown file whose generated section is replaced with the results.
-    #[arg(long)]
-    report: Option<PathBuf>,
-    /// `LOOP_LOG` for the server; unset keeps the server's default.
-    #[arg(long)]
-    server_log: Option<String>,
-    /// For the report: the command that was run, the commit and the date.
+    #[command(flatten)]
+    out: ReportArgs,
+    /// For the report: the command that was run.
     #[arg(long, default_value = "scripts/bench")]
     command_line: String,
-    #[arg(long, default_value = "")]
-    commit: String,
-    #[arg(long, default_value = "")]
-    date: String,
-}
-
-fn parse_seconds(value: &str) -> Result<u64, String> {
-    value
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("{value:?} is not a number of seconds (like 15 or 15s)"))
 }
 
 /// Everything a phase needs that does not change between phases.
@@ -129,14 +101,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         warmup_s <= MAX_DURATION_S,
         "--warmup: at most {MAX_DURATION_S} s"
     );
-    anyhow::ensure!(args.runs >= 1, "--runs: at least 1");
-    anyhow::ensure!(
-        args.threads >= 1 && args.connections >= args.threads,
-        "--connections: at least one per thread"
-    );
+    args.load.check()?;
     anyhow::ensure!(args.max_signed_rate >= 1, "--max-signed-rate: at least 1");
     for (path, flag) in [
-        (&args.server_bin, "--server-bin"),
+        (&args.server.server_bin, "--server-bin"),
         (&args.plugin, "--plugin"),
         (&args.lua, "--lua"),
     ] {
@@ -158,23 +126,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let scale = if args.quick { 10 } else { 1 };
     let plan = Plan {
         settings: LoadSettings {
-            threads: args.threads,
-            connections: args.connections,
-            timeout_s: args.timeout,
+            threads: args.load.threads,
+            connections: args.load.connections,
+            timeout_s: args.load.timeout,
             lua: absolute(&args.lua)?,
             max_signed_rate: args.max_signed_rate,
         },
         duration_s,
         warmup_s,
-        runs: args.runs,
+        runs: args.load.runs,
         routes,
         seed: SeedCounts {
             sessions: args.seed_sessions.unwrap_or(100_000 / scale),
             call_urls: args.seed_call_urls.unwrap_or(1_000_000 / scale),
         },
     };
-    std::fs::create_dir_all(&args.work_dir)?;
-    let server_bin = absolute(&args.server_bin)?;
+    std::fs::create_dir_all(&args.server.work_dir)?;
+    let server_bin = absolute(&args.server.server_bin)?;
     let plugin = absolute(&args.plugin)?;
     let sink = PushSink::start().await.context("starting the push sink")?;
 
@@ -203,7 +171,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
 
     let markdown = format!("{}\n{}", header(&args, &plan), report::markdown(&phases));
     println!("\n{markdown}");
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.out.report {
         update_report(path, &markdown)?;
         println!("results written to {}", path.display());
     }
@@ -237,10 +205,15 @@ impl Phase<'_> {
     }
 
     async fn run(&self, args: &RunArgs) -> anyhow::Result<PhaseResult> {
-        let dir = absolute(&args.work_dir.join(self.name()))?;
+        let dir = absolute(&args.server.work_dir.join(self.name()))?;
         std::fs::create_dir_all(&dir)?;
-        let database =
-            Database::create(self.backend, &dir, &args.work_dir, &args.postgres_url).await?;
+        let database = Database::create(
+            self.backend,
+            &dir,
+            &args.server.work_dir,
+            &args.postgres_url,
+        )
+        .await?;
         let outcome = async {
             let config = write_config(&ConfigInputs {
                 dir: &dir,
@@ -253,8 +226,8 @@ impl Phase<'_> {
                 self.server_bin,
                 &config,
                 &dir,
-                &args.work_dir,
-                args.server_log.as_deref(),
+                &args.server.work_dir,
+                args.server.server_log.as_deref(),
             )
             .await?;
             eprintln!(
@@ -445,14 +418,7 @@ pub(crate) fn route_load<'a>(
 
 fn header(args: &RunArgs, plan: &Plan) -> String {
     let mut lines = Vec::new();
-    let mut run = format!("Command: `{}`", args.command_line);
-    if !args.date.is_empty() {
-        run.push_str(&format!(", run {}", args.date));
-    }
-    if !args.commit.is_empty() {
-        run.push_str(&format!(" at commit `{}`", args.commit));
-    }
-    lines.push(format!("{run}."));
+    lines.push(args.out.command_line(&args.command_line));
     lines.push(format!("Machine: {}.", machine()));
     lines.push(format!(
         "Load: `wrk -t{} -c{} -d{}s --timeout {}s --latency` with bench/wrk/loop.lua, {} unmeasured warm-up second(s) per route, \

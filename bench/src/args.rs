@@ -1,0 +1,82 @@
+//! Options the benchmarks share: the server they start, wrk's load, and what
+//! a report says about the run that produced it.
+
+use std::path::PathBuf;
+
+/// The server a benchmark starts, and where it keeps its files.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// The release loop-server binary.
+    #[arg(long)]
+    pub server_bin: PathBuf,
+    /// Scratch space: configs, databases, logs, pid files.
+    #[arg(long)]
+    pub work_dir: PathBuf,
+    /// `LOOP_LOG` for the servers; unset keeps the server's default.
+    #[arg(long)]
+    pub server_log: Option<String>,
+}
+
+/// wrk's load, beside each benchmark's own duration and warm-up.
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// wrk threads.
+    #[arg(short = 't', long, default_value_t = 2)]
+    pub threads: u32,
+    /// wrk connections, all threads together.
+    #[arg(short = 'c', long, default_value_t = 32)]
+    pub connections: u32,
+    /// Measured runs of each route or configuration (medians reported).
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Seconds after which wrk counts a response as a timeout error.
+    #[arg(long, default_value_t = 2, value_parser = parse_seconds)]
+    pub timeout: u64,
+}
+
+impl LoadArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.runs >= 1, "--runs: at least 1");
+        anyhow::ensure!(
+            self.threads >= 1 && self.connections >= self.threads,
+            "--connections: at least one per thread"
+        );
+        Ok(())
+    }
+}
+
+/// Where the results go, and the run they came from.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Markdown file whose generated section is replaced with the results.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// For the report: the commit and the date of the run.
+    #[arg(long, default_value = "")]
+    pub commit: String,
+    #[arg(long, default_value = "")]
+    pub date: String,
+}
+
+impl ReportArgs {
+    /// The report's first line: "Command: `…`, run <date> at commit `…`."
+    pub fn command_line(&self, command: &str) -> String {
+        let mut line = format!("Command: `{command}`");
+        if !self.date.is_empty() {
+            line.push_str(&format!(", run {}", self.date));
+        }
+        if !self.commit.is_empty() {
+            line.push_str(&format!(" at commit `{}`", self.commit));
+        }
+        line.push('.');
+        line
+    }
+}
+
+/// A number of seconds, written `15` or `15s`.
+pub fn parse_seconds(value: &str) -> Result<u64, String> {
+    value
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds (like 15 or 15s)"))
+}
