@@ -6,12 +6,15 @@
 //! `progress` benchmarks the call-progress websocket (idle sockets' memory,
 //! state-change fan-out latency). `providers` benchmarks `POST /calls/{token}`
 //! with each provider plugin and the plugin's share of the server's time.
+//! `original` measures Loop and Mozilla's original server back to back, with
+//! an axum hello-world route as the framework's ceiling.
 //! `sign` and `seed` expose the two building blocks for manual runs.
 
 mod args;
 mod cpu;
 mod fixtures;
 mod hawk_sign;
+mod original;
 mod progress;
 mod providers;
 mod report;
@@ -44,6 +47,10 @@ enum Command {
     /// default provider, and the plugin's share of the server's time
     /// (`scripts/bench providers`).
     Providers(Box<providers::ProvidersArgs>),
+    /// Benchmark Loop and Mozilla's original loop-server back to back on the
+    /// four routes the original's kit measures, with an axum hello-world
+    /// route as the framework's ceiling (`scripts/bench original`).
+    Original(Box<original::OriginalArgs>),
     /// Pre-sign Hawk Authorization values for a manual `wrk -s bench/wrk/loop.lua` run.
     Sign(SignArgs),
     /// Bulk-insert sessions and call URLs into a migrated Loop database.
@@ -123,6 +130,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => run::run(*args).await,
         Command::Progress(args) => progress::run(*args).await,
         Command::Providers(args) => providers::run(*args).await,
+        Command::Original(args) => original::run(*args).await,
         Command::Sign(args) => sign(args).map(|()| true),
         Command::Seed(args) => {
             let counts = seed::SeedCounts {
