@@ -122,10 +122,10 @@ fn parse_key(algorithm: SigningAlgorithm, pem: &str) -> Result<KeyPair, String> 
 
 impl CallState {
     /// `crypto.sign`: the raw JWS signature of `data`, or why the key is
-    /// unusable. An RSA signature (or a key's first parse) takes about a
-    /// millisecond of CPU, too long for an executor thread that serves other
-    /// requests meanwhile, so it runs on the blocking pool; its CPU time is
-    /// the plugin's.
+    /// unusable. An RSA-2048 signature takes half a millisecond of CPU or
+    /// more (a key's first parse longer), too long for an executor thread
+    /// that serves other requests meanwhile, so it runs on the blocking pool;
+    /// its CPU time is the plugin's.
     pub async fn sign(
         &mut self,
         algorithm: SigningAlgorithm,
