@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::args::{ReportArgs, ServerArgs, parse_seconds};
-use crate::report::thousands;
+use crate::report::{median, thousands};
 use crate::server::{Backend, ConfigInputs, Database, ServerProcess, write_config};
 
 /// Issue 10's targets.
@@ -123,20 +123,6 @@ struct Plan {
     duration_s: u64,
     warmup_s: u64,
     pairs: usize,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }
 
 /// A free port on 127.0.0.1 for a server that needs one given.

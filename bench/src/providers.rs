@@ -47,7 +47,7 @@ use tokio::task::JoinHandle;
 
 use crate::args::{LoadArgs, ReportArgs, ServerArgs, parse_seconds};
 use crate::fixtures::{self, Api, Fixtures};
-use crate::report::{Route, thousands};
+use crate::report::{Route, median, thousands};
 use crate::server::{Backend, ConfigInputs, Database, ServerProcess, write_config};
 use crate::sink::PushSink;
 use crate::wrk::{self, LoadSettings, WrkResult};
@@ -446,20 +446,6 @@ pub struct CaseResult {
     pub outcome: Outcome,
     /// Errors of measured runs, if any had some.
     pub failures: Vec<String>,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }
 
 /// Medians of a configuration's measured runs.

@@ -93,7 +93,9 @@ pub struct RouteResult {
     pub runs: Vec<WrkResult>,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median of the finite values; NaN when there are none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
     if values.is_empty() {
         return f64::NAN;
     }
