@@ -276,14 +276,7 @@ done:
   return ok;
 }
 
-bool exports_loopcall_provider_provider_verify_token(
-    plugin_string_t *token, plugin_string_t *session_id,
-    exports_loopcall_provider_provider_grant_t *ret, lp_error_t *err) {
-  (void)ret;
-  plugin_string_free(token);
-  plugin_string_free(session_id);
-  return lp_rejected(err, "Daily meeting tokens are checked by Daily");
-}
+LP_EXPORT_VERIFY_TOKEN_REJECTS("Daily meeting tokens are checked by Daily")
 
 bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
                                                     plugin_string_t *maybe_channel,

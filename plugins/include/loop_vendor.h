@@ -647,4 +647,45 @@ static inline bool lp_vendor_send(const lp_vendor_t *v, loopcall_provider_http_m
   return false;
 }
 
+// ---- what several vendors share -----------------------------------------------
+
+// The WIT role's name, which is also how OpenTok and Vonage Video spell it.
+static inline const char *lp_role_name(loopcall_provider_types_role_t role) {
+  switch (role) {
+  case LOOPCALL_PROVIDER_TYPES_ROLE_PUBLISHER: return "publisher";
+  case LOOPCALL_PROVIDER_TYPES_ROLE_SUBSCRIBER: return "subscriber";
+  default: return "moderator";
+  }
+}
+
+// Characters (not bytes) in valid UTF-8, for vendors that bound text in characters.
+static inline size_t lp_utf8_chars(const uint8_t *s, size_t len) {
+  size_t n = 0;
+  for (size_t i = 0; i < len; i++) n += (s[i] & 0xC0) != 0x80;
+  return n;
+}
+
+// The `verify-token` export of a provider whose tokens only its vendor checks
+// (the host's signaling relay never sees them): every token is rejected, `why`.
+#define LP_EXPORT_VERIFY_TOKEN_REJECTS(why)                                             \
+  bool exports_loopcall_provider_provider_verify_token(                                 \
+      plugin_string_t *token, plugin_string_t *session_id,                              \
+      exports_loopcall_provider_provider_grant_t *ret, lp_error_t *err) {               \
+    (void)ret;                                                                          \
+    plugin_string_free(token);                                                          \
+    plugin_string_free(session_id);                                                     \
+    return lp_rejected(err, why);                                                       \
+  }
+
+// The `end-session` export of a provider whose sessions need no closing (they
+// cost nothing once nobody is connected).
+#define LP_EXPORT_END_SESSION_NOTHING_TO_CLOSE()                                        \
+  bool exports_loopcall_provider_provider_end_session(                                  \
+      plugin_string_t *session_id, plugin_string_t *maybe_channel, lp_error_t *err) {   \
+    (void)err;                                                                          \
+    plugin_string_free(session_id);                                                     \
+    if (maybe_channel) plugin_string_free(maybe_channel);                               \
+    return true;                                                                        \
+  }
+
 #endif

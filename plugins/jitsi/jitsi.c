@@ -260,21 +260,7 @@ done:
   return ok;
 }
 
-bool exports_loopcall_provider_provider_verify_token(
-    plugin_string_t *token, plugin_string_t *session_id,
-    exports_loopcall_provider_provider_grant_t *ret, lp_error_t *err) {
-  (void)ret;
-  plugin_string_free(token);
-  plugin_string_free(session_id);
-  return lp_rejected(err, "Jitsi tokens are checked by the Jitsi deployment");
-}
+LP_EXPORT_VERIFY_TOKEN_REJECTS("Jitsi tokens are checked by the Jitsi deployment")
 
 // Jitsi rooms end when their last participant leaves: nothing to close.
-bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
-                                                    plugin_string_t *maybe_channel,
-                                                    lp_error_t *err) {
-  (void)err;
-  plugin_string_free(session_id);
-  if (maybe_channel) plugin_string_free(maybe_channel);
-  return true;
-}
+LP_EXPORT_END_SESSION_NOTHING_TO_CLOSE()

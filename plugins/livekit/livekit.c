@@ -261,15 +261,7 @@ done:
   return ok;
 }
 
-bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
-                                                 plugin_string_t *session_id,
-                                                 exports_loopcall_provider_provider_grant_t *ret,
-                                                 lp_error_t *err) {
-  (void)ret;
-  plugin_string_free(token);
-  plugin_string_free(session_id);
-  return lp_rejected(err, "LiveKit tokens are checked by the LiveKit server");
-}
+LP_EXPORT_VERIFY_TOKEN_REJECTS("LiveKit tokens are checked by the LiveKit server")
 
 bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
                                                 plugin_string_t *maybe_channel,

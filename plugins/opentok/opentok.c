@@ -235,20 +235,6 @@ done:
 
 // ---- tokens -------------------------------------------------------------------
 
-static const char *role_name(loopcall_provider_types_role_t role) {
-  switch (role) {
-  case LOOPCALL_PROVIDER_TYPES_ROLE_PUBLISHER: return "publisher";
-  case LOOPCALL_PROVIDER_TYPES_ROLE_SUBSCRIBER: return "subscriber";
-  default: return "moderator";
-  }
-}
-
-static size_t utf8_chars(const uint8_t *s, size_t len) {
-  size_t n = 0;
-  for (size_t i = 0; i < len; i++) n += (s[i] & 0xC0) != 0x80;
-  return n;
-}
-
 // What the other side learns about this one: {"id":"<identity>","name":"<display name>"}.
 static void connection_data(lp_buf_t *out, const exports_loopcall_provider_provider_token_request_t *r) {
   lp_json_t j = {0};
@@ -348,7 +334,7 @@ bool exports_loopcall_provider_provider_issue_token(
     goto done;
   }
   connection_data(&data, request);
-  if (utf8_chars(data.ptr, data.len) > MAX_CONNECTION_DATA_CHARS) {
+  if (lp_utf8_chars(data.ptr, data.len) > MAX_CONNECTION_DATA_CHARS) {
     lp_rejected(err, "identity and display name make connection data over 1000 characters");
     goto done;
   }
@@ -358,7 +344,7 @@ bool exports_loopcall_provider_provider_issue_token(
   uint64_t lifetime = request->lifetime_seconds;
   if (lifetime > MAX_TOKEN_SECONDS) lifetime = MAX_TOKEN_SECONDS;
   uint64_t now = lp_now_seconds();
-  const char *role = role_name(request->role);
+  const char *role = lp_role_name(request->role);
   if (jwt) jwt_token(&token, &c, &request->session_id, role, now, now + lifetime, &data);
   else t1_token(&token, &c, &request->session_id, role, now, now + lifetime, &data);
   lp_buf_into_string(&token, ret);
@@ -372,21 +358,7 @@ done:
   return ok;
 }
 
-bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
-                                                 plugin_string_t *session_id,
-                                                 exports_loopcall_provider_provider_grant_t *ret,
-                                                 lp_error_t *err) {
-  (void)ret;
-  plugin_string_free(token);
-  plugin_string_free(session_id);
-  return lp_rejected(err, "OpenTok tokens are checked by OpenTok");
-}
+LP_EXPORT_VERIFY_TOKEN_REJECTS("OpenTok tokens are checked by OpenTok")
 
 // OpenTok sessions need no closing: they cost nothing once nobody is connected.
-bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
-                                                plugin_string_t *maybe_channel, lp_error_t *err) {
-  (void)err;
-  plugin_string_free(session_id);
-  if (maybe_channel) plugin_string_free(maybe_channel);
-  return true;
-}
+LP_EXPORT_END_SESSION_NOTHING_TO_CLOSE()

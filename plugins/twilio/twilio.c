@@ -239,15 +239,7 @@ done:
   return ok;
 }
 
-bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
-                                                 plugin_string_t *session_id,
-                                                 exports_loopcall_provider_provider_grant_t *ret,
-                                                 lp_error_t *err) {
-  (void)ret;
-  plugin_string_free(token);
-  plugin_string_free(session_id);
-  return lp_rejected(err, "Twilio tokens are checked by Twilio");
-}
+LP_EXPORT_VERIFY_TOKEN_REJECTS("Twilio tokens are checked by Twilio")
 
 bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
                                                 plugin_string_t *maybe_channel,

@@ -183,20 +183,6 @@ done:
 
 // ---- tokens -------------------------------------------------------------------
 
-static const char *role_name(loopcall_provider_types_role_t role) {
-  switch (role) {
-  case LOOPCALL_PROVIDER_TYPES_ROLE_PUBLISHER: return "publisher";
-  case LOOPCALL_PROVIDER_TYPES_ROLE_SUBSCRIBER: return "subscriber";
-  default: return "moderator";
-  }
-}
-
-static size_t utf8_chars(const uint8_t *s, size_t len) {
-  size_t n = 0;
-  for (size_t i = 0; i < len; i++) n += (s[i] & 0xC0) != 0x80;
-  return n;
-}
-
 bool exports_loopcall_provider_provider_issue_token(
     exports_loopcall_provider_provider_token_request_t *request, plugin_string_t *ret,
     lp_error_t *err) {
@@ -218,7 +204,7 @@ bool exports_loopcall_provider_provider_issue_token(
   lp_json_str(&data, "id", &request->identity);
   lp_json_str(&data, "name", &request->display_name);
   lp_json_close(&data);
-  if (utf8_chars(data.buf.ptr, data.buf.len) > MAX_CONNECTION_DATA_CHARS) {
+  if (lp_utf8_chars(data.buf.ptr, data.buf.len) > MAX_CONNECTION_DATA_CHARS) {
     lp_rejected(err, "identity and display name make connection data over 1000 characters");
     goto done;
   }
@@ -232,7 +218,7 @@ bool exports_loopcall_provider_provider_issue_token(
   // The claims of vonage_video's generate_client_token, in its order.
   lp_json_open(&claims);
   lp_json_str(&claims, "session_id", &request->session_id);
-  lp_json_cstr(&claims, "role", role_name(request->role));
+  lp_json_cstr(&claims, "role", lp_role_name(request->role));
   lp_json_str_n(&claims, "connection_data", data.buf.ptr, data.buf.len);
   lp_json_u64(&claims, "exp", now + lifetime);
   lp_json_str_n(&claims, "jti", jti.ptr, jti.len);
@@ -259,21 +245,7 @@ done:
   return ok;
 }
 
-bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
-                                                 plugin_string_t *session_id,
-                                                 exports_loopcall_provider_provider_grant_t *ret,
-                                                 lp_error_t *err) {
-  (void)ret;
-  plugin_string_free(token);
-  plugin_string_free(session_id);
-  return lp_rejected(err, "Vonage Video tokens are checked by Vonage");
-}
+LP_EXPORT_VERIFY_TOKEN_REJECTS("Vonage Video tokens are checked by Vonage")
 
 // Vonage Video sessions need no closing: they cost nothing once nobody is connected.
-bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
-                                                plugin_string_t *maybe_channel, lp_error_t *err) {
-  (void)err;
-  plugin_string_free(session_id);
-  if (maybe_channel) plugin_string_free(maybe_channel);
-  return true;
-}
+LP_EXPORT_END_SESSION_NOTHING_TO_CLOSE()

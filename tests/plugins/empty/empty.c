@@ -2,7 +2,7 @@
 // calls. What a call through it costs is what the host's sandbox costs (a fresh
 // instance, three export calls, teardown); loop-bench providers measures it as
 // the floor under every real plugin.
-#include "loop_plugin.h"
+#include "loop_vendor.h"
 
 void exports_loopcall_provider_provider_describe(exports_loopcall_provider_provider_provider_info_t *ret) {
   lp_describe_all(ret, "empty", "0.2.0", false);
@@ -27,21 +27,6 @@ bool exports_loopcall_provider_provider_issue_token(
   return true;
 }
 
-bool exports_loopcall_provider_provider_verify_token(plugin_string_t *token,
-                                                 plugin_string_t *session_id,
-                                                 exports_loopcall_provider_provider_grant_t *ret,
-                                                 lp_error_t *err) {
-  (void)ret;
-  plugin_string_free(token);
-  plugin_string_free(session_id);
-  return lp_rejected(err, "empty verifies no tokens");
-}
+LP_EXPORT_VERIFY_TOKEN_REJECTS("empty verifies no tokens")
 
-bool exports_loopcall_provider_provider_end_session(plugin_string_t *session_id,
-                                                plugin_string_t *maybe_channel,
-                                                lp_error_t *err) {
-  (void)err;
-  plugin_string_free(session_id);
-  if (maybe_channel) plugin_string_free(maybe_channel);
-  return true;
-}
+LP_EXPORT_END_SESSION_NOTHING_TO_CLOSE()
