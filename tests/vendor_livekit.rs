@@ -16,8 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::TestServer;
-use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, run_sdk, serve};
+use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, jwt_claims, run_sdk, serve};
 use serde_json::{Value, json};
 
 const API_KEY: &str = "APIloopTest";
@@ -165,30 +164,10 @@ async fn fake_livekit() -> (Shared, String) {
     (fake, serve(router).await)
 }
 
-/// A server whose only provider is `livekit` with `settings`, reaching `hosts`.
-async fn livekit_server(
-    hosts: &[&str],
-    settings: &str,
-    extra: &str,
-    env: &[(&str, &str)],
-) -> TestServer {
-    vendor::start("livekit", hosts, settings, extra, env).await
-}
-
 fn settings(url: &str, create_room: bool) -> String {
     format!(
         "url = {url:?}\napi_key = {API_KEY:?}\napi_secret = {API_SECRET:?}\ncreate_room = {create_room}\n"
     )
-}
-
-/// The unverified claims of a JWT (the SDK script verifies them).
-fn claims(token: &str) -> Value {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 /// Both sides got the same fresh room and the websocket URL, and the SDK
@@ -206,7 +185,7 @@ async fn check_call(call: &VendorCall, url: &str, service_tokens: Vec<String>) -
     let caller_token = call.caller["sessionToken"].as_str().unwrap();
     let callee_token = call.callee["sessionToken"].as_str().unwrap();
     // The callee is the URL's owner: its identity is the owner's opaque user id.
-    let callee_identity = claims(callee_token)["sub"].as_str().unwrap().to_owned();
+    let callee_identity = jwt_claims(callee_token)["sub"].as_str().unwrap().to_owned();
     assert!(
         callee_identity.len() == 64 && callee_identity != "alice",
         "the callee's identity is its user id: {callee_identity}"
@@ -230,14 +209,9 @@ async fn check_call(call: &VendorCall, url: &str, service_tokens: Vec<String>) -
     room
 }
 
-/// Waits (bounded) until `done` holds of the fake.
-async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
-    vendor::eventually(what, || done(&fake.lock().unwrap())).await;
-}
-
 #[tokio::test]
 async fn vendor_livekit_tokens_are_the_sdks_own() {
-    let server = livekit_server(&[], &settings(CLIENT_URL, false), "", &[]).await;
+    let server = vendor::start("livekit", &[], &settings(CLIENT_URL, false), "", &[]).await;
     let call = call_flow(&server, None).await;
     check_call(&call, CLIENT_URL, vec![]).await;
     // Two calls, two rooms.
@@ -255,7 +229,14 @@ async fn vendor_livekit_creates_the_room_and_deletes_it_when_the_call_is_termina
     let (fake, origin) = fake_livekit().await;
     // Clients get the websocket URL; the plugin reaches its http origin.
     let url = origin.replacen("http://", "ws://", 1);
-    let server = livekit_server(&[origin.as_str()], &settings(&url, true), "", &[]).await;
+    let server = vendor::start(
+        "livekit",
+        &[origin.as_str()],
+        &settings(&url, true),
+        "",
+        &[],
+    )
+    .await;
     let call = call_flow(&server, None).await;
     let service_tokens = fake.lock().unwrap().bearers.clone();
     assert_eq!(service_tokens.len(), 1);
@@ -267,7 +248,10 @@ async fn vendor_livekit_creates_the_room_and_deletes_it_when_the_call_is_termina
     assert!(fake.lock().unwrap().deleted.is_empty());
 
     hang_up(&call).await;
-    wait_for(&fake, "the room deleted", |f| !f.deleted.is_empty()).await;
+    vendor::eventually("the room deleted", || {
+        !fake.lock().unwrap().deleted.is_empty()
+    })
+    .await;
     assert_eq!(fake.lock().unwrap().deleted, vec![room]);
     // The DeleteRoom token is what the SDK's RoomService sends too.
     let bearers = fake.lock().unwrap().bearers.clone();
@@ -287,7 +271,8 @@ async fn vendor_livekit_creates_the_room_and_deletes_it_when_the_call_is_termina
 async fn vendor_livekit_room_settings_reach_create_room() {
     let (fake, origin) = fake_livekit().await;
     let url = format!("{}/", origin.replacen("http://", "ws://", 1));
-    let server = livekit_server(
+    let server = vendor::start(
+        "livekit",
         &[origin.as_str()],
         &format!(
             "{}empty_timeout_seconds = 60\nmax_participants = 3\n",
@@ -309,7 +294,8 @@ async fn vendor_livekit_room_settings_reach_create_room() {
 async fn vendor_livekit_deletes_the_room_of_an_unanswered_call_when_it_expires() {
     let (fake, origin) = fake_livekit().await;
     let url = origin.replacen("http://", "ws://", 1);
-    let server = livekit_server(
+    let server = vendor::start(
+        "livekit",
         &[origin.as_str()],
         &settings(&url, true),
         "[calls]\nduration_seconds = 1\n\n",
@@ -319,8 +305,8 @@ async fn vendor_livekit_deletes_the_room_of_an_unanswered_call_when_it_expires()
     let call = call_flow(&server, None).await;
     let room = call.caller["sessionId"].as_str().unwrap().to_owned();
     // Nobody answers, nobody hangs up.
-    wait_for(&fake, "the expired call's room deleted", |f| {
-        !f.deleted.is_empty()
+    vendor::eventually("the expired call's room deleted", || {
+        !fake.lock().unwrap().deleted.is_empty()
     })
     .await;
     assert_eq!(fake.lock().unwrap().deleted, vec![room]);
@@ -330,7 +316,8 @@ async fn vendor_livekit_deletes_the_room_of_an_unanswered_call_when_it_expires()
 async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
     let (fake, origin) = fake_livekit().await;
     let url = origin.replacen("http://", "ws://", 1);
-    let server = livekit_server(
+    let server = vendor::start(
+        "livekit",
         &[origin.as_str()],
         &format!("{}timeout_ms = 1000\n", settings(&url, true)),
         "",
@@ -381,7 +368,8 @@ async fn vendor_livekit_room_api_failures_are_clear_json_errors() {
 
 #[tokio::test]
 async fn vendor_livekit_without_credentials_is_misconfigured() {
-    let server = livekit_server(
+    let server = vendor::start(
+        "livekit",
         &[],
         &format!("url = {CLIENT_URL:?}\napi_key = {API_KEY:?}\n"),
         "",

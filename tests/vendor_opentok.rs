@@ -5,7 +5,6 @@
 
 use crate::common::vendor;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,22 +20,13 @@ use serde_json::{Value, json};
 
 use crate::common::TestServer;
 use crate::common::vendor::{
-    assert_provider_error, attempt_call, call_flow, run_sdk, serve, unix_now,
+    Answer, Answering, assert_provider_error, attempt_call, call_flow, run_sdk, serve, unix_now,
 };
 
 const KEY: &str = "46100001";
 const SECRET: &str = "opentok-test-secret-0123456789abcdef";
 const BETA_KEY: &str = "46100002";
 const BETA_SECRET: &str = "opentok-beta-secret-fedcba9876543210";
-
-/// How the fake answers `POST /session/create`.
-#[derive(Clone, Copy, Debug)]
-enum Answer {
-    Ok,
-    Status(u16),
-    /// Waits this long, then answers like `Ok`.
-    Slow(Duration),
-}
 
 /// A fake OpenTok REST API: `POST /session/create` with the checks OpenTok
 /// makes, answering `[{"session_id": ...}]` with a session id of OpenTok's
@@ -51,8 +41,8 @@ struct FakeState {
     projects: HashMap<String, String>,
     /// The form body OpenTok should receive: `p2p.preference`, `archiveMode`.
     expect_form: Mutex<(String, String)>,
-    answer: Mutex<Answer>,
-    requests: AtomicUsize,
+    /// How `POST /session/create` answers, and how often it was asked.
+    answering: Answering,
     /// The API key (JWT `iss`) of every request that passed the checks.
     projects_seen: Mutex<Vec<String>>,
     /// What a check refused; a test passes only with none.
@@ -67,8 +57,7 @@ impl FakeOpenTok {
                 (BETA_KEY.to_string(), BETA_SECRET.to_string()),
             ]),
             expect_form: Mutex::new(("enabled".into(), "manual".into())),
-            answer: Mutex::new(Answer::Ok),
-            requests: AtomicUsize::new(0),
+            answering: Answering::default(),
             projects_seen: Mutex::new(Vec::new()),
             problems: Mutex::new(Vec::new()),
         });
@@ -82,7 +71,7 @@ impl FakeOpenTok {
     }
 
     fn answer(&self, answer: Answer) {
-        *self.state.answer.lock().unwrap() = answer;
+        self.state.answering.set(answer);
     }
 
     fn expect_form(&self, p2p: &str, archive: &str) {
@@ -90,7 +79,7 @@ impl FakeOpenTok {
     }
 
     fn requests(&self) -> usize {
-        self.state.requests.load(Ordering::SeqCst)
+        self.state.answering.requests()
     }
 
     fn projects_seen(&self) -> Vec<String> {
@@ -185,15 +174,12 @@ async fn create_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.requests.fetch_add(1, Ordering::SeqCst);
-    let answer = *state.answer.lock().unwrap();
-    match answer {
-        Answer::Status(status) => {
-            let status = StatusCode::from_u16(status).unwrap();
-            return (status, "{\"code\":-1,\"message\":\"fake failure\"}").into_response();
-        }
-        Answer::Slow(delay) => tokio::time::sleep(delay).await,
-        Answer::Ok => {}
+    if let Some(failure) = state
+        .answering
+        .begin("{\"code\":-1,\"message\":\"fake failure\"}")
+        .await
+    {
+        return failure;
     }
     match check_request(&state, &headers, &body) {
         Ok(api_key) => {

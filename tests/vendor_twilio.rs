@@ -18,8 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::TestServer;
-use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, run_sdk, serve};
+use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, jwt_claims, run_sdk, serve};
 use serde_json::{Value, json};
 
 const ACCOUNT_SID: &str = "ACtest0123456789abcdef0123456789ab";
@@ -172,16 +171,6 @@ async fn fake_twilio() -> (Shared, String) {
     (fake, serve(router).await)
 }
 
-/// A server whose only provider is `twilio` with `settings`, reaching `hosts`.
-async fn twilio_server(
-    hosts: &[&str],
-    settings: &str,
-    extra: &str,
-    env: &[(&str, &str)],
-) -> TestServer {
-    vendor::start("twilio", hosts, settings, extra, env).await
-}
-
 fn settings(api_url: Option<&str>, create_room: bool) -> String {
     let mut settings = format!(
         "account_sid = {ACCOUNT_SID:?}\napi_key_sid = {KEY_SID:?}\n\
@@ -191,16 +180,6 @@ fn settings(api_url: Option<&str>, create_room: bool) -> String {
         settings.push_str(&format!("api_url = {api_url:?}\n"));
     }
     settings
-}
-
-/// The unverified claims of a JWT (the SDK script verifies them).
-fn claims(token: &str) -> Value {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 /// Both sides got the same fresh room and the API key sid, and pyjwt and the
@@ -218,7 +197,7 @@ async fn check_call(call: &VendorCall) -> String {
     let caller_token = call.caller["sessionToken"].as_str().unwrap();
     let callee_token = call.callee["sessionToken"].as_str().unwrap();
     // The callee is the URL's owner: its identity is the owner's opaque user id.
-    let callee_identity = claims(callee_token)["grants"]["identity"]
+    let callee_identity = jwt_claims(callee_token)["grants"]["identity"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -244,15 +223,10 @@ async fn check_call(call: &VendorCall) -> String {
     room
 }
 
-/// Waits (bounded) until `done` holds of the fake.
-async fn wait_for(fake: &Shared, what: &str, done: impl Fn(&Fake) -> bool) {
-    vendor::eventually(what, || done(&fake.lock().unwrap())).await;
-}
-
 #[tokio::test]
 async fn vendor_twilio_tokens_are_the_sdks_own() {
     // No api_url: the default (Twilio's) is never reached without create_room.
-    let server = twilio_server(&[], &settings(None, false), "", &[]).await;
+    let server = vendor::start("twilio", &[], &settings(None, false), "", &[]).await;
     let call = call_flow(&server, None).await;
     check_call(&call).await;
     let again = call_flow(&server, None).await;
@@ -267,7 +241,8 @@ async fn vendor_twilio_tokens_are_the_sdks_own() {
 #[tokio::test]
 async fn vendor_twilio_creates_the_room_and_completes_it_when_the_call_is_terminated() {
     let (fake, origin) = fake_twilio().await;
-    let server = twilio_server(
+    let server = vendor::start(
+        "twilio",
         &[origin.as_str()],
         &settings(Some(origin.as_str()), true),
         "",
@@ -289,7 +264,10 @@ async fn vendor_twilio_creates_the_room_and_completes_it_when_the_call_is_termin
     assert!(fake.lock().unwrap().completed.is_empty());
 
     hang_up(&call).await;
-    wait_for(&fake, "the room completed", |f| !f.completed.is_empty()).await;
+    vendor::eventually("the room completed", || {
+        !fake.lock().unwrap().completed.is_empty()
+    })
+    .await;
     assert_eq!(fake.lock().unwrap().completed, vec![room]);
     assert!(
         !server.logs().contains(KEY_SECRET),
@@ -300,7 +278,8 @@ async fn vendor_twilio_creates_the_room_and_completes_it_when_the_call_is_termin
 #[tokio::test]
 async fn vendor_twilio_room_type_reaches_the_api() {
     let (fake, origin) = fake_twilio().await;
-    let server = twilio_server(
+    let server = vendor::start(
+        "twilio",
         &[origin.as_str()],
         &format!(
             "{}room_type = \"group-small\"\n",
@@ -317,7 +296,8 @@ async fn vendor_twilio_room_type_reaches_the_api() {
 #[tokio::test]
 async fn vendor_twilio_completes_the_room_of_an_unanswered_call_when_it_expires() {
     let (fake, origin) = fake_twilio().await;
-    let server = twilio_server(
+    let server = vendor::start(
+        "twilio",
         &[origin.as_str()],
         &settings(Some(origin.as_str()), true),
         "[calls]\nduration_seconds = 1\n\n",
@@ -327,8 +307,8 @@ async fn vendor_twilio_completes_the_room_of_an_unanswered_call_when_it_expires(
     let call = call_flow(&server, None).await;
     let room = call.caller["sessionId"].as_str().unwrap().to_owned();
     // Nobody answers, nobody hangs up.
-    wait_for(&fake, "the expired call's room completed", |f| {
-        !f.completed.is_empty()
+    vendor::eventually("the expired call's room completed", || {
+        !fake.lock().unwrap().completed.is_empty()
     })
     .await;
     assert_eq!(fake.lock().unwrap().completed, vec![room]);
@@ -337,7 +317,8 @@ async fn vendor_twilio_completes_the_room_of_an_unanswered_call_when_it_expires(
 #[tokio::test]
 async fn vendor_twilio_api_failures_are_clear_json_errors() {
     let (fake, origin) = fake_twilio().await;
-    let server = twilio_server(
+    let server = vendor::start(
+        "twilio",
         &[origin.as_str()],
         &format!(
             "{}timeout_ms = 300\n",
@@ -404,7 +385,8 @@ async fn vendor_twilio_api_failures_are_clear_json_errors() {
 
 #[tokio::test]
 async fn vendor_twilio_rejects_an_unknown_room_type() {
-    let server = twilio_server(
+    let server = vendor::start(
+        "twilio",
         &[],
         &format!("{}room_type = \"huge\"\n", settings(None, false)),
         "",

@@ -6,7 +6,6 @@
 
 use crate::common::vendor;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +20,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
 use crate::common::vendor::{
-    assert_provider_error, attempt_call, call_flow, plugin_toml, run_sdk, serve, unix_now,
+    Answer, Answering, assert_provider_error, attempt_call, call_flow, plugin_toml, run_sdk, serve,
+    unix_now,
 };
 use crate::common::{ServerOptions, TestServer, workspace_root};
 
@@ -35,14 +35,6 @@ fn public_key() -> String {
     std::fs::read_to_string(workspace_root().join("tests/fixtures/test-rsa-2048.pub.pem")).unwrap()
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Answer {
-    Ok,
-    Status(u16),
-    /// Waits this long, then answers like `Ok`.
-    Slow(Duration),
-}
-
 /// A fake Vonage Video API: `POST /session/create`, checking the application
 /// JWT with the application's public key.
 struct FakeVonage {
@@ -54,8 +46,8 @@ struct FakeState {
     public_key: DecodingKey,
     /// The `p2p.preference` the form body should carry.
     expect_p2p: Mutex<String>,
-    answer: Mutex<Answer>,
-    requests: AtomicUsize,
+    /// How `POST /session/create` answers, and how often it was asked.
+    answering: Answering,
     problems: Mutex<Vec<String>>,
 }
 
@@ -64,8 +56,7 @@ impl FakeVonage {
         let state = Arc::new(FakeState {
             public_key: DecodingKey::from_rsa_pem(public_key().as_bytes()).unwrap(),
             expect_p2p: Mutex::new("enabled".into()),
-            answer: Mutex::new(Answer::Ok),
-            requests: AtomicUsize::new(0),
+            answering: Answering::default(),
             problems: Mutex::new(Vec::new()),
         });
         let router = Router::new()
@@ -78,11 +69,11 @@ impl FakeVonage {
     }
 
     fn answer(&self, answer: Answer) {
-        *self.state.answer.lock().unwrap() = answer;
+        self.state.answering.set(answer);
     }
 
     fn requests(&self) -> usize {
-        self.state.requests.load(Ordering::SeqCst)
+        self.state.answering.requests()
     }
 
     fn assert_no_problems(&self) {
@@ -150,15 +141,8 @@ async fn create_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.requests.fetch_add(1, Ordering::SeqCst);
-    let answer = *state.answer.lock().unwrap();
-    match answer {
-        Answer::Status(status) => {
-            let status = StatusCode::from_u16(status).unwrap();
-            return (status, "{\"title\":\"fake failure\"}").into_response();
-        }
-        Answer::Slow(delay) => tokio::time::sleep(delay).await,
-        Answer::Ok => {}
+    if let Some(failure) = state.answering.begin("{\"title\":\"fake failure\"}").await {
+        return failure;
     }
     match check_request(&state, &headers, &body) {
         Ok(()) => {

@@ -167,6 +167,64 @@ pub async fn eventually(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// The claims of a JWT, unverified: the vendor SDK scripts verify them.
+pub fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// How a fake vendor API answers, as the test sets it.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Answer {
+    #[default]
+    Ok,
+    Status(u16),
+    /// Waits this long, then answers like `Ok`.
+    Slow(Duration),
+}
+
+/// A fake vendor endpoint's answer mode and the requests it has seen.
+#[derive(Default)]
+pub struct Answering {
+    answer: std::sync::Mutex<Answer>,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Answering {
+    pub fn set(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts a request and plays the answer mode: the failure (its status
+    /// with `error_body`) the test asked for, or, after any delay, `None`
+    /// for the endpoint to answer normally.
+    pub async fn begin(&self, error_body: &'static str) -> Option<axum::response::Response> {
+        use axum::response::IntoResponse;
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let answer = *self.answer.lock().unwrap();
+        match answer {
+            Answer::Status(status) => {
+                let status = axum::http::StatusCode::from_u16(status).unwrap();
+                Some((status, error_body).into_response())
+            }
+            Answer::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                None
+            }
+            Answer::Ok => None,
+        }
+    }
+}
+
 /// Unix time in seconds, for checking the times in tokens.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
