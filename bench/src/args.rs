@@ -1,7 +1,9 @@
 //! Options the benchmarks share: the server they start, wrk's load, and what
 //! a report says about the run that produced it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::server::ServerProcess;
 
 /// The server a benchmark starts, and where it keeps its files.
 #[derive(clap::Args)]
@@ -15,6 +17,20 @@ pub struct ServerArgs {
     /// `LOOP_LOG` for the servers; unset keeps the server's default.
     #[arg(long)]
     pub server_log: Option<String>,
+}
+
+impl ServerArgs {
+    /// Starts the server on `config`, keeping its log in `dir`.
+    pub async fn start(&self, config: &Path, dir: &Path) -> anyhow::Result<ServerProcess> {
+        ServerProcess::start(
+            &std::path::absolute(&self.server_bin)?,
+            config,
+            dir,
+            &self.work_dir,
+            self.server_log.as_deref(),
+        )
+        .await
+    }
 }
 
 /// wrk's load, beside each benchmark's own duration and warm-up.

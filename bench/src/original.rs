@@ -27,7 +27,7 @@ use tokio::process::{Child, Command};
 
 use crate::args::{ReportArgs, ServerArgs, parse_seconds};
 use crate::report::{median, thousands};
-use crate::server::{Backend, ConfigInputs, Database, ServerProcess, write_config};
+use crate::server::{Backend, ConfigInputs, Database, write_config};
 
 /// Issue 10's targets.
 const TARGET_RPS_RATIO: f64 = 10.0;
@@ -325,14 +325,7 @@ async fn measure(
         push_origin: upstream,
         extra_toml: "",
     })?;
-    let server = ServerProcess::start(
-        &std::path::absolute(&args.server.server_bin)?,
-        &config,
-        &dir,
-        work,
-        args.server.server_log.as_deref(),
-    )
-    .await?;
+    let server = args.server.start(&config, &dir).await?;
     let hello = Hello::start(&std::path::absolute(&args.hello_bin)?).await?;
 
     let Plan {

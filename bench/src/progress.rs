@@ -39,7 +39,7 @@ use crate::args::{ReportArgs, ServerArgs, parse_seconds};
 use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::fixtures::Api;
 use crate::hawk_sign::HawkSession;
-use crate::report::thousands;
+use crate::report::{ms, thousands};
 use crate::server::{Backend, ConfigInputs, Database, ServerProcess, write_config};
 use crate::sink::PushSink;
 
@@ -141,7 +141,6 @@ pub async fn run(args: ProgressArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.server.work_dir)?;
     let dir = std::path::absolute(args.server.work_dir.join("progress"))?;
     std::fs::create_dir_all(&dir)?;
-    let server_bin = std::path::absolute(&args.server.server_bin)?;
     let plugin = std::path::absolute(&args.plugin)?;
     let sink = PushSink::start().await.context("starting the push sink")?;
     let database = Database::create(Backend::Sqlite, &dir, &args.server.work_dir, "").await?;
@@ -156,14 +155,7 @@ pub async fn run(args: ProgressArgs) -> anyhow::Result<bool> {
         push_origin: &sink.origin,
         extra_toml: &progress_toml,
     })?;
-    let mut server = ServerProcess::start(
-        &server_bin,
-        &config,
-        &dir,
-        &args.server.work_dir,
-        args.server.server_log.as_deref(),
-    )
-    .await?;
+    let mut server = args.server.start(&config, &dir).await?;
     eprintln!(
         "[progress] loop-server (pid {}) at {}",
         server.pid, server.url
@@ -859,14 +851,6 @@ fn mib(kib: u64) -> f64 {
 
 fn mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1e6
-}
-
-fn ms(value: f64) -> String {
-    if value < 10.0 {
-        format!("{value:.2} ms")
-    } else {
-        format!("{value:.1} ms")
-    }
 }
 
 fn per_socket_bytes(before: Memory, with: Memory, sockets: usize) -> f64 {

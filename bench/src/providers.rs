@@ -47,7 +47,7 @@ use tokio::task::JoinHandle;
 
 use crate::args::{LoadArgs, ReportArgs, ServerArgs, parse_seconds};
 use crate::fixtures::{self, Api, Fixtures};
-use crate::report::{Route, median, thousands};
+use crate::report::{Route, median, ms, thousands};
 use crate::server::{Backend, ConfigInputs, Database, ServerProcess, write_config};
 use crate::sink::PushSink;
 use crate::wrk::{self, LoadSettings, WrkResult};
@@ -551,7 +551,6 @@ pub async fn run(args: ProvidersArgs) -> anyhow::Result<bool> {
         runs: args.load.runs,
     };
     std::fs::create_dir_all(&args.server.work_dir)?;
-    let server_bin = absolute(&args.server.server_bin)?;
     let plugins_dir = absolute(&args.plugins_dir)?;
     let loopback = CASES[0].component(&plugins_dir);
     anyhow::ensure!(
@@ -595,17 +594,7 @@ pub async fn run(args: ProvidersArgs) -> anyhow::Result<bool> {
             });
             continue;
         }
-        match start(
-            case,
-            &component,
-            &inputs,
-            &server_bin,
-            &loopback,
-            &sink,
-            &args,
-        )
-        .await
-        {
+        match start(case, &component, &inputs, &loopback, &sink, &args).await {
             Ok(up) => live.push(up),
             Err(err) => {
                 eprintln!("[{}] FAILED: {err:#}", case.key);
@@ -699,7 +688,6 @@ async fn start(
     case: &'static Case,
     component: &Path,
     inputs: &SettingsInputs<'_>,
-    server_bin: &Path,
     loopback: &Path,
     sink: &PushSink,
     args: &ProvidersArgs,
@@ -715,14 +703,7 @@ async fn start(
         push_origin: &sink.origin,
         extra_toml: &format!("\n{extra_toml}"),
     })?;
-    let server = ServerProcess::start(
-        server_bin,
-        &config,
-        &dir,
-        &args.server.work_dir,
-        args.server.server_log.as_deref(),
-    )
-    .await?;
+    let server = args.server.start(&config, &dir).await?;
     eprintln!(
         "[{}] loop-server (pid {}) at {}, provider {}",
         case.key, server.pid, server.url, case.plugin
@@ -825,16 +806,6 @@ fn log_run(case: &Case, m: &Measured, round: usize, runs: usize) {
             .map(|why| format!("  FAILED: {why}"))
             .unwrap_or_default()
     );
-}
-
-fn ms(value: f64) -> String {
-    if !value.is_finite() {
-        "n/a".into()
-    } else if value < 10.0 {
-        format!("{value:.2} ms")
-    } else {
-        format!("{value:.1} ms")
-    }
 }
 
 fn us(value: f64) -> String {

@@ -241,7 +241,8 @@ pub fn thousands(value: f64) -> String {
     out
 }
 
-fn ms(value: f64) -> String {
+/// Milliseconds for a report: two decimals under 10 ms, one above, "n/a" for none.
+pub fn ms(value: f64) -> String {
     if !value.is_finite() {
         "n/a".into()
     } else if value < 10.0 {

@@ -142,7 +142,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         },
     };
     std::fs::create_dir_all(&args.server.work_dir)?;
-    let server_bin = absolute(&args.server.server_bin)?;
     let plugin = absolute(&args.plugin)?;
     let sink = PushSink::start().await.context("starting the push sink")?;
 
@@ -158,7 +157,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
                 dataset,
                 plan: &plan,
                 sink: &sink,
-                server_bin: &server_bin,
                 plugin: &plugin,
             };
             let result = phase
@@ -187,7 +185,6 @@ struct Phase<'a> {
     dataset: Dataset,
     plan: &'a Plan,
     sink: &'a PushSink,
-    server_bin: &'a Path,
     plugin: &'a Path,
 }
 
@@ -222,14 +219,7 @@ impl Phase<'_> {
                 push_origin: &self.sink.origin,
                 extra_toml: "",
             })?;
-            let mut server = ServerProcess::start(
-                self.server_bin,
-                &config,
-                &dir,
-                &args.server.work_dir,
-                args.server.server_log.as_deref(),
-            )
-            .await?;
+            let mut server = args.server.start(&config, &dir).await?;
             eprintln!(
                 "[{}] loop-server (pid {}) at {}",
                 self.name(),
