@@ -37,15 +37,6 @@ void exports_loopcall_provider_provider_describe(
 
 // ---- settings ----------------------------------------------------------------
 
-// Reads a non-empty setting. Unlike lp_setting_nonempty, `out` is left empty
-// (safe to free) when the setting is absent: the generated settings.get
-// binding writes an uninitialised string there for `none`.
-static bool setting(const char *key, plugin_string_t *out) {
-  if (lp_vendor_setting_nonempty(key, out)) return true;
-  *out = (plugin_string_t){0};
-  return false;
-}
-
 typedef struct {
   plugin_string_t api_key, api_url, domain, domain_id;
   uint64_t timeout_ms, retries;
@@ -72,13 +63,13 @@ static bool valid_domain(const plugin_string_t *d) {
 // Loads the settings every export needs; `for_rest` adds those of the REST API.
 static bool load_account(account_t *a, bool for_rest, lp_error_t *err) {
   *a = (account_t){0};
-  if (!setting("api_key", &a->api_key)) return lp_missing_setting(err, "api_key");
-  if (!setting("domain_id", &a->domain_id)) {
+  if (!lp_vendor_setting_nonempty("api_key", &a->api_key)) return lp_missing_setting(err, "api_key");
+  if (!lp_vendor_setting_nonempty("domain_id", &a->domain_id)) {
     account_free(a);
     return lp_missing_setting(err, "domain_id");
   }
   if (!for_rest) return true;
-  if (!setting("domain", &a->domain)) {
+  if (!lp_vendor_setting_nonempty("domain", &a->domain)) {
     account_free(a);
     return lp_missing_setting(err, "domain");
   }

@@ -38,12 +38,17 @@ static lp_remembered_setting_t lp_remembered[LP_REMEMBERED_SETTINGS];
 static size_t lp_remembered_len;
 
 // Reads the setting named by `key` (`len` bytes), through the instance's memory
-// of earlier reads. False when absent; otherwise the caller owns `out`.
+// of earlier reads. False when absent, with `out` left empty (safe to free:
+// the generated settings.get binding leaves it uninitialised for `none`);
+// otherwise the caller owns `out`.
 static inline bool lp_vendor_setting(const uint8_t *key, size_t len, plugin_string_t *out) {
   for (size_t i = 0; i < lp_remembered_len; i++) {
     lp_remembered_setting_t *r = &lp_remembered[i];
     if (r->key.len != len || memcmp(r->key.ptr, key, len) != 0) continue;
-    if (!r->found) return false;
+    if (!r->found) {
+      *out = (plugin_string_t){0};
+      return false;
+    }
     lp_string_from(out, r->value.ptr, r->value.len);
     return true;
   }
@@ -58,16 +63,18 @@ static inline bool lp_vendor_setting(const uint8_t *key, size_t len, plugin_stri
     r->value = (plugin_string_t){0};
     if (found) lp_string_from(&r->value, value.ptr, value.len);
   }
-  if (found) *out = value;
+  *out = found ? value : (plugin_string_t){0};
   return found;
 }
 
 // lp_setting_nonempty through the instance's memory of earlier reads: false when
-// the setting is absent or empty; otherwise the caller owns `out`.
+// the setting is absent or empty, with `out` left empty (safe to free);
+// otherwise the caller owns `out`.
 static inline bool lp_vendor_setting_nonempty(const char *key, plugin_string_t *out) {
   if (!lp_vendor_setting((const uint8_t *)key, strlen(key), out)) return false;
   if (out->len == 0) {
     plugin_string_free(out);
+    *out = (plugin_string_t){0};
     return false;
   }
   return true;

@@ -34,15 +34,6 @@ void exports_loopcall_provider_provider_describe(
 
 // ---- settings ----------------------------------------------------------------
 
-// Reads a non-empty setting. Unlike lp_setting_nonempty, `out` is left empty
-// (safe to free) when the setting is absent: the generated settings.get
-// binding writes an uninitialised string there for `none`.
-static bool setting(const char *key, plugin_string_t *out) {
-  if (lp_vendor_setting_nonempty(key, out)) return true;
-  *out = (plugin_string_t){0};
-  return false;
-}
-
 // JaaS's documented features; each is the setting `features.<name>` (false by
 // default: a private call needs none of them).
 static const char *const FEATURES[] = {"livestreaming", "recording", "transcription",
@@ -87,7 +78,7 @@ static bool url_host(const plugin_string_t *url, const uint8_t **host, size_t *l
 
 static bool load_account(account_t *a, lp_error_t *err) {
   *a = (account_t){0};
-  if (!setting("base_url", &a->base_url)) return lp_missing_setting(err, "base_url");
+  if (!lp_vendor_setting_nonempty("base_url", &a->base_url)) return lp_missing_setting(err, "base_url");
   while (a->base_url.len && a->base_url.ptr[a->base_url.len - 1] == '/') a->base_url.len--;
   const uint8_t *host;
   size_t host_len;
@@ -96,15 +87,15 @@ static bool load_account(account_t *a, lp_error_t *err) {
     return lp_misconfigured(err, "setting `base_url` must be an http(s) URL, "
                                  "e.g. \"https://meet.example.com\" or \"https://8x8.vc\"");
   }
-  if (!setting("app_id", &a->app_id)) {
+  if (!lp_vendor_setting_nonempty("app_id", &a->app_id)) {
     account_free(a);
     return lp_missing_setting(err, "app_id");
   }
-  if (!setting("domain", &a->domain)) lp_string_from(&a->domain, host, host_len);
+  if (!lp_vendor_setting_nonempty("domain", &a->domain)) lp_string_from(&a->domain, host, host_len);
 
-  bool secret = setting("app_secret", &a->app_secret);
-  bool kid = setting("kid", &a->kid);
-  bool key = setting("private_key", &a->private_key);
+  bool secret = lp_vendor_setting_nonempty("app_secret", &a->app_secret);
+  bool kid = lp_vendor_setting_nonempty("kid", &a->kid);
+  bool key = lp_vendor_setting_nonempty("private_key", &a->private_key);
   if (secret && (kid || key)) {
     account_free(a);
     return lp_misconfigured(err, "set either `app_secret` (self-hosted Jitsi Meet) or `kid` "

@@ -58,26 +58,18 @@ static size_t scheme_len(const plugin_string_t *url) {
   return 0;
 }
 
-// Reads the required setting `key` into `slot`. On failure the slot is left empty
-// (the settings binding leaves garbage in it when the key is absent).
-static bool required(const char *key, plugin_string_t *slot) {
-  if (lp_vendor_setting_nonempty(key, slot)) return true;
-  *slot = (plugin_string_t){0};
-  return false;
-}
-
 static bool load_config(config_t *c, lp_error_t *err) {
   *c = (config_t){0};
-  if (!required("url", &c->url)) return lp_missing_setting(err, "url");
+  if (!lp_vendor_setting_nonempty("url", &c->url)) return lp_missing_setting(err, "url");
   if (!scheme_len(&c->url)) {
     config_free(c);
     return lp_misconfigured(err, "setting `url` must be a ws://, wss://, http:// or https:// URL");
   }
-  if (!required("api_key", &c->api_key)) {
+  if (!lp_vendor_setting_nonempty("api_key", &c->api_key)) {
     config_free(c);
     return lp_missing_setting(err, "api_key");
   }
-  if (!required("api_secret", &c->api_secret)) {
+  if (!lp_vendor_setting_nonempty("api_secret", &c->api_secret)) {
     config_free(c);
     return lp_missing_setting(err, "api_secret");
   }

@@ -50,8 +50,6 @@ static bool load_config(config_t *c, lp_error_t *err) {
   plugin_string_t *slots[] = {&c->account_sid, &c->key_sid, &c->key_secret};
   for (size_t i = 0; i < 3; i++) {
     if (!lp_vendor_setting_nonempty(required[i], slots[i])) {
-      // The settings binding leaves garbage in the slot when the key is absent.
-      *slots[i] = (plugin_string_t){0};
       config_free(c);
       return lp_missing_setting(err, required[i]);
     }
