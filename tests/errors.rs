@@ -76,7 +76,9 @@ async fn setup(extra_toml: &str) -> Setup {
 }
 
 /// Moves a call URL's expiry into the past, straight in the database: the API
-/// rightly refuses TTLs under an hour.
+/// rightly refuses TTLs under an hour. Behind the server's back, as another
+/// instance would: the server may serve its copy for `CACHE_FRESH_FOR`, so
+/// this returns once that has passed.
 pub(crate) async fn expire_call_url(database_url: &str, token: &str) {
     let past = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -103,6 +105,7 @@ pub(crate) async fn expire_call_url(database_url: &str, token: &str) {
             .rows_affected()
     };
     assert_eq!(affected, 1);
+    tokio::time::sleep(loop_server::store::CACHE_FRESH_FOR).await;
 }
 
 /// POSTs `size` bytes of JSON whitespace with `Transfer-Encoding: chunked`

@@ -307,37 +307,31 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
 
         store
             .set_push_urls(
-                &phone.id_hmac,
+                &phone,
                 &[push(PushTopic::Calls, "https://push.test/phone-old")],
             )
             .await
             .unwrap();
         store
-            .set_push_urls(
-                &phone.id_hmac,
-                &[push(PushTopic::Calls, "https://push.test/phone")],
-            )
+            .set_push_urls(&phone, &[push(PushTopic::Calls, "https://push.test/phone")])
             .await
             .unwrap();
         store
             .set_push_urls(
-                &phone.id_hmac,
+                &phone,
                 &[push(PushTopic::Rooms, "https://push.test/phone-rooms")],
             )
             .await
             .unwrap();
         store
             .set_push_urls(
-                &laptop.id_hmac,
+                &laptop,
                 &[push(PushTopic::Calls, "https://push.test/laptop")],
             )
             .await
             .unwrap();
         store
-            .set_push_urls(
-                &other.id_hmac,
-                &[push(PushTopic::Calls, "https://push.test/other")],
-            )
+            .set_push_urls(&other, &[push(PushTopic::Calls, "https://push.test/other")])
             .await
             .unwrap();
 
@@ -379,7 +373,7 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
         // The same device URL registered by two sessions is notified once.
         store
             .set_push_urls(
-                &laptop.id_hmac,
+                &laptop,
                 &[push(PushTopic::Rooms, "https://push.test/phone-rooms")],
             )
             .await
@@ -393,7 +387,7 @@ async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
             "{name}"
         );
 
-        store.delete_push_urls(&phone.id_hmac).await.unwrap();
+        store.delete_push_urls(&phone).await.unwrap();
         assert_eq!(
             store
                 .push_urls("user-1", PushTopic::Calls, NOW)
@@ -961,7 +955,7 @@ async fn populate(store: &Arc<dyn Store>, user_id: &str) -> UserData {
         );
         store
             .set_push_urls(
-                &s.id_hmac,
+                s,
                 &[push(
                     PushTopic::Calls,
                     format!("https://push.test/{}", s.id_hmac),
@@ -1335,7 +1329,7 @@ async fn sqlite_concurrent_writers_wait_for_each_other() {
                 .await?;
             store
                 .set_push_urls(
-                    &s.id_hmac,
+                    &s,
                     &[push(PushTopic::Calls, format!("https://push.test/{i}"))],
                 )
                 .await?;
@@ -1530,7 +1524,7 @@ async fn set_push_urls_writes_the_given_topics_in_one_statement_and_keeps_the_ot
         // Both topics: one statement.
         store
             .set_push_urls(
-                &phone.id_hmac,
+                &phone,
                 &[
                     push(Calls, "https://push.test/calls-2"),
                     push(Rooms, "https://push.test/rooms-2"),
@@ -1552,7 +1546,7 @@ async fn set_push_urls_writes_the_given_topics_in_one_statement_and_keeps_the_ot
 
         // Only calls: rooms keeps its URL.
         store
-            .set_push_urls(&phone.id_hmac, &[push(Calls, "https://push.test/calls-3")])
+            .set_push_urls(&phone, &[push(Calls, "https://push.test/calls-3")])
             .await
             .unwrap();
         assert_eq!(
@@ -1569,7 +1563,7 @@ async fn set_push_urls_writes_the_given_topics_in_one_statement_and_keeps_the_ot
         // Only rooms, twice: the last one wins, calls is kept.
         store
             .set_push_urls(
-                &phone.id_hmac,
+                &phone,
                 &[
                     push(Rooms, "https://push.test/rooms-x"),
                     push(Rooms, "https://push.test/rooms-3"),
@@ -1585,12 +1579,15 @@ async fn set_push_urls_writes_the_given_topics_in_one_statement_and_keeps_the_ot
         assert_eq!(urls(Rooms).await, ["https://push.test/rooms-3"], "{name}");
 
         // Nothing given writes nothing; the other session was never touched.
-        store.set_push_urls(&phone.id_hmac, &[]).await.unwrap();
+        store.set_push_urls(&phone, &[]).await.unwrap();
         assert_eq!(session_updates(&sql, &phone.id_hmac).await, 3, "{name}");
         assert_eq!(session_updates(&sql, &laptop.id_hmac).await, 0, "{name}");
         // An unknown session is harmless.
         store
-            .set_push_urls("unknown", &[push(Calls, "https://push.test/nobody")])
+            .set_push_urls(
+                &session("user-unknown", NOW + 60),
+                &[push(Calls, "https://push.test/nobody")],
+            )
             .await
             .unwrap();
     }
@@ -1941,4 +1938,170 @@ async fn a_bus_listener_that_loses_its_connection_reconnects_and_says_so() {
         }
     }
     assert!(delivered, "messages flow again after the reconnection");
+}
+
+/// Call URLs and push URLs are served from memory: a write made behind the
+/// store's back (as another instance's would be, when its notification is
+/// lost or on SQLite) is seen once the copy goes stale, within a second,
+/// while the store's own writes are seen at once.
+#[tokio::test]
+async fn hot_reads_come_from_memory_and_the_stores_own_writes_show_at_once() {
+    use PushTopic::Calls;
+    for db in backends().await {
+        let name = db.name;
+        let store = db.open_sql().await;
+        let now = loop_server::clock::now();
+        let user = id("fxa:user");
+        let phone = session(&user, now + 3600);
+        store
+            .create_session(&phone, &[push(Calls, "https://push.test/phone")])
+            .await
+            .unwrap();
+        let url = call_url(&user, now, now + 3600);
+        store.create_call_url(&url).await.unwrap();
+        let read = async || {
+            store
+                .call_url_with_push_urls(&url.token, Calls, loop_server::clock::now())
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(read().await.1, ["https://push.test/phone"], "{name}");
+
+        // Behind the store's back: its copy is served until it goes stale.
+        sqlx::query("UPDATE call_urls SET caller_id = 'mallory' WHERE token = $1")
+            .bind(&url.token)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            read().await.0.caller_id,
+            url.caller_id,
+            "{name}: not cached"
+        );
+        assert_eq!(
+            store.call_url(&url.token).await.unwrap().unwrap().caller_id,
+            url.caller_id,
+            "{name}: not cached"
+        );
+        // Seen within a second, as another instance's change must be.
+        let start = std::time::Instant::now();
+        while read().await.0.caller_id != "mallory" {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(1),
+                "{name}: a stale copy served for a second"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+
+        // Through the store: at once.
+        let update = CallUrlUpdate {
+            caller_id: Some("carol".into()),
+            ..Default::default()
+        };
+        assert!(
+            store
+                .update_call_url(&url.token, &user, &update)
+                .await
+                .unwrap()
+        );
+        assert_eq!(read().await.0.caller_id, "carol", "{name}: update");
+        let laptop = session(&user, now + 3600);
+        store
+            .create_session(&laptop, &[push(Calls, "https://push.test/laptop")])
+            .await
+            .unwrap();
+        assert_eq!(
+            read().await.1,
+            ["https://push.test/laptop", "https://push.test/phone"],
+            "{name}: new device"
+        );
+        store
+            .set_push_urls(&phone, &[push(Calls, "https://push.test/phone-2")])
+            .await
+            .unwrap();
+        assert_eq!(
+            read().await.1,
+            ["https://push.test/laptop", "https://push.test/phone-2"],
+            "{name}: new push URL"
+        );
+        store.delete_push_urls(&laptop).await.unwrap();
+        assert_eq!(read().await.1, ["https://push.test/phone-2"], "{name}");
+        assert!(store.delete_call_url(&url.token, &user).await.unwrap());
+        assert_eq!(store.call_url(&url.token).await.unwrap(), None, "{name}");
+
+        // Push URLs stop at their session's expiry, not at the copy's age.
+        let brief = call_url(&user, now, now + 3600);
+        store.create_call_url(&brief).await.unwrap();
+        store.delete_push_urls(&phone).await.unwrap();
+        let mayfly = session(&user, now + 2);
+        store
+            .create_session(&mayfly, &[push(Calls, "https://push.test/mayfly")])
+            .await
+            .unwrap();
+        let (_, urls) = store
+            .call_url_with_push_urls(&brief.token, Calls, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(urls, ["https://push.test/mayfly"], "{name}");
+        let (_, urls) = store
+            .call_url_with_push_urls(&brief.token, Calls, now + 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(urls.is_empty(), "{name}: an expired session's push URL");
+    }
+}
+
+/// On PostgreSQL, revoking, updating or deleting on one instance notifies
+/// the others in the same transaction: they forget their copies well before
+/// those would go stale.
+#[tokio::test]
+async fn other_instances_forget_a_revoked_call_url_when_notified() {
+    let db = Db::postgres().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let now = loop_server::clock::now();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let url = call_url("user-n", now, now + 3600);
+        a.create_call_url(&url).await.unwrap();
+        urls.push(url);
+    }
+    let seen_by_b = async |token: &str| b.call_url(token).await.unwrap();
+    let update = CallUrlUpdate {
+        subject: Some("changed".into()),
+        ..Default::default()
+    };
+    let changes: [(&str, &CallUrl); 3] = [
+        ("revoke", &urls[0]),
+        ("update", &urls[1]),
+        ("delete user", &urls[2]),
+    ];
+    for (change, url) in changes {
+        assert!(seen_by_b(&url.token).await.is_some());
+        let start = std::time::Instant::now();
+        match change {
+            "revoke" => assert!(a.delete_call_url(&url.token, "user-n").await.unwrap()),
+            "update" => assert!(
+                a.update_call_url(&url.token, "user-n", &update)
+                    .await
+                    .unwrap()
+            ),
+            _ => a.delete_user("user-n").await.unwrap(),
+        }
+        let gone = |found: Option<CallUrl>| match change {
+            "update" => found.is_some_and(|u| u.subject.as_deref() == Some("changed")),
+            _ => found.is_none(),
+        };
+        while !gone(seen_by_b(&url.token).await) {
+            assert!(
+                start.elapsed() < store::CACHE_FRESH_FOR / 2,
+                "{change}: B was not notified; it would only see it once its copy went stale"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Re-read the next one from B's storage, not from a copy of before.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

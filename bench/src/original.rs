@@ -9,12 +9,13 @@
 //! all three: the same wrk Lua scripts, the same pre-signed Hawk headers for
 //! `GET /calls?version=0`, the same push URL, the same warm-up and duration,
 //! and the server's CPU time per request from `/proc/<pid>/stat`. Loop runs
-//! on SQLite with the bundled loopback provider; the original asks the fake
-//! TokBox for its sessions. The ceiling (`axum-hello`) is measured on
+//! with the bundled loopback provider on SQLite (what the targets are set
+//! for) and on PostgreSQL (unless `--no-postgres`); the original asks the
+//! fake TokBox for its sessions. The ceiling (`axum-hello`) is measured on
 //! `GET /calls/{token}` only.
 //!
-//! The three are measured in turns, `--runs` pairs of original then Loop
-//! (then the ceiling), and the report gives the medians and their ratios.
+//! They are measured in turns, `--runs` pairs of original then Loop (then the
+//! ceiling), and the report gives the medians and their ratios.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -69,6 +70,16 @@ pub struct OriginalArgs {
     /// The `axum-hello` binary built beside loop-bench.
     #[arg(long)]
     hello_bin: PathBuf,
+    /// Measure Loop on SQLite only, not on PostgreSQL too.
+    #[arg(long)]
+    no_postgres: bool,
+    /// A PostgreSQL database to connect to for CREATE/DROP DATABASE.
+    #[arg(
+        long,
+        env = "LOOP_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
     #[command(flatten)]
     out: ReportArgs,
     /// For the report: the command that was run.
@@ -87,7 +98,7 @@ const SCENARIOS: [(&str, &str); 4] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Original,
-    Loop,
+    Loop(Backend),
     Ceiling,
 }
 
@@ -95,7 +106,8 @@ impl Side {
     fn name(self) -> &'static str {
         match self {
             Side::Original => "original",
-            Side::Loop => "loop",
+            Side::Loop(Backend::Sqlite) => "loop",
+            Side::Loop(Backend::Postgres) => "loop-postgres",
             Side::Ceiling => "axum-hello",
         }
     }
@@ -114,8 +126,16 @@ struct Measured {
     sock_err: u64,
 }
 
+/// One server's runs in one pair.
+struct SideRun {
+    side: Side,
+    measured: Vec<Measured>,
+    /// The local PostgreSQL's CPU while the kit ran (warm-ups included), in cores.
+    database_cores: f64,
+}
+
 struct Pair {
-    results: Vec<(Side, Vec<Measured>)>,
+    results: Vec<SideRun>,
 }
 
 /// What one run of the comparison does, from the options.
@@ -271,10 +291,11 @@ pub async fn run(args: OriginalArgs) -> anyhow::Result<bool> {
         crate::run::update_section(path, &ORIGINAL_SECTION, &markdown)?;
         eprintln!("results written to {}", path.display());
     }
-    let failed = pairs
-        .iter()
-        .flat_map(|p| &p.results)
-        .any(|(_, runs)| runs.iter().any(|m| m.err_status > 0 || m.sock_err > 0));
+    let failed = pairs.iter().flat_map(|p| &p.results).any(|run| {
+        run.measured
+            .iter()
+            .any(|m| m.err_status > 0 || m.sock_err > 0)
+    });
     Ok(!failed)
 }
 
@@ -315,17 +336,26 @@ async fn measure(
         .parse()
         .context("the kit's server.pid")?;
 
-    let dir = work.join("loop");
-    std::fs::create_dir_all(&dir)?;
-    let database = Database::create(Backend::Sqlite, &dir, work, "").await?;
-    let config = write_config(&ConfigInputs {
-        dir: &dir,
-        database_url: database.url(),
-        plugin: &std::path::absolute(&args.plugin)?,
-        push_origin: upstream,
-        extra_toml: "",
-    })?;
-    let server = args.server.start(&config, &dir).await?;
+    let backends: &[Backend] = if args.no_postgres {
+        &[Backend::Sqlite]
+    } else {
+        &[Backend::Sqlite, Backend::Postgres]
+    };
+    let mut servers = Vec::new();
+    for &backend in backends {
+        let dir = work.join(format!("loop-{}", backend.name().to_lowercase()));
+        std::fs::create_dir_all(&dir)?;
+        let database = Database::create(backend, &dir, work, &args.postgres_url).await?;
+        let config = write_config(&ConfigInputs {
+            dir: &dir,
+            database_url: database.url(),
+            plugin: &std::path::absolute(&args.plugin)?,
+            push_origin: upstream,
+            extra_toml: "",
+        })?;
+        let server = args.server.start(&config, &dir).await?;
+        servers.push((backend, server, database));
+    }
     let hello = Hello::start(&std::path::absolute(&args.hello_bin)?).await?;
 
     let Plan {
@@ -336,11 +366,12 @@ async fn measure(
     let mut results = Vec::new();
     for pair in 1..=pairs {
         let mut pair_results = Vec::new();
-        for (side, url, pid) in [
-            (Side::Original, original_url, original_pid),
-            (Side::Loop, server.url.as_str(), server.pid),
-            (Side::Ceiling, hello.url.as_str(), hello.pid),
-        ] {
+        let sides = std::iter::once((Side::Original, original_url, original_pid))
+            .chain(servers.iter().map(|(backend, server, _)| {
+                (Side::Loop(*backend), server.url.as_str(), server.pid)
+            }))
+            .chain([(Side::Ceiling, hello.url.as_str(), hello.pid)]);
+        for (side, url, pid) in sides {
             let token = match side {
                 // The ceiling answers any token.
                 Side::Ceiling => "ceiling".to_string(),
@@ -366,6 +397,7 @@ async fn measure(
                 _ => SCENARIOS.map(|(key, _)| key).join(" "),
             };
             eprintln!("pair {pair}/{pairs}: {} ({url})", side.name());
+            let database_before = (crate::cpu::postgres_times(), std::time::Instant::now());
             run_tool(
                 Command::new("bash")
                     .arg(kit.join("bench.sh"))
@@ -385,6 +417,8 @@ async fn measure(
                 &out.join("bench.log"),
             )
             .await?;
+            let database_cores = (crate::cpu::postgres_times() - database_before.0).max(0.0)
+                / database_before.1.elapsed().as_secs_f64();
             let summary = std::fs::read_to_string(out.join("summary.jsonl"))
                 .with_context(|| format!("{}/summary.jsonl", out.display()))?;
             let measured = summary
@@ -407,15 +441,21 @@ async fn measure(
                     }
                 );
             }
-            pair_results.push((side, measured));
+            pair_results.push(SideRun {
+                side,
+                measured,
+                database_cores,
+            });
         }
         results.push(Pair {
             results: pair_results,
         });
     }
     drop(hello);
-    server.stop().await?;
-    database.drop_database().await?;
+    for (_, server, database) in servers {
+        server.stop().await?;
+        database.drop_database().await?;
+    }
     Ok(results)
 }
 
@@ -425,9 +465,21 @@ fn figure(pairs: &[Pair], side: Side, scenario: &str, f: impl Fn(&Measured) -> f
         pairs
             .iter()
             .flat_map(|pair| &pair.results)
-            .filter(|(s, _)| *s == side)
-            .flat_map(|(_, runs)| runs.iter().filter(|m| m.scenario == scenario))
+            .filter(|run| run.side == side)
+            .flat_map(|run| run.measured.iter().filter(|m| m.scenario == scenario))
             .map(&f)
+            .collect(),
+    )
+}
+
+/// Median over the pairs of the PostgreSQL CPU while `side` was measured.
+fn database_cores(pairs: &[Pair], side: Side) -> f64 {
+    median(
+        pairs
+            .iter()
+            .flat_map(|pair| &pair.results)
+            .filter(|run| run.side == side)
+            .map(|run| run.database_cores)
             .collect(),
     )
 }
@@ -438,6 +490,41 @@ fn cpu_us(m: &Measured) -> f64 {
 
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
+}
+
+/// Loop on `backend` against the original, route by route, with the targets.
+fn ratio_table(out: &mut String, pairs: &[Pair], backend: Backend) {
+    use std::fmt::Write as _;
+    let side = Side::Loop(backend);
+    let postgres = backend == Backend::Postgres;
+    let _ = writeln!(
+        out,
+        "| route | req/s: Loop ÷ original | target ≥ {TARGET_RPS_RATIO:.0}× | server CPU/req: original ÷ Loop | target ≥ {TARGET_CPU_RATIO:.0}× | Loop p99 | target ≤ {TARGET_P99_MS:.0} ms |{}",
+        if postgres { " PostgreSQL's CPU |" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---|---:|---|---:|---|{}",
+        if postgres { "---:|" } else { "" }
+    );
+    for (key, route) in SCENARIOS {
+        let rps =
+            figure(pairs, side, key, |m| m.rps) / figure(pairs, Side::Original, key, |m| m.rps);
+        let cpu = figure(pairs, Side::Original, key, cpu_us) / figure(pairs, side, key, cpu_us);
+        let p99 = figure(pairs, side, key, |m| m.p99_ms);
+        let _ = writeln!(
+            out,
+            "| `{route}` | {rps:.1}× | {} | {cpu:.1}× | {} | {p99:.2} ms | {} |{}",
+            verdict(rps >= TARGET_RPS_RATIO),
+            verdict(cpu >= TARGET_CPU_RATIO),
+            verdict(p99 <= TARGET_P99_MS),
+            if postgres {
+                format!(" {:.2} cores |", database_cores(pairs, side))
+            } else {
+                String::new()
+            }
+        );
+    }
 }
 
 fn markdown(pairs: &[Pair], args: &OriginalArgs, plan: &Plan) -> String {
@@ -454,8 +541,8 @@ fn markdown(pairs: &[Pair], args: &OriginalArgs, plan: &Plan) -> String {
         out,
         "Load: the original's kit (`bench.sh`) for all three servers: `wrk -t{} -c{} -d{duration_s}s --latency`, \
          {warmup_s} unmeasured warm-up second(s) before each run, {} back-to-back pair(s) (original, then Loop, then \
-         axum-hello) taken in turns, medians reported. Loop: a release `loop-server` on SQLite with the loopback \
-         provider. The original: loop-server 0.17.8 on Node with Redis and the kit's fake TokBox. Both ping the \
+         axum-hello) taken in turns, medians reported. Loop: a release `loop-server` with the loopback provider, \
+         on SQLite and (`loop-postgres`) on the local PostgreSQL, which shares the machine's cores. The original: loop-server 0.17.8 on Node with Redis and the kit's fake TokBox. Both ping the \
          kit's fake push server on every `POST /calls/{{token}}`.",
         args.threads,
         args.connections,
@@ -468,26 +555,8 @@ fn markdown(pairs: &[Pair], args: &OriginalArgs, plan: &Plan) -> String {
         );
     }
     let _ = writeln!(out, "\n### Ratios, measured back to back\n");
-    let _ = writeln!(
-        out,
-        "| route | req/s: Loop ÷ original | target ≥ {TARGET_RPS_RATIO:.0}× | server CPU/req: original ÷ Loop | target ≥ {TARGET_CPU_RATIO:.0}× | Loop p99 | target ≤ {TARGET_P99_MS:.0} ms |"
-    );
-    let _ = writeln!(out, "|---|---:|---|---:|---|---:|---|");
-    for (key, route) in SCENARIOS {
-        let rps = figure(pairs, Side::Loop, key, |m| m.rps)
-            / figure(pairs, Side::Original, key, |m| m.rps);
-        let cpu =
-            figure(pairs, Side::Original, key, cpu_us) / figure(pairs, Side::Loop, key, cpu_us);
-        let p99 = figure(pairs, Side::Loop, key, |m| m.p99_ms);
-        let _ = writeln!(
-            out,
-            "| `{route}` | {rps:.1}× | {} | {cpu:.1}× | {} | {p99:.2} ms | {} |",
-            verdict(rps >= TARGET_RPS_RATIO),
-            verdict(cpu >= TARGET_CPU_RATIO),
-            verdict(p99 <= TARGET_P99_MS)
-        );
-    }
-    let loop_rps = figure(pairs, Side::Loop, "get_token", |m| m.rps);
+    ratio_table(&mut out, pairs, Backend::Sqlite);
+    let loop_rps = figure(pairs, Side::Loop(Backend::Sqlite), "get_token", |m| m.rps);
     let ceiling_rps = figure(pairs, Side::Ceiling, "get_token", |m| m.rps);
     let share = loop_rps / ceiling_rps;
     let _ = writeln!(
@@ -500,6 +569,16 @@ fn markdown(pairs: &[Pair], args: &OriginalArgs, plan: &Plan) -> String {
         TARGET_CEILING_SHARE * 100.0,
         verdict(share >= TARGET_CEILING_SHARE)
     );
+    let postgres = Side::Loop(Backend::Postgres);
+    if figure(pairs, postgres, "get_token", |m| m.rps).is_finite() {
+        let _ = writeln!(
+            out,
+            "The same on PostgreSQL (Loop's server CPU only; PostgreSQL's own processes, on the same 2 cores, \
+             are the last column):\n"
+        );
+        ratio_table(&mut out, pairs, Backend::Postgres);
+        let _ = writeln!(out);
+    }
 
     let _ = writeln!(out, "### Figures (medians)\n");
     let _ = writeln!(
@@ -508,7 +587,12 @@ fn markdown(pairs: &[Pair], args: &OriginalArgs, plan: &Plan) -> String {
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
     for (key, route) in SCENARIOS {
-        for side in [Side::Original, Side::Loop, Side::Ceiling] {
+        for side in [
+            Side::Original,
+            Side::Loop(Backend::Sqlite),
+            postgres,
+            Side::Ceiling,
+        ] {
             let rps = figure(pairs, side, key, |m| m.rps);
             if !rps.is_finite() {
                 continue;
@@ -533,8 +617,8 @@ fn markdown(pairs: &[Pair], args: &OriginalArgs, plan: &Plan) -> String {
     );
     let _ = writeln!(out, "|---:|---|---|---:|---:|---:|---:|---:|");
     for (i, pair) in pairs.iter().enumerate() {
-        for (side, runs) in &pair.results {
-            for m in runs {
+        for SideRun { side, measured, .. } in &pair.results {
+            for m in measured {
                 let route = SCENARIOS
                     .iter()
                     .find(|(key, _)| *key == m.scenario)

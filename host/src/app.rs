@@ -20,9 +20,21 @@ use crate::store::Store;
 /// Request bodies larger than this get 413/113.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one pointer, since every request clones it
+/// (once per extractor and middleware).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub config: Arc<Config>,
     /// `server.public_url`, or the address actually bound when unset.
     pub public_url: Arc<str>,
@@ -73,7 +85,7 @@ impl Server {
         let auth = Arc::new(Auth::new(&config, &secrets, &net)?);
         let push = Arc::new(Push::new(&config, &net)?);
         let ice = Arc::new(Ice::new(&config, &secrets)?);
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             config: Arc::new(config),
             public_url,
             store,
@@ -83,7 +95,7 @@ impl Server {
             net,
             ice,
             signaling: Arc::new(Relay::new()),
-        };
+        }));
         let router = crate::api::router(state.clone());
         Ok(Self {
             listener,

@@ -36,10 +36,7 @@ pub async fn register(
     match session {
         // Topics not given keep their URL, as with Mozilla's server.
         Some(session) => {
-            state
-                .store
-                .set_push_urls(&session.id_hmac, &push_urls)
-                .await?;
+            state.store.set_push_urls(session, &push_urls).await?;
             Ok(None)
         }
         None => Ok(Some(
@@ -53,5 +50,5 @@ pub async fn register(
 
 /// Forgets this device's push URLs; its session stays.
 pub async fn unregister(state: &AppState, session: &Session) -> AppResult<()> {
-    Ok(state.store.delete_push_urls(&session.id_hmac).await?)
+    Ok(state.store.delete_push_urls(session).await?)
 }

@@ -19,8 +19,9 @@ use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::batch::{BatchStats, WriteBatcher};
+use super::cache::{Forget, INVALIDATION_TOPIC, ReadCache};
 use super::{Backend, SqliteSynchronous, Store, StoreError};
-use crate::bus::Bus;
+use crate::bus::{Bus, RecvError};
 use crate::config::Config;
 
 /// How long a SQLite writer waits for the write lock before failing with
@@ -64,6 +65,8 @@ pub struct SqlStore {
     pub(super) batcher: WriteBatcher,
     /// Messages to this process's and (PostgreSQL) other instances' sockets.
     pub(super) bus: Bus,
+    /// Call URLs and push URLs, served without a database round trip; see `cache.rs`.
+    pub(super) cache: Arc<ReadCache>,
 }
 
 enum Connections {
@@ -345,11 +348,16 @@ impl SqlStore {
                 .context("database.url: cannot LISTEN for other instances' messages")?,
             _ => Bus::local(),
         };
+        let cache = Arc::new(ReadCache::new());
+        if backend == Backend::Postgres {
+            follow_other_instances(&bus, &cache);
+        }
         let store = SqlStore {
             batcher: WriteBatcher::start(writer_of(&connections), rounds),
             connections,
             backend,
             bus,
+            cache,
         };
         let readers = match &store.connections {
             Connections::Pool(pool) => pool.options().get_max_connections() as usize,
@@ -374,6 +382,30 @@ impl SqlStore {
         tracing::info!(backend = ?backend, readers, sqlite_synchronous = %sqlite_synchronous, "database ready");
         Ok(store)
     }
+}
+
+/// Forgets what other instances on the same PostgreSQL database say they
+/// changed, and everything when their messages may have been missed.
+/// Subscribed before the store is returned, so nothing changed after
+/// start-up goes unheard; ends with the store.
+fn follow_other_instances(bus: &Bus, cache: &Arc<ReadCache>) {
+    let mut invalidations = bus.subscribe(INVALIDATION_TOPIC);
+    let cache = Arc::downgrade(cache);
+    tokio::spawn(async move {
+        loop {
+            let received = invalidations.recv().await;
+            let Some(cache) = cache.upgrade() else {
+                return;
+            };
+            match received {
+                Ok(message) => match Forget::from_message(&message) {
+                    Some(what) => cache.forget(&what),
+                    None => cache.forget_all(),
+                },
+                Err(RecvError::Lagged) => cache.forget_all(),
+            }
+        }
+    });
 }
 
 /// Creates the SQLite file (and its folder) if missing and switches it to WAL.

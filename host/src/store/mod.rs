@@ -4,18 +4,21 @@
 //! - `connection.rs`: opening SQLite or PostgreSQL, their settings, migrations.
 //! - `queries.rs`: the `Store` implementation, one set of queries for both.
 //! - `batch.rs`: the group-commit writer behind the hot writes.
+//! - `cache.rs`: call URLs and push URLs kept in memory for the hot reads.
 //! - `error.rs`: [`StoreError`], what a failure means to the caller.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 mod batch;
+mod cache;
 mod connection;
 mod error;
 mod queries;
 mod signaling;
 
 pub use batch::BatchStats;
+pub use cache::FRESH_FOR as CACHE_FRESH_FOR;
 pub use connection::{SqlStore, connect};
 pub use error::{StoreError, StoreErrorSource};
 pub use queries::EXPIRED_CALL_URL_RETENTION_SECONDS;
@@ -303,9 +306,13 @@ pub trait Store: Send + Sync + 'static {
     /// its URL. That is Mozilla's semantics (its Redis storage `HMSET`s the
     /// given topics): a device re-registering only `calls` is still woken
     /// for `rooms`. `DELETE /registration` is how a device forgets them.
-    async fn set_push_urls(&self, id_hmac: &str, push_urls: &[PushUrl]) -> Result<(), StoreError>;
+    async fn set_push_urls(
+        &self,
+        session: &Session,
+        push_urls: &[PushUrl],
+    ) -> Result<(), StoreError>;
     /// Forgets every push URL of this session.
-    async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), StoreError>;
+    async fn delete_push_urls(&self, session: &Session) -> Result<(), StoreError>;
     /// The push URLs for `topic` of the user's sessions live at `now`, each
     /// once, in order.
     async fn push_urls(

@@ -13,6 +13,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Connection, Row};
 
 use super::batch::Write;
+use super::cache::{Forget, INVALIDATION_TOPIC};
 use super::{
     Announcement, Backend, Call, CallProgress, CallState, CallUrl, CallUrlUpdate, EndedSession,
     PushTopic, PushUrl, Seat, SeatRow, SeatTaken, Session, SqlStore, Store, StoreError, Timestamp,
@@ -112,6 +113,36 @@ fn progress_from_row(row: &AnyRow) -> Result<CallProgress, sqlx::Error> {
 }
 
 impl SqlStore {
+    /// Runs a write that changes what the read cache may hold, and forgets
+    /// `what` here and, on PostgreSQL, on every other instance: notified in
+    /// the same transaction, so they hear of it exactly when it commits.
+    /// Forgotten here whatever the outcome, since a failed commit may still
+    /// have happened. Returns the rows affected.
+    async fn write_forgetting<'q>(
+        &self,
+        statement: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        what: Forget,
+    ) -> Result<u64, StoreError> {
+        let written = async {
+            let mut conn = self.writer().await?;
+            match self.backend {
+                Backend::Postgres => {
+                    let mut tx = conn.begin().await?;
+                    let affected = statement.execute(&mut *tx).await?.rows_affected();
+                    if affected > 0 {
+                        crate::bus::notify(&mut tx, INVALIDATION_TOPIC, &what.to_message()).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(affected)
+                }
+                Backend::Sqlite => Ok(statement.execute(&mut *conn).await?.rows_affected()),
+            }
+        }
+        .await;
+        self.cache.forget(&what);
+        written
+    }
+
     async fn pause_between_batches(&self) {
         match self.backend {
             Backend::Sqlite => tokio::time::sleep(SQLITE_PURGE_PAUSE).await,
@@ -154,9 +185,17 @@ impl Store for SqlStore {
         session: &Session,
         push_urls: &[PushUrl],
     ) -> Result<(), StoreError> {
-        self.batcher
+        let written = self
+            .batcher
             .write(vec![Write::session(session.clone(), push_urls)])
-            .await?;
+            .await;
+        // An anonymous session is a user of its own that nobody has read
+        // yet; a device joining an FxA user adds to what may be cached.
+        if session.user_id != session.id_hmac {
+            self.cache
+                .forget(&Forget::PushUrls(session.user_id.clone()));
+        }
+        written?;
         Ok(())
     }
 
@@ -197,7 +236,11 @@ impl Store for SqlStore {
             .await
     }
 
-    async fn set_push_urls(&self, id_hmac: &str, push_urls: &[PushUrl]) -> Result<(), StoreError> {
+    async fn set_push_urls(
+        &self,
+        session: &Session,
+        push_urls: &[PushUrl],
+    ) -> Result<(), StoreError> {
         if push_urls.is_empty() {
             return Ok(());
         }
@@ -209,25 +252,34 @@ impl Store for SqlStore {
                 .map(|p| p.url.as_str())
         };
         // A NULL parameter keeps the column: COALESCE picks the current value.
-        sqlx::query(
+        let written = sqlx::query(
             "UPDATE sessions SET calls_push_url = COALESCE($2, calls_push_url), \
              rooms_push_url = COALESCE($3, rooms_push_url) WHERE id_hmac = $1",
         )
-        .bind(id_hmac)
+        .bind(&session.id_hmac)
         .bind(url_for(PushTopic::Calls))
         .bind(url_for(PushTopic::Rooms))
         .execute(&mut *self.writer().await?)
-        .await?;
+        .await;
+        // Other instances see it once their copy is no longer fresh: a
+        // notification per registration would cost every instance more than
+        // the cache saves.
+        self.cache
+            .forget(&Forget::PushUrls(session.user_id.clone()));
+        written?;
         Ok(())
     }
 
-    async fn delete_push_urls(&self, id_hmac: &str) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn delete_push_urls(&self, session: &Session) -> Result<(), StoreError> {
+        let written = sqlx::query(
             "UPDATE sessions SET calls_push_url = NULL, rooms_push_url = NULL WHERE id_hmac = $1",
         )
-        .bind(id_hmac)
+        .bind(&session.id_hmac)
         .execute(&mut *self.writer().await?)
-        .await?;
+        .await;
+        self.cache
+            .forget(&Forget::PushUrls(session.user_id.clone()));
+        written?;
         Ok(())
     }
 
@@ -258,13 +310,21 @@ impl Store for SqlStore {
     }
 
     async fn call_url(&self, token: &str) -> Result<Option<CallUrl>, StoreError> {
+        if let Some(cached) = self.cache.call_url(token) {
+            return Ok(Some(cached));
+        }
+        let read_in = self.cache.generation();
         let row = sqlx::query(&format!(
             "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE token = $1"
         ))
         .bind(token)
         .fetch_optional(&mut *self.reader().await?)
         .await?;
-        Ok(row.as_ref().map(call_url_from_row).transpose()?)
+        let found = row.as_ref().map(call_url_from_row).transpose()?;
+        if let Some(call_url) = &found {
+            self.cache.keep_call_url(read_in, call_url);
+        }
+        Ok(found)
     }
 
     async fn call_url_with_push_urls(
@@ -273,11 +333,18 @@ impl Store for SqlStore {
         topic: PushTopic,
         now: Timestamp,
     ) -> Result<Option<(CallUrl, Vec<String>)>, StoreError> {
+        if let Some(call_url) = self.cache.call_url(token)
+            && let Some(push_urls) = self.cache.push_urls(&call_url.user_id, topic, now)
+        {
+            return Ok(Some((call_url, push_urls.to_vec())));
+        }
+        let read_in = self.cache.generation();
         // One row per push URL, or one with a NULL push URL.
         let column = topic.column();
         let rows = sqlx::query(&format!(
             "SELECT u.token, u.user_id, u.caller_id, u.issuer, u.subject, u.created_at, u.expires_at, \
-             s.{column} AS push_url FROM call_urls u LEFT JOIN sessions s \
+             s.{column} AS push_url, s.expires_at AS push_url_expires_at \
+             FROM call_urls u LEFT JOIN sessions s \
              ON s.user_id = u.user_id AND s.expires_at > $2 AND s.{column} IS NOT NULL \
              WHERE u.token = $1"
         ))
@@ -288,14 +355,22 @@ impl Store for SqlStore {
         let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let mut push_urls = rows
-            .iter()
-            .map(|row| row.try_get::<Option<String>, _>("push_url"))
-            .filter_map(Result::transpose)
-            .collect::<Result<Vec<_>, _>>()?;
+        let call_url = call_url_from_row(first)?;
+        let mut push_urls = Vec::with_capacity(rows.len());
+        // The set stays right until the first of these sessions expires.
+        let mut until = Timestamp::MAX;
+        for row in &rows {
+            if let Some(url) = row.try_get::<Option<String>, _>("push_url")? {
+                push_urls.push(url);
+                until = until.min(row.try_get("push_url_expires_at")?);
+            }
+        }
         push_urls.sort_unstable();
         push_urls.dedup();
-        Ok(Some((call_url_from_row(first)?, push_urls)))
+        self.cache.keep_call_url(read_in, &call_url);
+        self.cache
+            .keep_push_urls(read_in, &call_url.user_id, topic, &push_urls, now, until);
+        Ok(Some((call_url, push_urls)))
     }
 
     async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, StoreError> {
@@ -320,7 +395,7 @@ impl Store for SqlStore {
         update: &CallUrlUpdate,
     ) -> Result<bool, StoreError> {
         // A NULL parameter keeps the column: COALESCE picks the current value.
-        let updated = sqlx::query(
+        let statement = sqlx::query(
             "UPDATE call_urls SET caller_id = COALESCE($3, caller_id), issuer = COALESCE($4, issuer), \
              subject = COALESCE($5, subject), expires_at = COALESCE($6, expires_at) \
              WHERE token = $1 AND user_id = $2",
@@ -330,20 +405,20 @@ impl Store for SqlStore {
         .bind(&update.caller_id)
         .bind(&update.issuer)
         .bind(&update.subject)
-        .bind(update.expires_at)
-        .execute(&mut *self.writer().await?)
-        .await?
-        .rows_affected();
+        .bind(update.expires_at);
+        let updated = self
+            .write_forgetting(statement, Forget::CallUrl(token.to_string()))
+            .await?;
         Ok(updated > 0)
     }
 
     async fn delete_call_url(&self, token: &str, user_id: &str) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM call_urls WHERE token = $1 AND user_id = $2")
+        let statement = sqlx::query("DELETE FROM call_urls WHERE token = $1 AND user_id = $2")
             .bind(token)
-            .bind(user_id)
-            .execute(&mut *self.writer().await?)
-            .await?
-            .rows_affected();
+            .bind(user_id);
+        let deleted = self
+            .write_forgetting(statement, Forget::CallUrl(token.to_string()))
+            .await?;
         Ok(deleted > 0)
     }
 
@@ -475,19 +550,28 @@ impl Store for SqlStore {
     }
 
     async fn delete_user(&self, user_id: &str) -> Result<(), StoreError> {
-        let mut conn = self.writer().await?;
-        let mut tx = conn.begin().await?;
-        // Nonces first, while the sessions still name them; push URLs go
-        // with their sessions.
-        for sql in [
-            "DELETE FROM hawk_nonces WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE user_id = $1)",
-            "DELETE FROM sessions WHERE user_id = $1",
-            "DELETE FROM call_urls WHERE user_id = $1",
-            "DELETE FROM calls WHERE user_id = $1",
-        ] {
-            sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+        let forget = Forget::User(user_id.to_string());
+        let deleted = async {
+            let mut conn = self.writer().await?;
+            let mut tx = conn.begin().await?;
+            // Nonces first, while the sessions still name them; push URLs go
+            // with their sessions.
+            for sql in [
+                "DELETE FROM hawk_nonces WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE user_id = $1)",
+                "DELETE FROM sessions WHERE user_id = $1",
+                "DELETE FROM call_urls WHERE user_id = $1",
+                "DELETE FROM calls WHERE user_id = $1",
+            ] {
+                sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+            }
+            if self.backend == Backend::Postgres {
+                crate::bus::notify(&mut tx, INVALIDATION_TOPIC, &forget.to_message()).await?;
+            }
+            Ok::<_, StoreError>(tx.commit().await?)
         }
-        Ok(tx.commit().await?)
+        .await;
+        self.cache.forget(&forget);
+        deleted
     }
 
     async fn claim_ended_sessions(
