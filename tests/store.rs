@@ -646,8 +646,8 @@ async fn concurrent_writes_are_grouped_and_a_bad_row_fails_alone() {
             after.row_retries - before.row_retries,
         );
         assert_eq!(jobs, writes, "{name}: {after:?}");
-        // 41 rows of each kind but nonces (40), in chunks of 32 + 8 (+ 1) rows:
-        // 11 statements when all share one round, against 163 writes.
+        // 41 rows of each kind but nonces (40), in chunks of 16 + 16 + 9 (8):
+        // 12 statements when all share one round, against 163 writes.
         assert!(
             rounds <= 3 && statements <= 3 * 12,
             "{name}: {writes} writes took {rounds} rounds and {statements} statements"
