@@ -330,7 +330,15 @@ async fn write_rows(
             values(n, 18)
         ),
     };
-    let mut query = sqlx::query(&sql);
+    // PostgreSQL plans the nonce insert's join with `sessions` afresh on
+    // every round. Kept prepared, it would be planned for good once the
+    // statement had run a few times, with the table sizes of that moment: a
+    // hash join over a sequential scan, picked while `sessions` was small,
+    // costs 50 ms per round once registrations have made it 250,000 rows,
+    // and only an ANALYZE (autovacuum, if it is on) would replace it.
+    // Planning once per round of requests costs little.
+    let replan = kind == Kind::Nonce && conn.backend_name() == "PostgreSQL";
+    let mut query = sqlx::query(&sql).persistent(!replan);
     for row in rows {
         query = match row.write {
             Write::Session {
