@@ -32,8 +32,8 @@ use crate::store::{Call, CallUrl, PushTopic, PushUrl, Session, StoreError, Times
 /// texts, one per row count and kind of write, all fit in sqlx's cache of
 /// 100 prepared statements per connection beside the other queries. A round
 /// writes each kind in as few statements as this allows, since each is a
-/// commit: rounds average about ten requests under load, and splitting them
-/// into power-of-two chunks cost two or three commits per round.
+/// commit: rounds averaged about eight requests under load, and splitting
+/// them into power-of-two chunks cost nearly two commits per round.
 const MAX_ROWS: usize = 16;
 
 /// Most requests' writes taken into one round.
