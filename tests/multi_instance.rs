@@ -11,16 +11,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn two_servers_on_one_postgres_database_are_one_service() {
     let push = FakePush::start().await;
-    // PostgreSQL whatever LOOP_TEST_DATABASE says: sharing is the point.
-    // Declared before the servers so that it is dropped after them.
-    let database = fresh_postgres_database().await;
-    let a = TestServer::start_with(ServerOptions {
-        extra_toml: push.config(2000),
-        database_url: Some(database.url.clone()),
-        ..Default::default()
-    })
-    .await;
-    let b = a.start_sibling();
+    let (_database, a, b) = two_servers(&push).await;
     assert_ne!(a.url, b.url);
     let http = client();
 
@@ -90,14 +81,7 @@ async fn two_servers_on_one_postgres_database_are_one_service() {
 #[tokio::test]
 async fn what_one_instance_changes_the_other_sees_within_a_second() {
     let push = FakePush::start().await;
-    let database = fresh_postgres_database().await;
-    let a = TestServer::start_with(ServerOptions {
-        extra_toml: push.config(2000),
-        database_url: Some(database.url.clone()),
-        ..Default::default()
-    })
-    .await;
-    let b = a.start_sibling();
+    let (_database, a, b) = two_servers(&push).await;
     let http = client();
     let bob_on_a = Device::register(&a.url, &push.url("bob")).await;
     let bob_on_b = bob_on_a.on(&b.url);
@@ -163,6 +147,21 @@ async fn what_one_instance_changes_the_other_sees_within_a_second() {
     })
     .await;
     assert_eq!(bob_on_a.get("/call-url").await.status(), 401);
+}
+
+/// Two servers on a fresh PostgreSQL database whatever LOOP_TEST_DATABASE
+/// says (sharing is the point), pinging `push`. The database comes first so
+/// that the caller drops it after the servers.
+async fn two_servers(push: &FakePush) -> (common::PostgresDatabase, TestServer, TestServer) {
+    let database = fresh_postgres_database().await;
+    let a = TestServer::start_with(ServerOptions {
+        extra_toml: push.config(2000),
+        database_url: Some(database.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let b = a.start_sibling();
+    (database, a, b)
 }
 
 /// Polls `seen` until it is true; fails if that takes a second or more.
