@@ -69,7 +69,6 @@ impl CpuSnapshot {
 
 /// CPU seconds of every running process named `postgres` (the postmaster and
 /// its backends, including the pooled connections of the server under test).
-/// CPU seconds used so far by the local PostgreSQL's live processes.
 pub fn postgres_times() -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0.0;

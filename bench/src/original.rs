@@ -462,10 +462,7 @@ async fn measure(
 /// Medians over the pairs of one side's figure on one scenario.
 fn figure(pairs: &[Pair], side: Side, scenario: &str, f: impl Fn(&Measured) -> f64) -> f64 {
     median(
-        pairs
-            .iter()
-            .flat_map(|pair| &pair.results)
-            .filter(|run| run.side == side)
+        runs_of(pairs, side)
             .flat_map(|run| run.measured.iter().filter(|m| m.scenario == scenario))
             .map(&f)
             .collect(),
@@ -474,14 +471,15 @@ fn figure(pairs: &[Pair], side: Side, scenario: &str, f: impl Fn(&Measured) -> f
 
 /// Median over the pairs of the PostgreSQL CPU while `side` was measured.
 fn database_cores(pairs: &[Pair], side: Side) -> f64 {
-    median(
-        pairs
-            .iter()
-            .flat_map(|pair| &pair.results)
-            .filter(|run| run.side == side)
-            .map(|run| run.database_cores)
-            .collect(),
-    )
+    median(runs_of(pairs, side).map(|run| run.database_cores).collect())
+}
+
+/// `side`'s runs, one per pair.
+fn runs_of(pairs: &[Pair], side: Side) -> impl Iterator<Item = &SideRun> {
+    pairs
+        .iter()
+        .flat_map(|pair| &pair.results)
+        .filter(move |run| run.side == side)
 }
 
 fn cpu_us(m: &Measured) -> f64 {
@@ -542,8 +540,9 @@ fn markdown(pairs: &[Pair], args: &OriginalArgs, plan: &Plan) -> String {
         "Load: the original's kit (`bench.sh`) for all three servers: `wrk -t{} -c{} -d{duration_s}s --latency`, \
          {warmup_s} unmeasured warm-up second(s) before each run, {} back-to-back pair(s) (original, then Loop, then \
          axum-hello) taken in turns, medians reported. Loop: a release `loop-server` with the loopback provider, \
-         on SQLite and (`loop-postgres`) on the local PostgreSQL, which shares the machine's cores. The original: loop-server 0.17.8 on Node with Redis and the kit's fake TokBox. Both ping the \
-         kit's fake push server on every `POST /calls/{{token}}`.",
+         on SQLite and (`loop-postgres`) on the local PostgreSQL, which shares the machine's cores. The original: \
+         loop-server 0.17.8 on Node with Redis and the kit's fake TokBox. Both ping the kit's fake push server \
+         on every `POST /calls/{{token}}`.",
         args.threads,
         args.connections,
         pairs.len()

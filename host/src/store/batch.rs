@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::connection::{Conn, WriterHandle};
 use super::queries::{CALL_COLUMNS, CALL_URL_COLUMNS};
-use crate::store::{Call, CallUrl, PushTopic, PushUrl, Session, StoreError, Timestamp};
+use crate::store::{Backend, Call, CallUrl, PushTopic, PushUrl, Session, StoreError, Timestamp};
 
 /// Most rows in one statement. Bounded so statements stay short (SQLite
 /// holds its write lock for the whole statement) and the distinct statement
@@ -144,11 +144,12 @@ impl WriteBatcher {
     /// Starts the round loop. `concurrency` rounds may run at once: 1 for
     /// SQLite's single writer, more on PostgreSQL, where writers of
     /// different rows do not wait for each other.
-    pub fn start(writer: WriterHandle, concurrency: usize) -> Self {
+    pub fn start(writer: WriterHandle, backend: Backend, concurrency: usize) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         tokio::spawn(run_rounds(
             writer,
+            backend,
             queue,
             concurrency.max(1),
             counters.clone(),
@@ -182,6 +183,7 @@ impl WriteBatcher {
 
 async fn run_rounds(
     writer: WriterHandle,
+    backend: Backend,
     mut queue: mpsc::Receiver<Job>,
     concurrency: usize,
     counters: Arc<Counters>,
@@ -200,7 +202,7 @@ async fn run_rounds(
         let writer = writer.clone();
         let counters = counters.clone();
         tokio::spawn(async move {
-            run_round(&writer, jobs, &counters).await;
+            run_round(&writer, backend, jobs, &counters).await;
             drop(permit);
         });
     }
@@ -212,7 +214,7 @@ struct Pending<'a> {
     write: &'a Write,
 }
 
-async fn run_round(writer: &WriterHandle, jobs: Vec<Job>, counters: &Counters) {
+async fn run_round(writer: &WriterHandle, backend: Backend, jobs: Vec<Job>, counters: &Counters) {
     bump(&counters.rounds, 1);
     bump(&counters.jobs, jobs.len());
     let mut conn = match writer.acquire().await {
@@ -244,7 +246,7 @@ async fn run_round(writer: &WriterHandle, jobs: Vec<Job>, counters: &Counters) {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             bump(&counters.statements, 1);
-            match write_rows(&mut conn, kind, chunk).await {
+            match write_rows(&mut conn, backend, kind, chunk).await {
                 Ok(effective) => {
                     for (row, ok) in chunk.iter().zip(effective) {
                         took_effect[row.job] &= ok;
@@ -258,7 +260,8 @@ async fn run_round(writer: &WriterHandle, jobs: Vec<Job>, counters: &Counters) {
                             continue;
                         }
                         bump(&counters.row_retries, 1);
-                        match write_rows(&mut conn, kind, std::slice::from_ref(row)).await {
+                        match write_rows(&mut conn, backend, kind, std::slice::from_ref(row)).await
+                        {
                             Ok(effective) => took_effect[row.job] &= effective[0],
                             Err(err) => errors[row.job] = Some(err.into()),
                         }
@@ -302,6 +305,7 @@ fn values(rows: usize, columns: usize) -> String {
 /// took effect, in order.
 async fn write_rows(
     conn: &mut Conn,
+    backend: Backend,
     kind: Kind,
     rows: &[Pending<'_>],
 ) -> Result<Vec<bool>, sqlx::Error> {
@@ -337,7 +341,7 @@ async fn write_rows(
     // costs 50 ms per round once registrations have made it 250,000 rows,
     // and only an ANALYZE (autovacuum, if it is on) would replace it.
     // Planning once per round of requests costs little.
-    let replan = kind == Kind::Nonce && conn.backend_name() == "PostgreSQL";
+    let replan = kind == Kind::Nonce && backend == Backend::Postgres;
     let mut query = sqlx::query(&sql).persistent(!replan);
     for row in rows {
         query = match row.write {

@@ -41,6 +41,7 @@ const CAPACITY: usize = 20_000;
 /// Topic on the bus where instances tell each other what to forget.
 pub(super) const INVALIDATION_TOPIC: &str = "store:forget";
 
+#[derive(Clone)]
 struct Entry<T> {
     value: T,
     read_at: Instant,
@@ -49,15 +50,6 @@ struct Entry<T> {
 impl<T: Clone> Entry<T> {
     fn fresh(&self) -> Option<T> {
         (self.read_at.elapsed() < FRESH_FOR).then(|| self.value.clone())
-    }
-}
-
-impl<T: Clone> Clone for Entry<T> {
-    fn clone(&self) -> Self {
-        Entry {
-            value: self.value.clone(),
-            read_at: self.read_at,
-        }
     }
 }
 
@@ -74,7 +66,7 @@ struct PushUrls {
 /// keeps what it read only if no invalidation happened meanwhile: otherwise a
 /// read that started before a revoke could put the revoked call URL back
 /// after the revoke had forgotten it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) struct Generation(u64);
 
 /// What to forget, from this instance's writes or another's.
@@ -88,6 +80,14 @@ pub(super) enum Forget {
 }
 
 impl Forget {
+    /// Whether other instances are told at once (on PostgreSQL, in the
+    /// write's transaction). Push URLs change with every registration: a
+    /// notification each would cost every instance more than the cache
+    /// saves, so other instances see them once their copy goes stale.
+    pub(super) fn is_announced(&self) -> bool {
+        !matches!(self, Forget::PushUrls(_))
+    }
+
     pub(super) fn to_message(&self) -> String {
         match self {
             Forget::CallUrl(token) => format!("call-url {token}"),
@@ -184,14 +184,14 @@ impl ReadCache {
         K: Eq + std::hash::Hash + Clone,
         T: Clone,
     {
-        if self.generation().0 != read_in.0 {
+        if self.generation() != read_in {
             return;
         }
         let read_at = Instant::now();
         cache.insert(key.clone(), Entry { value, read_at });
         // An invalidation between the check and the insert may have missed
         // this entry; it bumped the generation before forgetting, so look again.
-        if self.generation().0 != read_in.0 {
+        if self.generation() != read_in {
             cache.remove(&key);
         }
     }

@@ -353,7 +353,7 @@ impl SqlStore {
             follow_other_instances(&bus, &cache);
         }
         let store = SqlStore {
-            batcher: WriteBatcher::start(writer_of(&connections), rounds),
+            batcher: WriteBatcher::start(writer_of(&connections), backend, rounds),
             connections,
             backend,
             bus,

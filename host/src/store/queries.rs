@@ -114,10 +114,10 @@ fn progress_from_row(row: &AnyRow) -> Result<CallProgress, sqlx::Error> {
 
 impl SqlStore {
     /// Runs a write that changes what the read cache may hold, and forgets
-    /// `what` here and, on PostgreSQL, on every other instance: notified in
-    /// the same transaction, so they hear of it exactly when it commits.
-    /// Forgotten here whatever the outcome, since a failed commit may still
-    /// have happened. Returns the rows affected.
+    /// `what` here and, on PostgreSQL when it is announced, on every other
+    /// instance: notified in the same transaction, so they hear of it exactly
+    /// when it commits. Forgotten here whatever the outcome, since a failed
+    /// commit may still have happened. Returns the rows affected.
     async fn write_forgetting<'q>(
         &self,
         statement: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
@@ -125,17 +125,16 @@ impl SqlStore {
     ) -> Result<u64, StoreError> {
         let written = async {
             let mut conn = self.writer().await?;
-            match self.backend {
-                Backend::Postgres => {
-                    let mut tx = conn.begin().await?;
-                    let affected = statement.execute(&mut *tx).await?.rows_affected();
-                    if affected > 0 {
-                        crate::bus::notify(&mut tx, INVALIDATION_TOPIC, &what.to_message()).await?;
-                    }
-                    tx.commit().await?;
-                    Ok(affected)
+            if self.backend == Backend::Postgres && what.is_announced() {
+                let mut tx = conn.begin().await?;
+                let affected = statement.execute(&mut *tx).await?.rows_affected();
+                if affected > 0 {
+                    crate::bus::notify(&mut tx, INVALIDATION_TOPIC, &what.to_message()).await?;
                 }
-                Backend::Sqlite => Ok(statement.execute(&mut *conn).await?.rows_affected()),
+                tx.commit().await?;
+                Ok(affected)
+            } else {
+                Ok(statement.execute(&mut *conn).await?.rows_affected())
             }
         }
         .await;
@@ -252,34 +251,25 @@ impl Store for SqlStore {
                 .map(|p| p.url.as_str())
         };
         // A NULL parameter keeps the column: COALESCE picks the current value.
-        let written = sqlx::query(
+        let statement = sqlx::query(
             "UPDATE sessions SET calls_push_url = COALESCE($2, calls_push_url), \
              rooms_push_url = COALESCE($3, rooms_push_url) WHERE id_hmac = $1",
         )
         .bind(&session.id_hmac)
         .bind(url_for(PushTopic::Calls))
-        .bind(url_for(PushTopic::Rooms))
-        .execute(&mut *self.writer().await?)
-        .await;
-        // Other instances see it once their copy is no longer fresh: a
-        // notification per registration would cost every instance more than
-        // the cache saves.
-        self.cache
-            .forget(&Forget::PushUrls(session.user_id.clone()));
-        written?;
+        .bind(url_for(PushTopic::Rooms));
+        self.write_forgetting(statement, Forget::PushUrls(session.user_id.clone()))
+            .await?;
         Ok(())
     }
 
     async fn delete_push_urls(&self, session: &Session) -> Result<(), StoreError> {
-        let written = sqlx::query(
+        let statement = sqlx::query(
             "UPDATE sessions SET calls_push_url = NULL, rooms_push_url = NULL WHERE id_hmac = $1",
         )
-        .bind(&session.id_hmac)
-        .execute(&mut *self.writer().await?)
-        .await;
-        self.cache
-            .forget(&Forget::PushUrls(session.user_id.clone()));
-        written?;
+        .bind(&session.id_hmac);
+        self.write_forgetting(statement, Forget::PushUrls(session.user_id.clone()))
+            .await?;
         Ok(())
     }
 
