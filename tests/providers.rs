@@ -712,9 +712,12 @@ async fn the_server_logs_compiled_then_cached_across_a_restart() {
     assert_eq!(logs.matches("loaded provider plugin").count(), 3, "{logs}");
 }
 
+/// No exports, and WASI imports Loop does not grant: outbound HTTP outside
+/// the `http` import's allowlist, and a WASI version the host does not link.
 const NO_EXPORTS: &str = r#"
 (component
-  (import "wasi:cli/environment@0.2.0" (instance (export "get-arguments" (func (result (list string))))))
+  (import "wasi:http/outgoing-handler@0.2.0" (instance (export "handle" (func))))
+  (import "wasi:cli/environment@0.3.0" (instance (export "get-arguments" (func (result (list string))))))
 )"#;
 
 const MISSING_FUNCTIONS: &str = r#"
@@ -754,7 +757,9 @@ async fn components_that_do_not_implement_the_world_are_refused() {
             NO_EXPORTS,
             vec![
                 "does not export loopcall:provider/provider@0.1.0",
-                "imports wasi:cli/environment@0.2.0",
+                "it imports wasi:http/outgoing-handler@0.2.0, which Loop does not grant to plugins",
+                "it imports wasi:cli/environment@0.3.0, which Loop does not grant to plugins",
+                "outbound HTTP goes through loopcall:provider/http",
             ],
         ),
         (

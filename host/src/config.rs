@@ -265,6 +265,16 @@ pub struct PluginLimits {
     /// Call setups running in this plugin at once; more wait for a free slot
     /// (within their wall time). Sizes the instance pool.
     pub max_concurrent_calls: u32,
+    /// Core module instances in one instance of the component. A C plugin has
+    /// 3 or 4; an interpreter built by componentize-py about 14.
+    pub max_core_instances: u32,
+    /// Linear memories in one instance of the component.
+    pub max_memories: u32,
+    /// Tables in one instance of the component.
+    pub max_tables: u32,
+    /// Elements of any one table: an interpreter's function table has
+    /// thousands.
+    pub max_table_elements: u32,
 }
 
 impl Default for ServerConfig {
@@ -373,6 +383,10 @@ impl Default for PluginLimits {
             max_return_bytes: 64 * 1024,
             max_http_response_bytes: 1024 * 1024,
             max_concurrent_calls: 64,
+            max_core_instances: 32,
+            max_memories: 2,
+            max_tables: 16,
+            max_table_elements: 50_000,
         }
     }
 }
@@ -383,6 +397,12 @@ impl Default for PluginLimits {
 /// provider that signs tokens and calls one HTTP API needs (the bundled ones
 /// run in 16), and every pool slot reserves address space for the largest.
 pub const MAX_PLUGIN_MEMORY_MIB: u64 = 256;
+/// Bounds of the per-component pool limits: each instance slot of the pool
+/// is sized for the largest any plugin asks for.
+const MAX_PLUGIN_CORE_INSTANCES: u32 = 256;
+const MAX_PLUGIN_MEMORIES: u32 = 16;
+const MAX_PLUGIN_TABLES: u32 = 256;
+const MAX_PLUGIN_TABLE_ELEMENTS: u32 = 1_000_000;
 /// Longest `providers.cooldown_seconds`: a day.
 const MAX_PROVIDER_COOLDOWN_SECONDS: u64 = 24 * 3600;
 /// Largest `providers.max_total_memory_mib`.
@@ -622,6 +642,25 @@ impl Config {
                 (1..=4096).contains(&limits.max_concurrent_calls),
                 "plugins.{name}.limits.max_concurrent_calls: must be between 1 and 4096"
             );
+            for (key, value, max) in [
+                (
+                    "max_core_instances",
+                    limits.max_core_instances,
+                    MAX_PLUGIN_CORE_INSTANCES,
+                ),
+                ("max_memories", limits.max_memories, MAX_PLUGIN_MEMORIES),
+                ("max_tables", limits.max_tables, MAX_PLUGIN_TABLES),
+                (
+                    "max_table_elements",
+                    limits.max_table_elements,
+                    MAX_PLUGIN_TABLE_ELEMENTS,
+                ),
+            ] {
+                anyhow::ensure!(
+                    (1..=max).contains(&value),
+                    "plugins.{name}.limits.{key}: must be between 1 and {max}"
+                );
+            }
         }
         Ok(())
     }

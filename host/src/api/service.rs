@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::providers::PluginState;
 
 /// A load balancer polls the heartbeat; a hung database must not hang it.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -69,6 +70,12 @@ struct Heartbeat {
 
 #[derive(Serialize)]
 struct PluginReport {
+    /// "ready", "compiling" (its component is compiled in the background;
+    /// calls go to the fallbacks meanwhile) or "failed".
+    state: &'static str,
+    /// Why it failed to load, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
     healthy: bool,
     /// Calls into the plugin since start-up: its describe at load, call
     /// set-ups, token checks and session ends.
@@ -103,7 +110,14 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
         .health()
         .into_iter()
         .map(|plugin| {
+            let (state, error) = match plugin.state {
+                PluginState::Ready => ("ready", None),
+                PluginState::Compiling => ("compiling", None),
+                PluginState::Failed(error) => ("failed", Some(error)),
+            };
             let report = PluginReport {
+                state,
+                error,
                 healthy: plugin.healthy,
                 calls: plugin.calls,
                 busy_ms: plugin.busy_us / 1000,
@@ -115,11 +129,13 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
         .collect();
     let failing: Vec<&str> = plugins
         .iter()
-        .filter(|(_, report)| !report.healthy || report.cooling_down_seconds > 0)
+        .filter(|(_, report)| {
+            !report.healthy || report.cooling_down_seconds > 0 || report.state != "ready"
+        })
         .map(|(name, _)| name.as_str())
         .collect();
     if !failing.is_empty() {
-        tracing::warn!(plugins = ?failing, "heartbeat: provider plugins failing or cooling down");
+        tracing::warn!(plugins = ?failing, "heartbeat: provider plugins failing, cooling down or not loaded yet");
     }
     let providers = state.providers.can_serve_every_channel();
     let push = state.push.healthy();

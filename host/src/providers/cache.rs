@@ -33,13 +33,11 @@ const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Domain separation: the key may only ever authenticate cache files.
 const MAC_CONTEXT: &[u8] = b"loop plugin-cache v1\0";
 
-/// How a component came to be ready.
+/// Why a component has to be compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
-    /// No cache file: compiled.
+    /// No cache file.
     Compiled,
-    /// A cache file with a valid MAC.
-    Cache,
     /// A cache file that failed the MAC check (or that wasmtime refused):
     /// compiled again, the file replaced.
     Recompiled,
@@ -67,56 +65,64 @@ impl CompileCache {
         }
     }
 
-    /// The component for `bytes` (whose SHA-256 is `digest`): from the cache
-    /// when an authentic compatible compiled copy exists, else compiled now
-    /// and stored for the next start.
-    pub(crate) fn load(
+    /// The cached component for `digest`, or how it will have to be made:
+    /// [`Origin::Compiled`] when nothing is cached, [`Origin::Recompiled`]
+    /// when what is cached cannot be used.
+    pub(crate) fn lookup(&self, engine: &Engine, digest: &[u8; 32]) -> Result<Component, Origin> {
+        let name = self.file_name(digest);
+        let path = self.dir.join(&name);
+        // Read into memory rather than mapping the file: another process
+        // replacing or truncating it after the check must not change the code.
+        let Ok(file) = read_bounded(&path) else {
+            return Err(Origin::Compiled);
+        };
+        match file.as_deref().and_then(|file| self.authentic(&name, file)) {
+            Some(compiled) => {
+                // SAFETY: `compiled` carries a MAC made with this server's
+                // secret over this file name and these exact bytes, so it
+                // was written by `store` from `precompile_component`
+                // output; wasmtime still checks its header and engine.
+                match unsafe { Component::deserialize(engine, compiled) } {
+                    Ok(component) => return Ok(component),
+                    Err(err) => tracing::warn!(
+                        path = %path.display(),
+                        error = %wasm_error(err),
+                        "ignoring unusable compiled code in the plugin cache; recompiling"
+                    ),
+                }
+            }
+            None => tracing::warn!(
+                path = %path.display(),
+                "compiled code in the plugin cache failed its integrity check (altered, \
+                 or not written by this server); recompiling instead of loading it"
+            ),
+        }
+        Err(Origin::Recompiled)
+    }
+
+    /// Compiles `bytes` and stores the result for the next start.
+    pub(crate) fn compile(
         &self,
         engine: &Engine,
         bytes: &[u8],
         digest: &[u8; 32],
         source: &Path,
-    ) -> anyhow::Result<(Component, Origin)> {
-        let digest = hex::encode(digest);
-        let name = format!("{digest}-{}.cwasm", self.engine_key);
-        let path = self.dir.join(&name);
-        let mut origin = Origin::Compiled;
-        // Read into memory rather than mapping the file: another process
-        // replacing or truncating it after the check must not change the code.
-        if let Ok(file) = read_bounded(&path) {
-            match file.as_deref().and_then(|file| self.authentic(&name, file)) {
-                Some(compiled) => {
-                    // SAFETY: `compiled` carries a MAC made with this server's
-                    // secret over this file name and these exact bytes, so it
-                    // was written by `store` from `precompile_component`
-                    // output; wasmtime still checks its header and engine.
-                    match unsafe { Component::deserialize(engine, compiled) } {
-                        Ok(component) => return Ok((component, Origin::Cache)),
-                        Err(err) => tracing::warn!(
-                            path = %path.display(),
-                            error = %wasm_error(err),
-                            "ignoring unusable compiled code in the plugin cache; recompiling"
-                        ),
-                    }
-                }
-                None => tracing::warn!(
-                    path = %path.display(),
-                    "compiled code in the plugin cache failed its integrity check (altered, \
-                     or not written by this server); recompiling instead of loading it"
-                ),
-            }
-            origin = Origin::Recompiled;
-        }
+    ) -> anyhow::Result<Component> {
+        let name = self.file_name(digest);
         let compiled = engine.precompile_component(bytes).map_err(|err| {
             wasm_error(err).context(format!("{} is not a valid component", source.display()))
         })?;
         if let Err(err) = self.store(&name, &compiled) {
             // The cache only saves time; a read-only data dir must not stop the server.
+            let path = self.dir.join(&name);
             tracing::warn!(path = %path.display(), error = %err, "cannot write the plugin compile cache");
         }
         // SAFETY: `compiled` was produced by `precompile_component` on this engine just above.
-        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(wasm_error)?;
-        Ok((component, origin))
+        unsafe { Component::deserialize(engine, &compiled) }.map_err(wasm_error)
+    }
+
+    fn file_name(&self, digest: &[u8; 32]) -> String {
+        format!("{}-{}.cwasm", hex::encode(digest), self.engine_key)
     }
 
     fn mac(&self, name: &str, compiled: &[u8]) -> Hmac<Sha256> {

@@ -37,10 +37,7 @@ async fn check_component_inner(path: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let limits = PluginLimits::default();
     let limits_memory_mib = usize::try_from(limits.memory_mib)?;
-    let engine = engine::build_engine(&PoolSize {
-        concurrent_instances: 1,
-        max_memory_bytes: limits.memory_mib * 1024 * 1024,
-    })?;
+    let engine = engine::build_engine(&PoolSize::for_one(&limits))?;
     let _ticker = EpochTicker::start(&engine)?;
     let component = Component::new(&engine, &bytes).map_err(|err| {
         wasm_error(err).context(format!(
@@ -82,6 +79,13 @@ async fn check_component_inner(path: &Path) -> anyhow::Result<()> {
     let info = describe(&engine, &plugin)
         .await
         .map_err(|err| anyhow::anyhow!("describe failed: {err}"))?;
+    let grants = versions::wasi_grants(&engine, &component);
+    if !grants.is_empty() {
+        println!("WASI granted (locked down, the same for every plugin):");
+        for (name, how) in grants {
+            println!("  {name}: {how}");
+        }
+    }
     println!(
         "targets: loopcall:provider@{} (world {})",
         version.version, version.world

@@ -26,8 +26,13 @@ pub(crate) enum Failure {
     Guest(GuestError),
     Stopped(HostStop),
     WallTime,
-    Oversized { what: &'static str, len: usize },
+    Oversized {
+        what: &'static str,
+        len: usize,
+    },
     Invalid(String),
+    /// The plugin called `wasi:cli/exit`.
+    Exited(i32),
     Wasm(String),
 }
 
@@ -74,13 +79,7 @@ impl Plugin {
             context: Arc::new(context),
             pre,
             // Filled by `describe` right after linking.
-            info: ProviderInfo {
-                name: String::new(),
-                version: String::new(),
-                call_types: Vec::new(),
-                roles: Vec::new(),
-                verifies_tokens: false,
-            },
+            info: ProviderInfo::default(),
             slots,
             memory,
             calls: AtomicU64::new(0),
@@ -268,6 +267,10 @@ impl Plugin {
                 ),
             },
             Failure::Invalid(message) => ProviderError::Plugin { provider, message },
+            Failure::Exited(status) => ProviderError::Plugin {
+                provider,
+                message: format!("called wasi:cli/exit (status {status}) instead of returning"),
+            },
             Failure::Wasm(message) => ProviderError::Plugin {
                 provider,
                 message: truncate(message),
@@ -393,6 +396,9 @@ impl Call<'_> {
 fn classify(store: &Store<CallState>, err: wasmtime::Error) -> Failure {
     if let Some(stop) = store.data().stop {
         return Failure::Stopped(stop);
+    }
+    if let Some(status) = super::imports::wasi::exit_status(&err) {
+        return Failure::Exited(status);
     }
     if err.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
         return Failure::Stopped(HostStop::Cpu);

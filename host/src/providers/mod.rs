@@ -9,13 +9,16 @@
 //! `issue-token`s in it, and throws it away, so nothing leaks from one call
 //! into the next. Memory, CPU, wall time, return sizes and HTTP are bounded
 //! per plugin; a plugin that breaks any of these is a provider error for that
-//! call only.
+//! call only. A component too big to compile at once (an interpreter built by
+//! componentize-py or componentize-js) and not yet in the compile cache is
+//! compiled in the background while the others serve.
 //!
 //! - [`types`]: the API the rest of the server sees, and its errors;
 //! - [`runtime`]: [`ProviderRuntime`], loading plugins and serving calls;
 //! - [`instance`]: one plugin's instances, their limits, failure classification;
 //! - [`versions`]: the supported WIT versions (one `since_v*` module each);
-//! - [`imports`]: the host capabilities behind the WIT imports;
+//! - [`imports`]: the host capabilities behind the WIT imports, and the
+//!   locked-down WASI 0.2 granted to components that import it;
 //! - [`state`]: per-plugin and per-call store data, fuel and memory limits;
 //! - [`engine`], [`cache`]: the shared wasmtime engine and the compile cache;
 //! - [`check`]: the `plugins check` command.
@@ -35,6 +38,6 @@ mod versions;
 pub use self::check::check_component;
 pub use self::runtime::ProviderRuntime;
 pub use self::types::{
-    CallSetup, CallSetupRequest, CallType, Grant, PluginHealth, ProviderError, ProviderInfo, Role,
-    RuntimeStats,
+    CallSetup, CallSetupRequest, CallType, Grant, PluginHealth, PluginState, ProviderError,
+    ProviderInfo, Role, RuntimeStats,
 };

@@ -12,9 +12,6 @@ use wasmtime::{ResourceLimiter, UpdateDeadline};
 use super::imports::log::LogBudget;
 use crate::config::PluginLimits;
 
-/// Table elements any plugin may grow its tables to.
-const MAX_TABLE_ELEMENTS: usize = 10_000;
-
 /// Fuel one millisecond of `limits.cpu_ms` buys.
 ///
 /// wasmtime charges one unit per executed wasm operator (control markers like
@@ -69,6 +66,8 @@ pub(crate) struct CallState {
     /// CPU time host imports spent for this instance on other threads
     /// (`crypto.sign` runs on the blocking pool), in nanoseconds.
     pub offloaded_cpu_ns: u64,
+    /// WASI for plugins that import it, made on first use.
+    pub wasi: Option<Box<super::imports::wasi::WasiState>>,
 }
 
 impl CallState {
@@ -79,6 +78,7 @@ impl CallState {
             wall_deadline,
             log: LogBudget::default(),
             offloaded_cpu_ns: 0,
+            wasi: None,
         }
     }
 
@@ -125,6 +125,6 @@ impl ResourceLimiter for CallState {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        Ok(desired <= self.plugin.limits.max_table_elements as usize)
     }
 }

@@ -41,7 +41,7 @@ pub struct CallSetup {
 }
 
 /// What a plugin says about itself (`describe`), asked once at load.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProviderInfo {
     pub name: String,
     pub version: String,
@@ -112,6 +112,7 @@ pub struct RuntimeStats {
 pub struct PluginHealth {
     /// The `[plugins.<name>]` key.
     pub plugin: String,
+    pub state: PluginState,
     pub info: ProviderInfo,
     pub calls: u64,
     pub failures: u64,
@@ -125,6 +126,34 @@ pub struct PluginHealth {
     /// How much longer fallback skips this plugin (it was unavailable); 0
     /// when it is not cooling down.
     pub cooling_down_ms: u64,
+}
+
+/// Whether a plugin can serve calls yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginState {
+    Ready,
+    /// Its component is being compiled in the background.
+    Compiling,
+    /// Its component could not be compiled, linked or described (the reason).
+    Failed(String),
+}
+
+impl PluginHealth {
+    /// A plugin that is not loaded: no calls, no provider info yet.
+    pub(crate) fn not_ready(plugin: &str, state: PluginState) -> Self {
+        Self {
+            healthy: !matches!(state, PluginState::Failed(_)),
+            plugin: plugin.to_owned(),
+            state,
+            info: ProviderInfo::default(),
+            calls: 0,
+            failures: 0,
+            consecutive_failures: 0,
+            busy_us: 0,
+            cpu_us: 0,
+            cooling_down_ms: 0,
+        }
+    }
 }
 
 /// An error the plugin reported itself (the WIT `provider-error`).

@@ -11,6 +11,7 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Engine, Store};
 
+use super::imports::wasi;
 use super::state::CallState;
 use super::types::{
     Grant, GuestError, ProviderInfo, Session, SessionRequest, TokenRequest, wasm_error,
@@ -91,6 +92,9 @@ impl Linkers {
         for version in VERSIONS {
             let mut linker = Linker::new(engine);
             (version.add_to_linker)(&mut linker)?;
+            // Whatever the version, a component may import WASI 0.2; what it
+            // gets is the same locked-down grant (imports/wasi.rs).
+            wasi::add_to_linker(&mut linker)?;
             linkers.push((*version, linker));
         }
         Ok(Self(linkers))
@@ -174,14 +178,33 @@ fn import_problems(engine: &Engine, component: &Component, version: &WitVersion)
     component
         .component_type()
         .imports(engine)
-        .filter(|(name, _)| !version.imports.contains(name))
-        .map(|(name, _)| {
-            format!(
-                "it imports {name}, which the host does not provide (a {} provider may import only {})",
-                version.world,
-                version.imports.join(", ")
-            )
+        .filter(|(name, _)| {
+            !version.imports.contains(name) && wasi::grant_for(name).is_none()
         })
+        .map(|(name, _)| {
+            if wasi::is_wasi(name) {
+                format!(
+                    "it imports {name}, which Loop does not grant to plugins (Loop grants WASI 0.2's {}; outbound HTTP goes through loopcall:provider/http)",
+                    wasi::GRANTED.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+                )
+            } else {
+                format!(
+                    "it imports {name}, which the host does not provide (a {} provider may import only {}, and WASI 0.2)",
+                    version.world,
+                    version.imports.join(", ")
+                )
+            }
+        })
+        .collect()
+}
+
+/// What `component` imports from WASI and how each is granted, for
+/// `plugins check`; refused ones are reported by [`link`].
+pub(crate) fn wasi_grants(engine: &Engine, component: &Component) -> Vec<(String, &'static str)> {
+    component
+        .component_type()
+        .imports(engine)
+        .filter_map(|(name, _)| wasi::grant_for(name).map(|how| (name.to_owned(), how)))
         .collect()
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod crypto;
 pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod settings;
+pub(crate) mod wasi;
 
 /// The imports whose WIT did not change since 0.1.0 (types, http, clock, log,
 /// settings), implemented for one version's generated bindings: `$b` is that
