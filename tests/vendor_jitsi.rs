@@ -12,9 +12,9 @@ use common::vendor::{call_flow, run_sdk};
 use common::{TestServer, client, workspace_root};
 use serde_json::{Value, json};
 
-const SELF_HOSTED_URL: &str = "https://meet.example.com";
-const SELF_HOSTED_APP_ID: &str = "loop-test-app";
-const APP_SECRET: &str = "jitsi-test-app-secret-0b9e2d7c4a1f";
+pub(crate) const SELF_HOSTED_URL: &str = "https://meet.example.com";
+pub(crate) const SELF_HOSTED_APP_ID: &str = "loop-test-app";
+pub(crate) const APP_SECRET: &str = "jitsi-test-app-secret-0b9e2d7c4a1f";
 
 const JAAS_APP_ID: &str = "vpaas-magic-cookie-1fc542a3e4414a44b2611668195e2bfe";
 const JAAS_URL: &str = "https://8x8.vc/vpaas-magic-cookie-1fc542a3e4414a44b2611668195e2bfe";
@@ -44,7 +44,10 @@ fn jaas_settings() -> String {
 
 /// Both sides of one call through `server`; checks what both sides share and
 /// returns the call with the room name and the callee's identity.
-async fn call(server: &TestServer, base_url: &str) -> (common::vendor::VendorCall, String, String) {
+pub(crate) async fn call(
+    server: &TestServer,
+    base_url: &str,
+) -> (common::vendor::VendorCall, String, String) {
     let call = call_flow(server, None).await;
     let room = call.caller["sessionId"].as_str().unwrap().to_owned();
     assert!(
@@ -63,7 +66,7 @@ async fn call(server: &TestServer, base_url: &str) -> (common::vendor::VendorCal
     (call, room, owner)
 }
 
-fn tokens(call: &common::vendor::VendorCall, room: &str, owner: &str) -> Value {
+pub(crate) fn tokens(call: &common::vendor::VendorCall, room: &str, owner: &str) -> Value {
     json!([
         {"token": call.caller["sessionToken"], "identity": "alice", "name": "alice",
          "moderator": false, "room": room, "lifetime": LIFETIME},

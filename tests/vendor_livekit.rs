@@ -19,10 +19,10 @@ use axum::routing::post;
 use common::vendor::{VendorCall, attempt_call, call_flow, hang_up, jwt_claims, run_sdk, serve};
 use serde_json::{Value, json};
 
-const API_KEY: &str = "APIloopTest";
-const API_SECRET: &str = "livekit-test-secret-0123456789abcdef";
+pub(crate) const API_KEY: &str = "APIloopTest";
+pub(crate) const API_SECRET: &str = "livekit-test-secret-0123456789abcdef";
 /// What clients connect to when no room API is involved.
-const CLIENT_URL: &str = "wss://livekit.example.test";
+pub(crate) const CLIENT_URL: &str = "wss://livekit.example.test";
 /// The lifetime the host asks for (both sides).
 const LIFETIME: u64 = 86400;
 
@@ -164,7 +164,7 @@ async fn fake_livekit() -> (Shared, String) {
     (fake, serve(router).await)
 }
 
-fn settings(url: &str, create_room: bool) -> String {
+pub(crate) fn settings(url: &str, create_room: bool) -> String {
     format!(
         "url = {url:?}\napi_key = {API_KEY:?}\napi_secret = {API_SECRET:?}\ncreate_room = {create_room}\n"
     )
@@ -172,7 +172,11 @@ fn settings(url: &str, create_room: bool) -> String {
 
 /// Both sides got the same fresh room and the websocket URL, and the SDK
 /// accepts both tokens (and any room API tokens) as its own. Returns the room.
-async fn check_call(call: &VendorCall, url: &str, service_tokens: Vec<String>) -> String {
+pub(crate) async fn check_call(
+    call: &VendorCall,
+    url: &str,
+    service_tokens: Vec<String>,
+) -> String {
     let room = call.caller["sessionId"].as_str().unwrap().to_owned();
     assert_eq!(call.callee["sessionId"], room.as_str());
     assert!(

@@ -6,6 +6,7 @@
 //! every server gets a fresh database of its own unless a test shares one.
 #![allow(dead_code)]
 
+pub mod examples;
 pub mod fake_dns;
 pub mod fake_push;
 pub mod hawk;
@@ -18,6 +19,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
+
+/// Copies the folder `from` into `to` (created), files keeping their modes.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -170,6 +185,9 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// How many processes [`TestServer::start_all`] launches at once.
     pub processes: usize,
+    /// A data folder (secrets, plugin compile cache) copied into the new
+    /// server's before it starts: [`examples::warm_data_dir`].
+    pub seed_data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -181,6 +199,7 @@ impl Default for ServerOptions {
             dir: None,
             env: Vec::new(),
             processes: 1,
+            seed_data_dir: None,
         }
     }
 }
@@ -219,6 +238,9 @@ impl TestServer {
                 (database.url.clone(), Some(database))
             }
         };
+        if let Some(seed) = &options.seed_data_dir {
+            copy_dir(seed, &dir.join("data"));
+        }
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[database]\nurl = {:?}\n\n",
             dir.join("data").display().to_string(),

@@ -243,6 +243,11 @@ pub struct Attempt {
 /// Alice calls through a fresh call URL of a fresh device of Bob's; the call
 /// may fail.
 pub async fn attempt_call(server: &TestServer) -> Attempt {
+    attempt_call_on(server, None).await
+}
+
+/// [`attempt_call`], asking for `channel` when given.
+pub async fn attempt_call_on(server: &TestServer, channel: Option<&str>) -> Attempt {
     let device = Device::register_with(&server.url, json!({})).await;
     let token = device
         .create_call_url(&json!({"callerId": "alice", "issuer": "Bob"}))
@@ -250,9 +255,13 @@ pub async fn attempt_call(server: &TestServer) -> Attempt {
         .as_str()
         .unwrap()
         .to_owned();
+    let mut body = json!({"callType": "audio-video"});
+    if let Some(channel) = channel {
+        body["channel"] = json!(channel);
+    }
     let response = client()
         .post(server.endpoint(&format!("/calls/{token}")))
-        .json(&json!({"callType": "audio-video"}))
+        .json(&body)
         .send()
         .await
         .unwrap();
