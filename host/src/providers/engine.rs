@@ -57,7 +57,8 @@ impl PoolSize {
 /// and copied back from the component's memory image, instead of being
 /// unmapped and faulted in (and copied on write) again by the next call. A
 /// C plugin dirties a few pages; an interpreter (Python, JavaScript) hundreds
-/// of its 12 MiB or more, where this takes a fifth off a call setup.
+/// of its 12 MiB or more, where this takes about a quarter off a call setup
+/// (BENCHMARKS.md, "Plugins in other languages").
 const MEMORY_KEEP_RESIDENT: usize = 32 * 1024 * 1024;
 /// Without `PAGEMAP_SCAN`, the first bytes are restored whether dirtied or
 /// not: a C plugin's stack and small heap, so its next call takes no page
