@@ -507,6 +507,30 @@ impl Config {
         }
     }
 
+    /// Every plugin `[providers]` names (default, channels, fallback) has a
+    /// `[plugins.<name>]` table. Part of [`Config::validate`]; the provider
+    /// runtime checks it too, for configurations built in code.
+    pub fn check_provider_tables(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.plugins.contains_key(&self.providers.default),
+            "providers.default: no [plugins.{}] table",
+            self.providers.default
+        );
+        for (channel, plugin) in &self.providers.channels {
+            anyhow::ensure!(
+                self.plugins.contains_key(plugin),
+                "providers.channels.{channel}: no [plugins.{plugin}] table"
+            );
+        }
+        for plugin in &self.providers.fallback {
+            anyhow::ensure!(
+                self.plugins.contains_key(plugin),
+                "providers.fallback: no [plugins.{plugin}] table"
+            );
+        }
+        Ok(())
+    }
+
     /// Checks that cannot be expressed in types; each error names its key.
     pub fn validate(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.server.public_url {
@@ -578,23 +602,7 @@ impl Config {
         }
         self.ice.check()?;
         self.net.resolver_addr()?;
-        anyhow::ensure!(
-            self.plugins.contains_key(&self.providers.default),
-            "providers.default: no [plugins.{}] table",
-            self.providers.default
-        );
-        for (channel, plugin) in &self.providers.channels {
-            anyhow::ensure!(
-                self.plugins.contains_key(plugin),
-                "providers.channels.{channel}: no [plugins.{plugin}] table"
-            );
-        }
-        for plugin in &self.providers.fallback {
-            anyhow::ensure!(
-                self.plugins.contains_key(plugin),
-                "providers.fallback: no [plugins.{plugin}] table"
-            );
-        }
+        self.check_provider_tables()?;
         anyhow::ensure!(
             (1..=MAX_PROVIDER_COOLDOWN_SECONDS).contains(&self.providers.cooldown_seconds),
             "providers.cooldown_seconds: must be between 1 and {MAX_PROVIDER_COOLDOWN_SECONDS}"

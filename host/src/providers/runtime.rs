@@ -172,7 +172,7 @@ impl ProviderRuntime {
                 .with_context(|| format!("plugins.{name}: {}", path.display()))?;
             slot.set(Ok(plugin));
         }
-        ensure_tables_exist(config, |name| plugins.contains_key(name))?;
+        config.check_provider_tables()?;
         for (digest, job) in background {
             tokio::spawn(
                 loader
@@ -592,28 +592,6 @@ impl Loader {
             }
         }
     }
-}
-
-/// Every plugin the providers table names is configured.
-fn ensure_tables_exist(config: &Config, exists: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        exists(&config.providers.default),
-        "providers.default: no [plugins.{}] table",
-        config.providers.default
-    );
-    for (channel, plugin) in &config.providers.channels {
-        anyhow::ensure!(
-            exists(plugin),
-            "providers.channels.{channel}: no [plugins.{plugin}] table"
-        );
-    }
-    for plugin in &config.providers.fallback {
-        anyhow::ensure!(
-            exists(plugin),
-            "providers.fallback: no [plugins.{plugin}] table"
-        );
-    }
-    Ok(())
 }
 
 /// The plugin's settings as it will see them: its own table, plus generated

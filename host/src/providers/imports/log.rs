@@ -45,7 +45,7 @@ impl CallState {
 }
 
 /// One line, bounded length: a plugin cannot forge log lines or flood them.
-fn sanitize_log(message: &str) -> String {
+pub(crate) fn sanitize_log(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_LOG_MESSAGE_BYTES) + 3);
     for ch in message.chars() {
         if out.len() + ch.len_utf8() > MAX_LOG_MESSAGE_BYTES {

@@ -75,7 +75,8 @@ const WASI_VERSION_PREFIX: &str = "0.2.";
 /// Bytes a call may write to stdout and stderr together before the rest is
 /// dropped (the plugin is not told: its writes keep succeeding).
 const MAX_OUTPUT_BYTES_PER_CALL: usize = 16 * 1024;
-/// Longest line of output kept in one log record.
+/// Output without a newline is logged in pieces of this size (the log record
+/// itself is bounded by `log`'s own limit).
 const MAX_OUTPUT_LINE_BYTES: usize = 2048;
 
 /// What an import of a WASI interface gets, or `None` if it is refused.
@@ -234,11 +235,7 @@ impl OutputLog {
     }
 
     fn emit(&self, stream: &'static str, line: &[u8]) {
-        let text = String::from_utf8_lossy(&line[..line.len().min(MAX_OUTPUT_LINE_BYTES)]);
-        let text: String = text
-            .chars()
-            .map(|ch| if ch.is_control() { ' ' } else { ch })
-            .collect();
+        let text = super::log::sanitize_log(&String::from_utf8_lossy(line));
         tracing::info!(target: "loop_server::plugin", plugin = %self.plugin, stream, "{text}");
     }
 }
