@@ -278,13 +278,8 @@ async fn service_endpoints() {
         }
     }
 
-    let response = http
-        .get(server.endpoint("/__heartbeat__"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let report: Value = response.json().await.unwrap();
+    let (status, report) = server.heartbeat().await;
+    assert_eq!(status, 200);
     for part in ["storage", "providers", "push"] {
         assert_eq!(report[part], true, "{part} in {report}");
     }

@@ -463,13 +463,8 @@ async fn provider_failures_are_503_with_retry_after() {
 
     // The heartbeat names the failing part (a channel's provider with no
     // fallback); the default provider still works.
-    let response = http
-        .get(s.server.endpoint("/__heartbeat__"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
-    let report: Value = response.json().await.unwrap();
+    let (status, report) = s.server.heartbeat().await;
+    assert_eq!(status, 503);
     assert_eq!(
         (&report["storage"], &report["providers"], &report["push"]),
         (&json!(true), &json!(false), &json!(true)),

@@ -11,7 +11,7 @@ use crate::common::examples::{
     plugin_report, plugin_toml, start_warm, wait_until_ready, warm_data_dir,
 };
 use crate::common::vendor::{Attempt, attempt_call, attempt_call_on, call_flow, run_sdk};
-use crate::common::{ServerOptions, TestServer, client};
+use crate::common::{ServerOptions, TestServer};
 use crate::{vendor_jitsi, vendor_livekit};
 
 #[tokio::test]
@@ -182,12 +182,8 @@ async fn a_big_component_compiles_in_the_background_while_the_fallback_serves() 
     // serves calls through the fallback meanwhile.
     let report = plugin_report(&server, "sandbox").await;
     assert_eq!(report["state"], "compiling", "{report}");
-    let heartbeat = client()
-        .get(server.endpoint("/__heartbeat__"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(heartbeat.status(), 200, "the fallback serves every call");
+    let (status, _) = server.heartbeat().await;
+    assert_eq!(status, 200, "the fallback serves every call");
     let served = attempt_call(&server).await;
     assert_eq!(served.status, 200, "{}", served.body);
     assert_ne!(served.body["apiKey"], "sandbox", "served by the fallback");

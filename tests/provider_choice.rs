@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::vendor::{assert_provider_error, attempt_call, call_flow, serve};
-use crate::common::{ServerOptions, TestServer, client, workspace_root};
+use crate::common::{ServerOptions, TestServer, workspace_root};
 
 /// A vendor API for the `vendor` test plugin that answers `POST /v1/sessions`
 /// with the status it is set to (200: a session), after `delay_ms`.
@@ -58,15 +58,6 @@ fn vendor_toml(origin: &str, wall_ms: u64) -> String {
     )
 }
 
-async fn heartbeat(server: &TestServer) -> (u16, Value) {
-    let response = client()
-        .get(server.endpoint("/__heartbeat__"))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn an_unavailable_provider_falls_back_and_cools_down() {
     let vendor = vendor().await;
@@ -102,7 +93,7 @@ async fn an_unavailable_provider_falls_back_and_cools_down() {
     server
         .wait_for_log("provider unavailable: cooling down, fallback serves its calls")
         .await;
-    let (status, report) = heartbeat(&server).await;
+    let (status, report) = server.heartbeat().await;
     assert_eq!(status, 200, "the fallback can serve: {report}");
     assert_eq!(report["providers"], true, "{report}");
     let cooling = report["plugins"]["vendor"]["cooling_down_seconds"]
@@ -124,7 +115,7 @@ async fn an_unavailable_provider_falls_back_and_cools_down() {
     let (_, call) = (attempt.status, attempt.body);
     assert_eq!(call["apiKey"], "vendor-key", "{call}");
     assert_eq!(vendor.hits.load(Ordering::SeqCst), 3);
-    let (_, report) = heartbeat(&server).await;
+    let (_, report) = server.heartbeat().await;
     assert_eq!(
         report["plugins"]["vendor"]["cooling_down_seconds"], 0,
         "{report}"

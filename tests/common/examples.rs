@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::{ServerOptions, TestServer, client, workspace_root};
+use super::{ServerOptions, TestServer, workspace_root};
 
 /// The built component `name` (`python-livekit`, `javascript-jitsi`,
 /// `python-sandbox`).
@@ -76,14 +76,7 @@ pub async fn warm_data_dir() -> PathBuf {
 
 /// The heartbeat's report of `plugin`.
 pub async fn plugin_report(server: &TestServer, plugin: &str) -> Value {
-    let heartbeat: Value = client()
-        .get(server.endpoint("/__heartbeat__"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, heartbeat) = server.heartbeat().await;
     heartbeat["plugins"][plugin].clone()
 }
 

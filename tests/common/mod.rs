@@ -303,6 +303,16 @@ impl TestServer {
         )
     }
 
+    /// `GET /__heartbeat__`: its status and report.
+    pub async fn heartbeat(&self) -> (u16, serde_json::Value) {
+        let response = client()
+            .get(self.endpoint("/__heartbeat__"))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
