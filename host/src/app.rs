@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::auth::Auth;
@@ -55,6 +56,8 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    /// `server.metrics_listen`, bound, with the recorder installed.
+    metrics: Option<(TcpListener, PrometheusHandle)>,
 }
 
 impl Server {
@@ -64,6 +67,14 @@ impl Server {
             .await
             .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
         let local_addr = listener.local_addr()?;
+        // Before anything records: the recorder only sees what follows it.
+        let metrics = match config.server.metrics_listen {
+            Some(addr) => Some((
+                crate::telemetry::bind(addr).await?,
+                crate::telemetry::install_recorder()?,
+            )),
+            None => None,
+        };
         let public_url: Arc<str> = match &config.server.public_url {
             Some(_) => config.public_url().into(),
             None => format!("http://{local_addr}").into(),
@@ -101,6 +112,7 @@ impl Server {
             listener,
             router,
             state,
+            metrics,
         })
     }
 
@@ -115,10 +127,26 @@ impl Server {
     }
 
     /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub async fn run(mut self) -> anyhow::Result<()> {
         let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config);
         let seats = crate::domain::signaling::spawn_keeper(&self.state);
         let session_ends = crate::domain::calls::spawn_session_end_sweep(self.state.clone());
+        let metrics = match self.metrics.take() {
+            Some((listener, handle)) => {
+                let addr = listener.local_addr()?;
+                // Before the line below, so whoever waits for that has read this.
+                println!(
+                    "loop-server metrics on http://{addr}{}",
+                    crate::telemetry::METRICS_PATH
+                );
+                Some(crate::telemetry::spawn_metrics_server(
+                    listener,
+                    handle,
+                    self.state.clone(),
+                ))
+            }
+            None => None,
+        };
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
         tracing::info!(
@@ -138,6 +166,9 @@ impl Server {
         purge.abort();
         seats.abort();
         session_ends.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub plugins: BTreeMap<String, PluginConfig>,
     pub secrets: SecretsConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +45,27 @@ pub struct ServerConfig {
     /// SQLite file, whose writer and readers run on threads of their own
     /// (measured on 2 cores: a sixth more throughput on the write routes).
     pub worker_threads: Option<usize>,
+    /// Where Prometheus metrics are served (`/__metrics__`), apart from the
+    /// public listener so the internet cannot read them. Unset: no metrics.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The log lines on stderr; `LOOP_LOG` filters them (default `info`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one line per event, the request's span in front.
+    #[default]
+    Text,
+    /// For collectors: one JSON object per line, with the request's span
+    /// (`request_id`, `route`).
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -284,6 +306,7 @@ impl Default for ServerConfig {
             public_url: None,
             data_dir: PathBuf::from("data"),
             worker_threads: None,
+            metrics_listen: None,
         }
     }
 }
@@ -424,6 +447,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "providers",
     "plugins",
     "secrets",
+    "log",
 ];
 
 /// `LOOP_*` variables that are not configuration keys but are ours all the same.
@@ -445,15 +469,14 @@ fn unknown_loop_variables(names: impl Iterator<Item = std::ffi::OsString>) -> Ve
     unknown
 }
 
-/// Whether a `LOOP_`-less variable name (`SERVER__LISTEN`) starts with one
-/// of [`CONFIG_SECTIONS`].
+/// Whether a `LOOP_`-less variable name (`SERVER__LISTEN`) names a key in
+/// one of [`CONFIG_SECTIONS`]. A section alone is no key: `LOOP_LOG` is the
+/// log filter, not the `[log]` table.
 fn names_a_config_section(key: &str) -> bool {
-    let section = key
-        .split("__")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    CONFIG_SECTIONS.contains(&section.as_str())
+    let Some((section, _)) = key.split_once("__") else {
+        return false;
+    };
+    CONFIG_SECTIONS.contains(&section.to_ascii_lowercase().as_str())
 }
 
 impl Config {
@@ -473,13 +496,6 @@ impl Config {
                 .filter(|key| names_a_config_section(key.as_str()))
                 .split("__"),
         );
-        for name in unknown_loop_variables(std::env::vars_os().map(|(name, _)| name)) {
-            tracing::warn!(
-                variable = %name,
-                "ignoring an environment variable that names no configuration key \
-                 (configuration variables are LOOP_<SECTION>__<KEY>)"
-            );
-        }
         let mut config: Config = figment.extract().map_err(|err| {
             // figment names the key (`server.listen`) and the source in its message.
             anyhow::anyhow!(
@@ -494,6 +510,18 @@ impl Config {
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)
+    }
+
+    /// Warns of each `LOOP_*` variable that configures nothing. Apart from
+    /// [`Config::load`], since the log format is only known once it has run.
+    pub fn warn_of_unknown_variables() {
+        for name in unknown_loop_variables(std::env::vars_os().map(|(name, _)| name)) {
+            tracing::warn!(
+                variable = %name,
+                "ignoring an environment variable that names no configuration key \
+                 (configuration variables are LOOP_<SECTION>__<KEY>)"
+            );
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -542,6 +570,14 @@ impl Config {
         }
         if let Some(url) = &self.database.url {
             Backend::of(url)?;
+        }
+        if let Some(metrics) = self.server.metrics_listen {
+            let listen = self.server.listen;
+            anyhow::ensure!(
+                metrics.port() == 0 || metrics != listen,
+                "server.metrics_listen: must be another address than server.listen ({listen}): \
+                 metrics are kept off the public listener"
+            );
         }
         anyhow::ensure!(
             self.server.worker_threads != Some(0),

@@ -13,3 +13,4 @@ pub mod providers;
 pub mod push;
 pub mod secrets;
 pub mod store;
+pub mod telemetry;

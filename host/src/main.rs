@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use loop_server::app::Server;
-use loop_server::config::Config;
-use tracing_subscriber::EnvFilter;
+use loop_server::config::{Config, LogFormat};
+use loop_server::telemetry;
 
 // jemalloc instead of glibc's malloc: sqlx allocates each row on a SQLite
 // thread and frees it on a tokio thread, and glibc serialises such
@@ -55,15 +55,8 @@ enum Job {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("LOOP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal, not for log files and collectors.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    // The configuration is read first: it sizes the runtime.
+    // The configuration is read first: it chooses the log format and sizes
+    // the runtime. Until it is read, errors go to stderr as plain text.
     let job = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => match Config::load(&cli.config) {
             Ok(config) => Job::Serve(Box::new(config)),
@@ -76,6 +69,13 @@ fn main() -> ExitCode {
             command: PluginsCommand::Check { component },
         } => Job::CheckPlugin(component),
     };
+    match &job {
+        Job::Serve(config) => {
+            telemetry::init_logs(config.log.format);
+            Config::warn_of_unknown_variables();
+        }
+        Job::CheckPlugin(_) => telemetry::init_logs(LogFormat::Text),
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Job::Serve(config) = &job {
