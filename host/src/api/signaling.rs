@@ -61,6 +61,7 @@ async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Re
         .read_buffer_size(BUFFER_BYTES)
         .write_buffer_size(BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
+            let _open = crate::telemetry::OpenSocket::new("signaling");
             SignalingSocket::new(state, socket).run().await;
         })
 }

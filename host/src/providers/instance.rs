@@ -36,8 +36,30 @@ pub(crate) enum Failure {
     Wasm(String),
 }
 
+impl Failure {
+    /// The `outcome` label of `loop_provider_calls_total`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Guest(GuestError::Misconfigured(_)) => "misconfigured",
+            Failure::Guest(GuestError::Unavailable(_)) => "unavailable",
+            Failure::Guest(GuestError::Rejected(_)) => "rejected",
+            Failure::Stopped(HostStop::Cpu) => "cpu",
+            Failure::Stopped(HostStop::Memory) => "memory",
+            Failure::WallTime | Failure::Stopped(HostStop::WallTime) => "wall",
+            // The plugin broke the contract: a trap, or a result we refuse.
+            Failure::Stopped(HostStop::RandomTooLarge)
+            | Failure::Oversized { .. }
+            | Failure::Invalid(_)
+            | Failure::Exited(_)
+            | Failure::Wasm(_) => "trap",
+        }
+    }
+}
+
 pub(crate) struct Plugin {
     pub(crate) context: Arc<PluginContext>,
+    /// The `plugin` label of its metrics, shared rather than copied per call.
+    metric_name: Arc<str>,
     pre: Box<dyn PluginPre>,
     pub(crate) info: ProviderInfo,
     /// Bounds this plugin's concurrent instances to its share of the pool.
@@ -76,6 +98,7 @@ impl Plugin {
     ) -> Self {
         let slots = Semaphore::new(context.limits.max_concurrent_calls as usize);
         Self {
+            metric_name: Arc::from(context.name.as_str()),
             context: Arc::new(context),
             pre,
             // Filled by `describe` right after linking.
@@ -219,8 +242,22 @@ impl Plugin {
         result: Result<T, Failure>,
     ) -> Result<T, ProviderError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let took = started.elapsed();
+        let busy = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.busy_ns.fetch_add(busy, Ordering::Relaxed);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(failure) => failure.outcome(),
+        };
+        let labels = [
+            (
+                "plugin",
+                metrics::SharedString::from_shared(self.metric_name.clone()),
+            ),
+            ("outcome", metrics::SharedString::const_str(outcome)),
+        ];
+        metrics::counter!("loop_provider_calls_total", &labels).increment(1);
+        metrics::histogram!("loop_provider_call_duration_seconds", &labels).record(took);
         let failure = match result {
             Ok(value) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);

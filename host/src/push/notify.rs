@@ -85,11 +85,11 @@ impl Push {
                     if let Err(reason) = rules.check(&url) {
                         // The reason names the origin at most.
                         tracing::warn!(origin = %origin(&url), %reason, "push refused: the push policy no longer allows this URL");
-                        return Outcome::Refused;
+                        return counted(Outcome::Refused, "refused");
                     }
                     let Some(_permit) = permit else {
                         tracing::warn!(origin = %origin(&url), "push not sent: too many pings in flight");
-                        return Outcome::Failed;
+                        return counted(Outcome::Failed, "busy");
                     };
                     ping(&http, &url, version, timeout).await
                 }
@@ -138,29 +138,39 @@ async fn ping(http: &reqwest::Client, url: &str, version: i64, timeout: Duration
     match result {
         Ok(response) if response.status().is_success() => {
             tracing::debug!(%origin, version, "push sent");
-            Outcome::Sent
+            counted(Outcome::Sent, "ok")
         }
         Ok(response) => {
-            tracing::warn!(%origin, status = response.status().as_u16(), "push failed: refused by the push server");
-            Outcome::Failed
+            let status = response.status();
+            tracing::warn!(%origin, status = status.as_u16(), "push failed: refused by the push server");
+            // The push server no longer knows the device's endpoint.
+            let gone = matches!(status.as_u16(), 404 | 410);
+            counted(Outcome::Failed, if gone { "gone" } else { "error" })
         }
         Err(err) if err.is_timeout() => {
             tracing::warn!(%origin, timeout_ms = timeout.as_millis() as u64, "push failed: timed out");
-            Outcome::Failed
+            counted(Outcome::Failed, "timeout")
         }
         Err(err) => match crate::net::refusal(&err) {
             // The name resolved to addresses push may not reach (DNS rebinding).
             Some(refused) => {
                 tracing::warn!(%origin, reason = %refused, "push refused: no address the push policy allows");
-                Outcome::Refused
+                counted(Outcome::Refused, "refused")
             }
             None => {
                 // Display of a reqwest error includes the URL; strip it.
                 tracing::warn!(%origin, error = %err.without_url(), "push failed: unreachable");
-                Outcome::Failed
+                counted(Outcome::Failed, "error")
             }
         },
     }
+}
+
+/// `outcome`, counted in `loop_push_pings_total` as `label`: finer than
+/// [`Outcome`] (a timeout, a push server that forgot the device).
+fn counted(outcome: Outcome, label: &'static str) -> Outcome {
+    metrics::counter!("loop_push_pings_total", "outcome" => label).increment(1);
+    outcome
 }
 
 fn origin(url: &str) -> String {

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::connection::{Conn, WriterHandle};
 use super::queries::{CALL_COLUMNS, CALL_URL_COLUMNS};
 use crate::store::{Backend, Call, CallUrl, PushTopic, PushUrl, Session, StoreError, Timestamp};
+use crate::telemetry::statement;
 
 /// Most rows in one statement. Bounded so statements stay short (SQLite
 /// holds its write lock for the whole statement) and the distinct statement
@@ -96,6 +97,18 @@ enum Kind {
     Nonce,
     CallUrl,
     Call,
+}
+
+impl Kind {
+    /// The statement's name in `loop_db_statement_duration_seconds`.
+    fn statement(self) -> &'static str {
+        match self {
+            Kind::Session => "batch_insert_sessions",
+            Kind::Nonce => "batch_insert_nonces",
+            Kind::CallUrl => "batch_insert_call_urls",
+            Kind::Call => "batch_insert_calls",
+        }
+    }
 }
 
 const KINDS: [Kind; 4] = [Kind::Session, Kind::Nonce, Kind::CallUrl, Kind::Call];
@@ -170,6 +183,11 @@ impl WriteBatcher {
         answer.await.map_err(|_| gone())?
     }
 
+    /// Requests waiting for a round.
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     pub fn stats(&self) -> BatchStats {
         let c = &self.counters;
         BatchStats {
@@ -217,6 +235,7 @@ struct Pending<'a> {
 async fn run_round(writer: &WriterHandle, backend: Backend, jobs: Vec<Job>, counters: &Counters) {
     bump(&counters.rounds, 1);
     bump(&counters.jobs, jobs.len());
+    metrics::histogram!("loop_db_group_commit_batch_size").record(jobs.len() as f64);
     let mut conn = match writer.acquire().await {
         Ok(conn) => conn,
         Err(err) => {
@@ -392,17 +411,17 @@ async fn write_rows(
         };
     }
     if kind != Kind::Nonce {
-        query.execute(&mut **conn).await?;
+        statement(kind.statement(), query.execute(&mut **conn)).await?;
         return Ok(vec![true; n]);
     }
     // A nonce sent twice in one chunk is inserted once: the first asker gets
     // it, the other is a replay.
-    let mut inserted: HashSet<(String, String)> = query
-        .fetch_all(&mut **conn)
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
+    let mut inserted: HashSet<(String, String)> =
+        statement(kind.statement(), query.fetch_all(&mut **conn))
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
     Ok(rows
         .iter()
         .map(|row| match row.write {

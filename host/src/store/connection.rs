@@ -161,6 +161,30 @@ impl SqlStore {
         self.batcher.stats()
     }
 
+    /// See [`Store::gauges`].
+    pub(super) fn gauges(&self) -> super::StoreGauges {
+        let connections = match &self.connections {
+            Connections::Pool(pool) => {
+                let idle = pool.num_idle();
+                Some((idle, (pool.size() as usize).saturating_sub(idle)))
+            }
+            // A held connection is in use while its lock is taken. Probing
+            // takes it for an instant, which a request may notice as one busy
+            // reader: it then tries the next.
+            Connections::Held {
+                writer, readers, ..
+            } => {
+                let all = std::iter::once(writer).chain(readers.iter());
+                let idle = all.clone().filter(|conn| conn.try_lock().is_ok()).count();
+                Some((idle, all.count() - idle))
+            }
+        };
+        super::StoreGauges {
+            connections,
+            writer_queue: self.batcher.queued(),
+        }
+    }
+
     pub(super) async fn writer(&self) -> Result<Conn, StoreError> {
         writer_of(&self.connections).acquire().await
     }

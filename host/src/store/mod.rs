@@ -274,6 +274,15 @@ pub struct Announcement<'a> {
     pub message: &'a str,
 }
 
+/// What [`Store::gauges`] reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreGauges {
+    /// Connections idle and in use, where the backend keeps a set of them.
+    pub connections: Option<(usize, usize)>,
+    /// Requests' writes waiting for the next group-commit round.
+    pub writer_queue: usize,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for `/__heartbeat__`.
@@ -374,6 +383,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Messages between requests and sockets of every instance on this database.
     fn bus(&self) -> &crate::bus::Bus;
+
+    /// The connections' and the writer queue's state now, for metrics.
+    fn gauges(&self) -> StoreGauges;
 
     /// Seats `seat` in its provider session's signaling, taking over its
     /// identity's seat from an older socket, unless two other identities

@@ -18,6 +18,7 @@ use super::{
     Announcement, Backend, Call, CallProgress, CallState, CallUrl, CallUrlUpdate, EndedSession,
     PushTopic, PushUrl, Seat, SeatRow, SeatTaken, Session, SqlStore, Store, StoreError, Timestamp,
 };
+use crate::telemetry::statement;
 
 /// Rows deleted per statement by `purge_expired`: small enough that SQLite's
 /// single write lock is released every few milliseconds even when a million
@@ -120,21 +121,26 @@ impl SqlStore {
     /// commit may still have happened. Returns the rows affected.
     async fn write_forgetting<'q>(
         &self,
-        statement: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        name: &'static str,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
         what: Forget,
     ) -> Result<u64, StoreError> {
         let written = async {
             let mut conn = self.writer().await?;
             if self.backend == Backend::Postgres && what.is_announced() {
                 let mut tx = conn.begin().await?;
-                let affected = statement.execute(&mut *tx).await?.rows_affected();
+                let affected = statement(name, query.execute(&mut *tx))
+                    .await?
+                    .rows_affected();
                 if affected > 0 {
                     crate::bus::notify(&mut tx, INVALIDATION_TOPIC, &what.to_message()).await?;
                 }
                 tx.commit().await?;
                 Ok(affected)
             } else {
-                Ok(statement.execute(&mut *conn).await?.rows_affected())
+                Ok(statement(name, query.execute(&mut *conn))
+                    .await?
+                    .rows_affected())
             }
         }
         .await;
@@ -152,15 +158,23 @@ impl SqlStore {
 
     /// Runs `sql` (which deletes at most `PURGE_BATCH` rows expired at `now`)
     /// until a batch comes back short; returns the total.
-    async fn purge_in_batches(&self, sql: &str, now: Timestamp) -> Result<u64, StoreError> {
+    async fn purge_in_batches(
+        &self,
+        name: &'static str,
+        sql: &str,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let deleted = sqlx::query(sql)
-                .bind(now)
-                .bind(PURGE_BATCH)
-                .execute(&mut *self.writer().await?)
-                .await?
-                .rows_affected();
+            let deleted = statement(
+                name,
+                sqlx::query(sql)
+                    .bind(now)
+                    .bind(PURGE_BATCH)
+                    .execute(&mut *self.writer().await?),
+            )
+            .await?
+            .rows_affected();
             total += deleted;
             if deleted < PURGE_BATCH as u64 {
                 return Ok(total);
@@ -173,9 +187,11 @@ impl SqlStore {
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&mut *self.reader().await?)
-            .await?;
+        statement(
+            "ping",
+            sqlx::query("SELECT 1").execute(&mut *self.reader().await?),
+        )
+        .await?;
         Ok(())
     }
 
@@ -199,22 +215,25 @@ impl Store for SqlStore {
     }
 
     async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(
+        let row = statement("select_session", sqlx::query(
             "SELECT id_hmac, key, user_id, expires_at FROM sessions WHERE id_hmac = $1 AND expires_at > $2",
         )
         .bind(id_hmac)
         .bind(now)
-        .fetch_optional(&mut *self.reader().await?)
+        .fetch_optional(&mut *self.reader().await?))
         .await?;
         Ok(row.as_ref().map(session_from_row).transpose()?)
     }
 
     async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET expires_at = $2 WHERE id_hmac = $1")
-            .bind(id_hmac)
-            .bind(expires_at)
-            .execute(&mut *self.writer().await?)
-            .await?;
+        statement(
+            "touch_session",
+            sqlx::query("UPDATE sessions SET expires_at = $2 WHERE id_hmac = $1")
+                .bind(id_hmac)
+                .bind(expires_at)
+                .execute(&mut *self.writer().await?),
+        )
+        .await?;
         Ok(())
     }
 
@@ -258,8 +277,12 @@ impl Store for SqlStore {
         .bind(&session.id_hmac)
         .bind(url_for(PushTopic::Calls))
         .bind(url_for(PushTopic::Rooms));
-        self.write_forgetting(statement, Forget::PushUrls(session.user_id.clone()))
-            .await?;
+        self.write_forgetting(
+            "update_push_urls",
+            statement,
+            Forget::PushUrls(session.user_id.clone()),
+        )
+        .await?;
         Ok(())
     }
 
@@ -268,8 +291,12 @@ impl Store for SqlStore {
             "UPDATE sessions SET calls_push_url = NULL, rooms_push_url = NULL WHERE id_hmac = $1",
         )
         .bind(&session.id_hmac);
-        self.write_forgetting(statement, Forget::PushUrls(session.user_id.clone()))
-            .await?;
+        self.write_forgetting(
+            "delete_push_urls",
+            statement,
+            Forget::PushUrls(session.user_id.clone()),
+        )
+        .await?;
         Ok(())
     }
 
@@ -282,13 +309,16 @@ impl Store for SqlStore {
         // DISTINCT: a device that registered again under a new session must
         // not be notified twice.
         let column = topic.column();
-        Ok(sqlx::query_scalar(&format!(
-            "SELECT DISTINCT {column} FROM sessions \
+        Ok(statement(
+            "select_push_urls",
+            sqlx::query_scalar(&format!(
+                "SELECT DISTINCT {column} FROM sessions \
              WHERE user_id = $1 AND expires_at > $2 AND {column} IS NOT NULL ORDER BY {column}"
-        ))
-        .bind(user_id)
-        .bind(now)
-        .fetch_all(&mut *self.reader().await?)
+            ))
+            .bind(user_id)
+            .bind(now)
+            .fetch_all(&mut *self.reader().await?),
+        )
         .await?)
     }
 
@@ -304,11 +334,14 @@ impl Store for SqlStore {
             return Ok(Some(cached));
         }
         let read_in = self.cache.generation();
-        let row = sqlx::query(&format!(
-            "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE token = $1"
-        ))
-        .bind(token)
-        .fetch_optional(&mut *self.reader().await?)
+        let row = statement(
+            "select_call_url",
+            sqlx::query(&format!(
+                "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE token = $1"
+            ))
+            .bind(token)
+            .fetch_optional(&mut *self.reader().await?),
+        )
         .await?;
         let found = row.as_ref().map(call_url_from_row).transpose()?;
         if let Some(call_url) = &found {
@@ -331,7 +364,7 @@ impl Store for SqlStore {
         let read_in = self.cache.generation();
         // One row per push URL, or one with a NULL push URL.
         let column = topic.column();
-        let rows = sqlx::query(&format!(
+        let rows = statement("select_call_url_with_push_urls", sqlx::query(&format!(
             "SELECT u.token, u.user_id, u.caller_id, u.issuer, u.subject, u.created_at, u.expires_at, \
              s.{column} AS push_url, s.expires_at AS push_url_expires_at \
              FROM call_urls u LEFT JOIN sessions s \
@@ -340,7 +373,7 @@ impl Store for SqlStore {
         ))
         .bind(token)
         .bind(now)
-        .fetch_all(&mut *self.reader().await?)
+        .fetch_all(&mut *self.reader().await?))
         .await?;
         let Some(first) = rows.first() else {
             return Ok(None);
@@ -364,13 +397,16 @@ impl Store for SqlStore {
     }
 
     async fn call_urls(&self, user_id: &str, now: Timestamp) -> Result<Vec<CallUrl>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE user_id = $1 AND expires_at > $2 \
+        let rows = statement(
+            "select_call_urls",
+            sqlx::query(&format!(
+                "SELECT {CALL_URL_COLUMNS} FROM call_urls WHERE user_id = $1 AND expires_at > $2 \
              ORDER BY created_at, token"
-        ))
-        .bind(user_id)
-        .bind(now)
-        .fetch_all(&mut *self.reader().await?)
+            ))
+            .bind(user_id)
+            .bind(now)
+            .fetch_all(&mut *self.reader().await?),
+        )
         .await?;
         Ok(rows
             .iter()
@@ -397,7 +433,11 @@ impl Store for SqlStore {
         .bind(&update.subject)
         .bind(update.expires_at);
         let updated = self
-            .write_forgetting(statement, Forget::CallUrl(token.to_string()))
+            .write_forgetting(
+                "update_call_url",
+                statement,
+                Forget::CallUrl(token.to_string()),
+            )
             .await?;
         Ok(updated > 0)
     }
@@ -407,7 +447,11 @@ impl Store for SqlStore {
             .bind(token)
             .bind(user_id);
         let deleted = self
-            .write_forgetting(statement, Forget::CallUrl(token.to_string()))
+            .write_forgetting(
+                "delete_call_url",
+                statement,
+                Forget::CallUrl(token.to_string()),
+            )
             .await?;
         Ok(deleted > 0)
     }
@@ -425,14 +469,14 @@ impl Store for SqlStore {
         version: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Call>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = statement("select_calls", sqlx::query(&format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE user_id = $1 AND created_at >= $2 AND expires_at > $3 \
              AND state <> 'terminated' ORDER BY created_at, call_id"
         ))
         .bind(user_id)
         .bind(version)
         .bind(now)
-        .fetch_all(&mut *self.reader().await?)
+        .fetch_all(&mut *self.reader().await?))
         .await?;
         Ok(rows.iter().map(call_from_row).collect::<Result<_, _>>()?)
     }
@@ -441,11 +485,14 @@ impl Store for SqlStore {
         &self,
         call_id: &str,
     ) -> Result<Option<(Call, CallProgress)>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {CALL_COLUMNS}, {PROGRESS_COLUMNS} FROM calls WHERE call_id = $1"
-        ))
-        .bind(call_id)
-        .fetch_optional(&mut *self.reader().await?)
+        let row = statement(
+            "select_call_progress",
+            sqlx::query(&format!(
+                "SELECT {CALL_COLUMNS}, {PROGRESS_COLUMNS} FROM calls WHERE call_id = $1"
+            ))
+            .bind(call_id)
+            .fetch_optional(&mut *self.reader().await?),
+        )
         .await?;
         Ok(row
             .map(|row| Ok::<_, sqlx::Error>((call_from_row(&row)?, progress_from_row(&row)?)))
@@ -479,7 +526,11 @@ impl Store for SqlStore {
         match (self.backend, announce) {
             (Backend::Postgres, Some(announce)) => {
                 let mut tx = conn.begin().await?;
-                if update.execute(&mut *tx).await?.rows_affected() == 0 {
+                if statement("update_call_progress", update.execute(&mut *tx))
+                    .await?
+                    .rows_affected()
+                    == 0
+                {
                     return Ok(false);
                 }
                 crate::bus::notify(&mut tx, announce.topic, announce.message).await?;
@@ -487,7 +538,11 @@ impl Store for SqlStore {
                 Ok(true)
             }
             (_, announce) => {
-                if update.execute(&mut *conn).await?.rows_affected() == 0 {
+                if statement("update_call_progress", update.execute(&mut *conn))
+                    .await?
+                    .rows_affected()
+                    == 0
+                {
                     return Ok(false);
                 }
                 // Still holding SQLite's one writer: the next transition of
@@ -498,6 +553,10 @@ impl Store for SqlStore {
                 Ok(true)
             }
         }
+    }
+
+    fn gauges(&self) -> super::StoreGauges {
+        self.gauges()
     }
 
     fn bus(&self) -> &crate::bus::Bus {
@@ -552,7 +611,7 @@ impl Store for SqlStore {
                 "DELETE FROM call_urls WHERE user_id = $1",
                 "DELETE FROM calls WHERE user_id = $1",
             ] {
-                sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+                statement("delete_user", sqlx::query(sql).bind(user_id).execute(&mut *tx)).await?;
             }
             if self.backend == Backend::Postgres {
                 crate::bus::notify(&mut tx, INVALIDATION_TOPIC, &forget.to_message()).await?;
@@ -591,7 +650,11 @@ impl Store for SqlStore {
             .bind(now - UNFINISHED_CALL_RETENTION_SECONDS)
             .bind(limit),
         };
-        let rows = query.fetch_all(&mut *self.writer().await?).await?;
+        let rows = statement(
+            "claim_ended_sessions",
+            query.fetch_all(&mut *self.writer().await?),
+        )
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(EndedSession {
@@ -608,6 +671,7 @@ impl Store for SqlStore {
         // A session's push URLs go with it; its nonces expire on their own.
         let mut total = self
             .purge_in_batches(
+                "purge_sessions",
                 "DELETE FROM sessions WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE expires_at <= $1 LIMIT $2)",
                 now,
             )
@@ -615,6 +679,7 @@ impl Store for SqlStore {
         // `(a, b) IN (SELECT …)` row values: SQLite ≥ 3.15 and PostgreSQL.
         total += self
             .purge_in_batches(
+                "purge_nonces",
                 "DELETE FROM hawk_nonces WHERE (id_hmac, nonce) IN \
                  (SELECT id_hmac, nonce FROM hawk_nonces WHERE expires_at <= $1 LIMIT $2)",
                 now,
@@ -622,6 +687,7 @@ impl Store for SqlStore {
             .await?;
         total += self
             .purge_in_batches(
+                "purge_call_urls",
                 "DELETE FROM call_urls WHERE token IN (SELECT token FROM call_urls WHERE expires_at <= $1 LIMIT $2)",
                 now - EXPIRED_CALL_URL_RETENTION_SECONDS,
             )
@@ -630,6 +696,7 @@ impl Store for SqlStore {
         // outlasts its listing); it goes once it has ended, or after a day.
         total += self
             .purge_in_batches(
+                "purge_ended_calls",
                 "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls WHERE expires_at <= $1 \
                  AND state = 'terminated' AND session_ended_at IS NOT NULL LIMIT $2)",
                 now,
@@ -637,12 +704,14 @@ impl Store for SqlStore {
             .await?;
         total += self
             .purge_in_batches(
+                "purge_unfinished_calls",
                 "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls WHERE expires_at <= $1 LIMIT $2)",
                 now - UNFINISHED_CALL_RETENTION_SECONDS,
             )
             .await?;
         total += self
             .purge_in_batches(
+                "purge_bus_messages",
                 "DELETE FROM bus_messages WHERE id IN (SELECT id FROM bus_messages WHERE created_at <= $1 LIMIT $2)",
                 now - crate::bus::STORED_MESSAGE_SECONDS,
             )

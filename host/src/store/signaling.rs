@@ -11,6 +11,7 @@
 use sqlx::{AnyConnection, Connection, Row};
 
 use super::{Announcement, Backend, SqlStore, StoreError, Timestamp};
+use crate::telemetry::statement;
 
 /// How many identities a session holds.
 pub const SEATS_PER_SESSION: usize = 2;
@@ -61,11 +62,14 @@ impl SqlStore {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
         self.lock_session(&mut tx, seat.session_id).await?;
-        let rows = sqlx::query(
-            "SELECT identity, socket_id, seen_at FROM signaling_seats WHERE session_id = $1",
+        let rows = statement(
+            "select_signaling_seats",
+            sqlx::query(
+                "SELECT identity, socket_id, seen_at FROM signaling_seats WHERE session_id = $1",
+            )
+            .bind(seat.session_id)
+            .fetch_all(&mut *tx),
         )
-        .bind(seat.session_id)
-        .fetch_all(&mut *tx)
         .await?;
         let mut mine = false;
         let mut live = Vec::new();
@@ -91,11 +95,14 @@ impl SqlStore {
             return Ok(SeatTaken::Full);
         }
         for stale in &swept {
-            sqlx::query("DELETE FROM signaling_seats WHERE session_id = $1 AND identity = $2")
-                .bind(&stale.session_id)
-                .bind(&stale.identity)
-                .execute(&mut *tx)
-                .await?;
+            statement(
+                "sweep_signaling_seat",
+                sqlx::query("DELETE FROM signaling_seats WHERE session_id = $1 AND identity = $2")
+                    .bind(&stale.session_id)
+                    .bind(&stale.identity)
+                    .execute(&mut *tx),
+            )
+            .await?;
         }
         let write = if mine {
             "UPDATE signaling_seats SET socket_id = $3, instance_id = $4, seen_at = $5 \
@@ -104,14 +111,17 @@ impl SqlStore {
             "INSERT INTO signaling_seats (session_id, identity, socket_id, instance_id, seen_at) \
              VALUES ($1, $2, $3, $4, $5)"
         };
-        sqlx::query(write)
-            .bind(seat.session_id)
-            .bind(seat.identity)
-            .bind(seat.socket_id)
-            .bind(seat.instance_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        statement(
+            "take_signaling_seat",
+            sqlx::query(write)
+                .bind(seat.session_id)
+                .bind(seat.identity)
+                .bind(seat.socket_id)
+                .bind(seat.instance_id)
+                .bind(now)
+                .execute(&mut *tx),
+        )
+        .await?;
         self.commit_announcing(tx, announce).await?;
         Ok(SeatTaken::Joined {
             peer: live.pop(),
@@ -131,7 +141,7 @@ impl SqlStore {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
         self.lock_session(&mut tx, &seat.session_id).await?;
-        let deleted = sqlx::query(
+        let deleted = statement("leave_signaling_seat", sqlx::query(
             "DELETE FROM signaling_seats WHERE session_id = $1 AND identity = $2 AND socket_id = $3 \
              AND seen_at < $4",
         )
@@ -139,7 +149,7 @@ impl SqlStore {
         .bind(&seat.identity)
         .bind(&seat.socket_id)
         .bind(stale_before.unwrap_or(Timestamp::MAX))
-        .execute(&mut *tx)
+        .execute(&mut *tx))
         .await?
         .rows_affected();
         if deleted == 0 {
@@ -156,14 +166,15 @@ impl SqlStore {
         instance_id: &str,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        Ok(
+        Ok(statement(
+            "refresh_signaling_seats",
             sqlx::query("UPDATE signaling_seats SET seen_at = $1 WHERE instance_id = $2")
                 .bind(now)
                 .bind(instance_id)
-                .execute(&mut *self.writer().await?)
-                .await?
-                .rows_affected(),
+                .execute(&mut *self.writer().await?),
         )
+        .await?
+        .rows_affected())
     }
 
     /// Up to `limit` seats last refreshed before `stale_before`.
@@ -172,12 +183,12 @@ impl SqlStore {
         stale_before: Timestamp,
         limit: i64,
     ) -> Result<Vec<SeatRow>, StoreError> {
-        let rows = sqlx::query(
+        let rows = statement("stale_signaling_seats", sqlx::query(
             "SELECT session_id, identity, socket_id FROM signaling_seats WHERE seen_at < $1 LIMIT $2",
         )
         .bind(stale_before)
         .bind(limit)
-        .fetch_all(&mut *self.reader().await?)
+        .fetch_all(&mut *self.reader().await?))
         .await?;
         Ok(rows
             .iter()
@@ -201,11 +212,11 @@ impl SqlStore {
         if self.backend == Backend::Postgres {
             // In a subquery: the Any driver cannot read `void`. A hash
             // collision only serializes two sessions' joins, harmlessly.
-            sqlx::query(
+            statement("lock_signaling_session", sqlx::query(
                 "SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked",
             )
             .bind(session_id)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut *conn))
             .await?;
         }
         Ok(())
