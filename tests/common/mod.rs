@@ -163,6 +163,8 @@ pub struct TestServer {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// `http://127.0.0.1:PORT/__metrics__` when `server.metrics_listen` is set.
+    pub metrics_url: Option<String>,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     /// The database this server (and its siblings) use.
@@ -362,6 +364,7 @@ impl TestServer {
         // Take the new child and URL; keep our database and tempdir.
         std::mem::swap(&mut self.child, &mut fresh.child);
         self.url = std::mem::take(&mut fresh.url);
+        self.metrics_url = fresh.metrics_url.take();
     }
 
     pub fn endpoint(&self, path: &str) -> String {
@@ -372,7 +375,8 @@ impl TestServer {
 /// A `loop-server` process spawned, not yet known to listen.
 struct Launched {
     child: Child,
-    listening: std::sync::mpsc::Receiver<String>,
+    /// The listening URL, with the metrics URL printed before it, if any.
+    listening: std::sync::mpsc::Receiver<(String, Option<String>)>,
     config_path: PathBuf,
     log_path: PathBuf,
     dir: PathBuf,
@@ -411,9 +415,13 @@ impl Launched {
         let (tx, listening) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
+            let mut metrics_url = None;
             while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("loop-server metrics on ") {
+                    metrics_url = Some(url.to_string());
+                }
                 if let Some(url) = line.strip_prefix("loop-server listening on ") {
-                    let _ = tx.send(url.to_string());
+                    let _ = tx.send((url.to_string(), metrics_url.take()));
                 }
             }
         });
@@ -429,8 +437,8 @@ impl Launched {
 
     /// The server once it listens; panics with its log if it does not.
     fn wait(mut self) -> TestServer {
-        let url = match self.listening.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
+        let (url, metrics_url) = match self.listening.recv_timeout(Duration::from_secs(60)) {
+            Ok(urls) => urls,
             Err(_) => {
                 let _ = self.child.kill();
                 panic!(
@@ -442,6 +450,7 @@ impl Launched {
         TestServer {
             child: self.child,
             url,
+            metrics_url,
             dir: self.dir,
             config_path: self.config_path,
             database_url: self.database_url,
