@@ -18,6 +18,7 @@ mod plugin_languages;
 mod progress;
 mod provider_choice;
 mod providers;
+mod rate_limits;
 mod registration;
 mod signaling;
 mod store;

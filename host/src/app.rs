@@ -11,6 +11,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::domain::ice::Ice;
 use crate::domain::signaling::Relay;
+use crate::limits::Limits;
 use crate::net::Net;
 use crate::providers::ProviderRuntime;
 use crate::push::Push;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub ice: Arc<Ice>,
     /// This instance's part in the signaling relay.
     pub signaling: Arc<Relay>,
+    /// Rate limits; `Limits::reconfigure` applies a reloaded `[rate_limits]`.
+    pub limits: Arc<Limits>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -85,6 +88,7 @@ impl Server {
         let auth = Arc::new(Auth::new(&config, &secrets, &net)?);
         let push = Arc::new(Push::new(&config, &net)?);
         let ice = Arc::new(Ice::new(&config, &secrets)?);
+        let limits = Arc::new(Limits::new(&config.rate_limits));
         let state = AppState(Arc::new(Shared {
             config: Arc::new(config),
             public_url,
@@ -95,6 +99,7 @@ impl Server {
             net,
             ice,
             signaling: Arc::new(Relay::new()),
+            limits,
         }));
         let router = crate::api::router(state.clone());
         Ok(Self {
@@ -119,6 +124,7 @@ impl Server {
         let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config);
         let seats = crate::domain::signaling::spawn_keeper(&self.state);
         let session_ends = crate::domain::calls::spawn_session_end_sweep(self.state.clone());
+        let limits_pruner = crate::limits::spawn_pruner(self.state.limits.clone());
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
         tracing::info!(
@@ -138,6 +144,7 @@ impl Server {
         purge.abort();
         seats.abort();
         session_ends.abort();
+        limits_pruner.abort();
         Ok(())
     }
 }
