@@ -19,6 +19,7 @@ mod plugin_languages;
 mod progress;
 mod provider_choice;
 mod providers;
+mod rate_limits;
 mod registration;
 mod signaling;
 mod store;

@@ -290,6 +290,98 @@ async fn the_verifier_reaches_a_private_address_only_with_fxa_allow_private() {
     }
 }
 
+/// Two lookup slots, two lookups hanging on a DNS server that never
+/// answers: other registrations go on, a third lookup is refused at once
+/// (503/201, to retry) rather than queueing behind them, and the slots come
+/// back when the hanging lookups time out.
+#[tokio::test]
+async fn hanging_name_lookups_are_bounded_and_hold_up_no_other_registration() {
+    let (dns, push) = (FakeDns::start().await, FakePush::start().await);
+    let (slow, fast) = ("slow.example.test", "fast.example.test");
+    dns.silence(slow);
+    dns.set(fast, &[PUBLIC]);
+    let (slow_origin, fast_origin) = (origin_on(slow, &push), origin_on(fast, &push));
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: format!(
+            "[net]\nresolver = {:?}\nmax_concurrent_lookups = 2\n\n\
+             [push]\nallowed_origins = [{slow_origin:?}, {fast_origin:?}, {:?}]\n\n",
+            dns.addr, push.origin
+        ),
+        ..ServerOptions::default()
+    })
+    .await;
+    let server = Arc::new(server);
+
+    let hanging: Vec<_> = (0..2)
+        .map(|i| {
+            let server = server.clone();
+            let url = format!("{slow_origin}/push/{i}");
+            tokio::spawn(async move { register(&server, &url).await })
+        })
+        .collect();
+    // Both lookups have reached the DNS server (a hang guard, not a timing).
+    for _ in 0..500 {
+        if dns.queries_for(slow) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(dns.queries_for(slow) >= 2, "the slow lookups never started");
+
+    // A push URL needing no lookup, and no push URL at all: served.
+    let (status, error) = register(&server, &format!("{}/push/literal", push.origin)).await;
+    assert_eq!(status, 200, "{error}");
+    let (status, error) = {
+        let response = client()
+            .post(server.endpoint("/registration"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(status, 200, "{error}");
+
+    // A third lookup: no slot, refused without waiting for the hanging ones.
+    let response = client()
+        .post(server.endpoint("/registration"))
+        .json(&json!({"simplePushURLs": {"calls": format!("{fast_origin}/push/fast")}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["errno"], 201, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("net.max_concurrent_lookups"),
+        "{error}"
+    );
+    assert!(
+        hanging.iter().all(|lookup| !lookup.is_finished()),
+        "refused only after the hanging lookups ended"
+    );
+    assert_eq!(dns.queries_for(fast), 0, "the third name was not looked up");
+
+    // The hanging lookups time out; their slots serve the next one.
+    for lookup in hanging {
+        let (status, error) = lookup.await.unwrap();
+        assert_eq!((status, &error["errno"]), (400, &json!(107)), "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not resolve"),
+            "{error}"
+        );
+    }
+    let (status, error) = register(&server, &format!("{fast_origin}/push/fast")).await;
+    assert_eq!(status, 200, "{error}");
+}
+
 #[test]
 fn bad_net_keys_are_configuration_errors_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -115,8 +115,10 @@ pub struct ConfigInputs<'a> {
 }
 
 /// The config an operator would write for this host, plus what the bench
-/// needs: the sink's origin allowed for push URLs, and calls kept listed for
-/// the whole run so that the listing user keeps its few calls.
+/// needs: the sink's origin allowed for push URLs, calls kept listed for
+/// the whole run so that the listing user keeps its few calls, and rate
+/// limits on (their checks are part of what is measured) but set far above
+/// what wrk sends from its one address, so that none triggers.
 pub fn write_config(inputs: &ConfigInputs<'_>) -> anyhow::Result<PathBuf> {
     let toml = format!(
         r#"[server]
@@ -128,6 +130,16 @@ url = {database_url:?}
 
 [calls]
 duration_seconds = 86400
+
+[rate_limits]
+enabled = true
+max_tracked_keys = 1000000
+registration_per_ip = {{ per_minute = 60000000, burst = 1000000 }}
+call_urls_per_session = {{ per_minute = 60000000, burst = 1000000 }}
+call_urls_per_ip = {{ per_minute = 60000000, burst = 1000000 }}
+calls_per_call_url = {{ per_minute = 60000000, burst = 1000000 }}
+calls_per_ip = {{ per_minute = 60000000, burst = 1000000 }}
+failed_auth_per_ip = {{ per_minute = 60000000, burst = 1000000 }}
 
 [push]
 allowed_origins = [{push_origin:?}]

@@ -12,6 +12,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::domain::ice::Ice;
 use crate::domain::signaling::Relay;
+use crate::limits::Limits;
 use crate::net::Net;
 use crate::providers::ProviderRuntime;
 use crate::push::Push;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub ice: Arc<Ice>,
     /// This instance's part in the signaling relay.
     pub signaling: Arc<Relay>,
+    /// Rate limits; `Limits::reconfigure` applies a reloaded `[rate_limits]`.
+    pub limits: Arc<Limits>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -96,6 +99,7 @@ impl Server {
         let auth = Arc::new(Auth::new(&config, &secrets, &net)?);
         let push = Arc::new(Push::new(&config, &net)?);
         let ice = Arc::new(Ice::new(&config, &secrets)?);
+        let limits = Arc::new(Limits::new(&config.rate_limits));
         let state = AppState(Arc::new(Shared {
             config: Arc::new(config),
             public_url,
@@ -106,6 +110,7 @@ impl Server {
             net,
             ice,
             signaling: Arc::new(Relay::new()),
+            limits,
         }));
         let router = crate::api::router(state.clone());
         Ok(Self {
@@ -147,6 +152,7 @@ impl Server {
             }
             None => None,
         };
+        let limits_pruner = crate::limits::spawn_pruner(self.state.limits.clone());
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
         tracing::info!(
@@ -169,6 +175,7 @@ impl Server {
         if let Some(metrics) = metrics {
             metrics.abort();
         }
+        limits_pruner.abort();
         Ok(())
     }
 }

@@ -26,6 +26,7 @@ pub struct Config {
     pub cors: CorsConfig,
     pub fxa: FxaConfig,
     pub net: NetConfig,
+    pub rate_limits: RateLimitsConfig,
     pub providers: ProvidersConfig,
     pub plugins: BTreeMap<String, PluginConfig>,
     pub secrets: SecretsConfig,
@@ -166,13 +167,65 @@ pub struct FxaConfig {
     pub allow_private: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetConfig {
     /// The DNS server (`IP` or `IP:PORT`; UDP, then TCP) that resolves the
-    /// host names of outbound requests. Unset: the system resolver.
+    /// host names of outbound requests. Unset: the system's configuration
+    /// (`/etc/resolv.conf`, `/etc/hosts`).
     pub resolver: Option<String>,
+    /// Host name lookups under way at once. One more waits briefly for a
+    /// free slot, then fails (503/201 at registration), so names that
+    /// resolve slowly cannot pile up lookups without bound.
+    pub max_concurrent_lookups: usize,
 }
+
+/// Per-client budgets (`[rate_limits]` in `config.toml`), each a token bucket
+/// per key, counted by each instance on its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    pub enabled: bool,
+    /// The header a trusted reverse proxy appends the client's address to
+    /// (`X-Forwarded-For`); its right-most entry is the client. Unset: the
+    /// TCP peer's address.
+    pub client_ip_header: Option<String>,
+    /// Keys (client networks, sessions, call URLs) each budget tracks at
+    /// most; a new key past this is refused until idle ones are pruned.
+    pub max_tracked_keys: usize,
+    /// `POST /registration`, per client IP (IPv6: per /64).
+    pub registration_per_ip: Rate,
+    /// `POST /call-url`, per Hawk session.
+    pub call_urls_per_session: Rate,
+    /// `POST /call-url`, per client IP.
+    pub call_urls_per_ip: Rate,
+    /// `POST /calls/{token}`, per call URL: how often one link rings its owner.
+    pub calls_per_call_url: Rate,
+    /// `POST /calls/{token}`, per client IP.
+    pub calls_per_ip: Rate,
+    /// Failed Hawk or BrowserID authentications, per client IP; past it every
+    /// authenticated request from that IP is refused before it is checked.
+    pub failed_auth_per_ip: Rate,
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub const fn new(per_minute: u32, burst: u32) -> Self {
+        Self { per_minute, burst }
+    }
+}
+
+/// Largest `per_minute` of a rate: one request per microsecond.
+pub const MAX_RATE_PER_MINUTE: u32 = 60_000_000;
+/// Largest `net.max_concurrent_lookups`.
+pub const MAX_CONCURRENT_LOOKUPS: usize = 4096;
 
 /// Server secrets given by the operator, each 32 bytes as 64 hex digits, for
 /// deployments where instances do not share a data directory (containers,
@@ -384,6 +437,72 @@ impl Default for PushConfig {
     }
 }
 
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            resolver: None,
+            max_concurrent_lookups: 64,
+        }
+    }
+}
+
+/// Generous enough for real clients (a household or an office behind one
+/// address, a client retrying a few times), tight enough that one address
+/// cannot flood storage, providers or someone's devices. See `config.toml`.
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            client_ip_header: None,
+            max_tracked_keys: 100_000,
+            registration_per_ip: Rate::new(60, 120),
+            call_urls_per_session: Rate::new(30, 60),
+            call_urls_per_ip: Rate::new(120, 240),
+            calls_per_call_url: Rate::new(6, 20),
+            calls_per_ip: Rate::new(60, 120),
+            failed_auth_per_ip: Rate::new(30, 60),
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    /// The budgets by key, for validation and for the limiter.
+    pub fn rates(&self) -> [(&'static str, Rate); 6] {
+        [
+            ("registration_per_ip", self.registration_per_ip),
+            ("call_urls_per_session", self.call_urls_per_session),
+            ("call_urls_per_ip", self.call_urls_per_ip),
+            ("calls_per_call_url", self.calls_per_call_url),
+            ("calls_per_ip", self.calls_per_ip),
+            ("failed_auth_per_ip", self.failed_auth_per_ip),
+        ]
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        for (key, rate) in self.rates() {
+            anyhow::ensure!(
+                (1..=MAX_RATE_PER_MINUTE).contains(&rate.per_minute),
+                "rate_limits.{key}.per_minute: must be between 1 and {MAX_RATE_PER_MINUTE}"
+            );
+            anyhow::ensure!(
+                rate.burst >= 1,
+                "rate_limits.{key}.burst: must be at least 1"
+            );
+        }
+        anyhow::ensure!(
+            self.max_tracked_keys >= 1,
+            "rate_limits.max_tracked_keys: must be at least 1"
+        );
+        if let Some(header) = &self.client_ip_header {
+            anyhow::ensure!(
+                http::HeaderName::from_bytes(header.trim().as_bytes()).is_ok(),
+                "rate_limits.client_ip_header: {header:?} is not a header name like X-Forwarded-For"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for ProvidersConfig {
     fn default() -> Self {
         Self {
@@ -444,6 +563,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "cors",
     "fxa",
     "net",
+    "rate_limits",
     "providers",
     "plugins",
     "secrets",
@@ -638,6 +758,11 @@ impl Config {
         }
         self.ice.check()?;
         self.net.resolver_addr()?;
+        anyhow::ensure!(
+            (1..=MAX_CONCURRENT_LOOKUPS).contains(&self.net.max_concurrent_lookups),
+            "net.max_concurrent_lookups: must be between 1 and {MAX_CONCURRENT_LOOKUPS}"
+        );
+        self.rate_limits.check()?;
         self.check_provider_tables()?;
         anyhow::ensure!(
             (1..=MAX_PROVIDER_COOLDOWN_SECONDS).contains(&self.providers.cooldown_seconds),

@@ -60,6 +60,15 @@ pub enum AppError {
     Expired(String),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// A rate limit (`rate_limits.<budget>`) refused the request: 429 with
+    /// `Retry-After`. Errno 999: Mozilla's server has no errno for it (its
+    /// 429s came from the load balancer in front, with only Retry-After), and
+    /// its 121 (CLIENT_REACHED_CAPACITY) means a full room, not too many requests.
+    #[error("too many requests (rate_limits.{budget}); retry after {retry_after_seconds} s")]
+    TooManyRequests {
+        budget: &'static str,
+        retry_after_seconds: u64,
+    },
     /// Storage, provider or another dependency failed; the client may retry.
     #[error("{0}")]
     Backend(String),
@@ -99,6 +108,7 @@ impl AppError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Expired(_) => StatusCode::GONE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,7 +124,7 @@ impl AppError {
             Self::Expired(_) => Errno::Expired,
             Self::TooLarge(_) => Errno::RequestTooLarge,
             Self::Backend(_) => Errno::Backend,
-            Self::Internal(_) => Errno::Undefined,
+            Self::TooManyRequests { .. } | Self::Internal(_) => Errno::Undefined,
         }
     }
 }
@@ -151,6 +161,15 @@ impl IntoResponse for AppError {
             }
             Self::Backend(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            Self::TooManyRequests {
+                retry_after_seconds,
+                ..
+            } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_seconds.max(1)),
+                );
             }
             _ => {}
         }

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod limits;
 pub mod net;
 pub mod providers;
 pub mod push;

@@ -1,9 +1,10 @@
 //! A fake DNS server on 127.0.0.1:0 (UDP), for `net.resolver`: it answers A
 //! queries from a table the test changes at will, with TTL 0, so that the
 //! server under test sees every change at its next lookup (DNS rebinding).
-//! Other names get NXDOMAIN; other record types an empty answer.
+//! Other names get NXDOMAIN; other record types an empty answer; names
+//! [`FakeDns::silence`]d get no answer at all (a DNS server that hangs).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,8 @@ use tokio::net::UdpSocket;
 #[derive(Default)]
 struct Zone {
     records: HashMap<String, Vec<Ipv4Addr>>,
+    /// Names whose queries are never answered.
+    silent: HashSet<String>,
     /// Names asked for (A queries), in order.
     queries: Vec<String>,
 }
@@ -42,6 +45,16 @@ impl FakeDns {
             .unwrap()
             .records
             .insert(name.to_ascii_lowercase(), ips.to_vec());
+    }
+
+    /// From now on queries for `name` get no answer: the resolver waits
+    /// until it gives up.
+    pub fn silence(&self, name: &str) {
+        self.zone
+            .lock()
+            .unwrap()
+            .silent
+            .insert(name.to_ascii_lowercase());
     }
 
     /// How many A queries for `name` arrived so far.
@@ -72,14 +85,16 @@ async fn serve(socket: UdpSocket, zone: Arc<Mutex<Zone>>) {
         let Ok(query) = Message::from_vec(&buffer[..len]) else {
             continue;
         };
-        let reply = answer(&query, &zone);
+        let Some(reply) = answer(&query, &zone) else {
+            continue;
+        };
         if let Ok(bytes) = reply.to_vec() {
             let _ = socket.send_to(&bytes, peer).await;
         }
     }
 }
 
-fn answer(query: &Message, zone: &Mutex<Zone>) -> Message {
+fn answer(query: &Message, zone: &Mutex<Zone>) -> Option<Message> {
     let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
     reply.metadata.message_type = MessageType::Response;
     reply.metadata.authoritative = true;
@@ -93,6 +108,12 @@ fn answer(query: &Message, zone: &Mutex<Zone>) -> Message {
             .to_ascii()
             .trim_end_matches('.')
             .to_ascii_lowercase();
+        if zone.silent.contains(&name) {
+            if question.query_type() == RecordType::A {
+                zone.queries.push(name);
+            }
+            return None;
+        }
         let Some(ips) = zone.records.get(&name).cloned() else {
             reply.metadata.response_code = ResponseCode::NXDomain;
             continue;
@@ -109,5 +130,5 @@ fn answer(query: &Message, zone: &Mutex<Zone>) -> Message {
             ));
         }
     }
-    reply
+    Some(reply)
 }

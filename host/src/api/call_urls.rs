@@ -11,6 +11,7 @@ use crate::app::AppState;
 use crate::auth::Authenticated;
 use crate::domain::call_urls::{self, CallUrlFields};
 use crate::error::{AppResult, LoopJson};
+use crate::limits::ClientIp;
 use crate::store::Timestamp;
 
 pub fn routes() -> Router<AppState> {
@@ -73,9 +74,11 @@ struct UpdatedCallUrl {
 
 async fn create(
     State(state): State<AppState>,
+    client: ClientIp,
     Authenticated { session }: Authenticated,
     LoopJson(body): LoopJson<CallUrlBody>,
 ) -> AppResult<Json<CreatedCallUrl>> {
+    state.limits.call_url_creation(client, &session.id_hmac)?;
     let (call_url, link) = call_urls::create(&state, &session.user_id, body.into()).await?;
     Ok(Json(CreatedCallUrl {
         call_url: link,

@@ -15,6 +15,7 @@ use crate::auth::Authenticated;
 use crate::domain::ice::IceServer;
 use crate::domain::{call_urls, calls};
 use crate::error::{AppError, AppResult, LoopJson};
+use crate::limits::ClientIp;
 use crate::providers::CallType;
 use crate::store::{Side, Timestamp};
 
@@ -128,9 +129,12 @@ async fn call_url_info(state: &AppState, token: &str) -> Response {
 /// `POST /calls/{token}`: Alice calls the owner of the call URL.
 async fn place(
     State(state): State<AppState>,
+    client: ClientIp,
     Path(token): Path<String>,
     LoopJson(body): LoopJson<PlaceCall>,
 ) -> AppResult<Json<PlacedCall>> {
+    // Each call rings the callee's devices and runs a provider plugin.
+    state.limits.call(client, &token)?;
     let call_type = match body.call_type.as_deref() {
         None => return Err(AppError::missing("callType")),
         Some("audio") => CallType::Audio,

@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::auth::{Authenticated, attach_session_token};
 use crate::domain::registration::{self, RequestedPushUrl};
 use crate::error::{AppError, AppResult, LoopJson};
+use crate::limits::ClientIp;
 use crate::store::PushTopic;
 
 pub fn routes() -> Router<AppState> {
@@ -87,10 +88,13 @@ fn requested_urls(
 
 async fn register(
     State(state): State<AppState>,
+    client: ClientIp,
     authenticated: Option<Authenticated>,
     query: Result<Query<RegistrationQuery>, axum::extract::rejection::QueryRejection>,
     body: Option<LoopJson<RegistrationBody>>,
 ) -> AppResult<Response> {
+    // Before any work: a registration may look up host names and create a session.
+    state.limits.registration(client)?;
     let Query(query) = query.map_err(|err| AppError::invalid("query", err.body_text()))?;
     let body = body.map(|LoopJson(body)| body).unwrap_or_default();
     let requested = requested_urls(body, query)?;

@@ -179,21 +179,19 @@ pub(super) async fn authenticate(
     next: Next,
 ) -> Response {
     let Some(verifier) = &state.auth.browserid else {
-        return AppError::Unauthorized("BrowserID is not enabled on this server; use Hawk".into())
-            .into_response();
+        return super::refused("BrowserID is not enabled on this server; use Hawk".into());
     };
     if assertion.is_empty()
         || assertion.len() > MAX_ASSERTION_LEN
         || assertion.contains(char::is_whitespace)
     {
-        return AppError::Unauthorized("malformed BrowserID assertion".into()).into_response();
+        return super::refused("malformed BrowserID assertion".into());
     }
     let identity = match verifier.verify(assertion).await {
         Ok(identity) => identity,
         Err(Failure::Refused(reason)) => {
             tracing::debug!(reason = %reason, "BrowserID authentication failed");
-            return AppError::Unauthorized(format!("BrowserID authentication failed: {reason}"))
-                .into_response();
+            return super::refused(format!("BrowserID authentication failed: {reason}"));
         }
         Err(Failure::Unavailable(reason)) => {
             tracing::warn!(reason = %reason, "BrowserID verifier failed");

@@ -34,7 +34,7 @@ fn is_session_id(id: &str) -> bool {
 
 fn unauthorized(reason: &str) -> Response {
     tracing::debug!(reason, "Hawk authentication failed");
-    AppError::Unauthorized(format!("Hawk authentication failed: {reason}")).into_response()
+    super::refused(format!("Hawk authentication failed: {reason}"))
 }
 
 /// The `hawk` crate turns `ts` into a `SystemTime` by addition, which panics

@@ -258,27 +258,60 @@ pub fn attach_session_token(response: &mut Response, token_hex: &str) {
 /// and `Authorization: BrowserID` requests (inserting [`Authenticated`]) and
 /// signs the responses to Hawk requests. Requests without `Authorization` pass
 /// through; endpoints that need a session reject them via the extractor.
+///
+/// An address past `rate_limits.failed_auth_per_ip` gets 429 before its
+/// credentials are looked at: a refused credential costs a session lookup
+/// (and for BrowserID a call to the verifier).
 pub async fn hawk_middleware(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        return next.run(request).await;
+    }
+    let client = state.limits.client(request.extensions(), request.headers());
+    if let Err(err) = state.limits.authentication_allowed(client) {
+        return err.into_response();
+    }
+    let response = authenticate(&state, request, next).await;
+    if response.extensions().get::<Refused>().is_some()
+        && let Err(err) = state.limits.authentication_failed(client)
+    {
+        return err.into_response();
+    }
+    response
+}
+
+/// Marks the response to a request whose credentials were refused, as
+/// opposed to one the handler answered.
+#[derive(Clone, Copy)]
+struct Refused;
+
+/// The 401 of refused credentials.
+fn refused(reason: String) -> Response {
+    let mut response = AppError::Unauthorized(reason).into_response();
+    response.extensions_mut().insert(Refused);
+    response
+}
+
+async fn authenticate(state: &AppState, request: Request, next: Next) -> Response {
     let Some(authorization) = request.headers().get(header::AUTHORIZATION) else {
         return next.run(request).await;
     };
     let Ok(authorization) = authorization.to_str() else {
-        return AppError::Unauthorized("malformed Authorization header".into()).into_response();
+        return refused("malformed Authorization header".into());
     };
     let authorization = authorization.trim();
     let (scheme, params) = authorization.split_once(' ').unwrap_or((authorization, ""));
     if scheme.eq_ignore_ascii_case("hawk") {
         let params = params.to_string();
-        hawk::authenticate(&state, &params, request, next).await
+        hawk::authenticate(state, &params, request, next).await
     } else if scheme.eq_ignore_ascii_case("browserid") {
         let assertion = params.trim().to_string();
-        browserid::authenticate(&state, &assertion, request, next).await
+        browserid::authenticate(state, &assertion, request, next).await
     } else {
-        AppError::Unauthorized("unsupported authorization scheme; use Hawk".into()).into_response()
+        refused("unsupported authorization scheme; use Hawk".into())
     }
 }
 

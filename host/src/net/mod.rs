@@ -31,12 +31,18 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tokio::sync::Semaphore;
 
 use self::addr::{is_local_name, is_public_ip};
 use crate::config::{FxaConfig, NetConfig, PluginConfig, PushConfig};
 
 /// A host name that does not resolve within this time is refused.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a lookup waits for one of `net.max_concurrent_lookups` slots
+/// before it is refused as [`Refused::Busy`]: long enough to ride out a burst
+/// of fast lookups, short enough that a pile-up of slow ones fails fast.
+const LOOKUP_SLOT_WAIT: Duration = Duration::from_millis(250);
 
 /// How long a client waits for a TCP/TLS connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,6 +105,9 @@ impl Policy {
 pub enum Refused {
     /// The name resolved to nothing, or not in time.
     Unresolved { host: String },
+    /// `net.max_concurrent_lookups` lookups were already under way: the
+    /// name was not looked up at all, and may resolve on a retry.
+    Busy { host: String },
     /// The name names this machine, or resolved to an address the policy
     /// does not permit (at a check: any such answer; at connection time: all).
     NotPermitted { host: String, scope: String },
@@ -108,6 +117,10 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refused::Unresolved { host } => write!(f, "{host} does not resolve"),
+            Refused::Busy { host } => write!(
+                f,
+                "too many host name lookups under way to look up {host} (net.max_concurrent_lookups)"
+            ),
             Refused::NotPermitted { host, scope } => write!(
                 f,
                 "{host} resolves to a loopback, private or link-local address \
@@ -138,15 +151,51 @@ pub struct Net {
     dns: Dns,
 }
 
+/// Name resolution: hickory's asynchronous resolver, so that a lookup waits
+/// on a socket rather than holding one of tokio's blocking threads as
+/// `getaddrinfo` would (names that resolve slowly could otherwise take the
+/// whole blocking pool, which file I/O and SQLite need), with a bound on the
+/// lookups under way at once.
 #[derive(Clone)]
-enum Dns {
-    /// The operating system's resolver (`/etc/hosts`, `/etc/resolv.conf`, …).
-    System,
-    /// The DNS server of `net.resolver`.
-    Server(Arc<TokioResolver>),
+struct Dns {
+    resolver: Arc<TokioResolver>,
+    slots: Arc<Semaphore>,
 }
 
 impl Dns {
+    /// `net.resolver`, or the system's configuration: `/etc/resolv.conf`
+    /// (name servers, search domains, ndots) and `/etc/hosts`.
+    fn new(config: &NetConfig) -> anyhow::Result<Self> {
+        let mut builder = match config.resolver_addr()? {
+            None => TokioResolver::builder_tokio().map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot read the system's DNS configuration (/etc/resolv.conf): {err}; \
+                     set net.resolver to a DNS server"
+                )
+            })?,
+            Some(server) => {
+                let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
+                for connection in &mut name_server.connections {
+                    connection.port = server.port();
+                }
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_parts(None, Vec::new(), vec![name_server]),
+                    TokioRuntimeProvider::default(),
+                )
+            }
+        };
+        // No answer outlives its lookup: every connection's addresses are
+        // fresh, and filtered then (DNS rebinding).
+        builder.options_mut().cache_size = 0;
+        let resolver = builder
+            .build()
+            .map_err(|err| anyhow::anyhow!("net.resolver: cannot build the resolver: {err}"))?;
+        Ok(Self {
+            resolver: Arc::new(resolver),
+            slots: Arc::new(Semaphore::new(config.max_concurrent_lookups)),
+        })
+    }
+
     /// Every address of `host`, once `policy` lets it be looked up at all:
     /// names of this machine are refused before any lookup.
     async fn lookup_under(&self, policy: &Policy, host: &str) -> Result<Vec<IpAddr>, Refused> {
@@ -157,51 +206,50 @@ impl Dns {
     }
 
     async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, Refused> {
+        let (outcome, result) = self.lookup_counted(host).await;
+        metrics::counter!("loop_dns_lookups_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    /// The lookup and its `loop_dns_lookups_total` outcome.
+    async fn lookup_counted(&self, host: &str) -> (&'static str, Result<Vec<IpAddr>, Refused>) {
         let unresolved = || Refused::Unresolved {
             host: host.to_owned(),
         };
-        let lookup = async {
-            match self {
-                Dns::System => tokio::net::lookup_host((host, 0))
-                    .await
-                    .map(|addrs| addrs.map(|addr| addr.ip()).collect::<Vec<_>>())
-                    .map_err(|_| unresolved()),
-                Dns::Server(resolver) => resolver
-                    .lookup_ip(host)
-                    .await
-                    .map(|answers| answers.iter().collect())
-                    .map_err(|_| unresolved()),
-            }
+        // An IP literal needs no lookup (reqwest hands none to resolvers, but
+        // a check may); it takes no slot either.
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+            return ("ok", Ok(vec![ip]));
+        }
+        let Ok(Ok(_slot)) = tokio::time::timeout(LOOKUP_SLOT_WAIT, self.slots.acquire()).await
+        else {
+            return (
+                "busy",
+                Err(Refused::Busy {
+                    host: host.to_owned(),
+                }),
+            );
         };
-        match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-            Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
-            _ => Err(unresolved()),
+        match tokio::time::timeout(RESOLVE_TIMEOUT, self.resolver.lookup_ip(host)).await {
+            Ok(Ok(answers)) => {
+                let addrs: Vec<IpAddr> = answers.iter().collect();
+                if addrs.is_empty() {
+                    ("unresolved", Err(unresolved()))
+                } else {
+                    ("ok", Ok(addrs))
+                }
+            }
+            Ok(Err(_)) => ("unresolved", Err(unresolved())),
+            Err(_) => ("timeout", Err(unresolved())),
         }
     }
 }
 
 impl Net {
     pub fn new(config: &NetConfig) -> anyhow::Result<Self> {
-        let dns = match config.resolver_addr()? {
-            None => Dns::System,
-            Some(server) => {
-                let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
-                for connection in &mut name_server.connections {
-                    connection.port = server.port();
-                }
-                let mut builder = TokioResolver::builder_with_config(
-                    ResolverConfig::from_parts(None, Vec::new(), vec![name_server]),
-                    TokioRuntimeProvider::default(),
-                );
-                // No answer outlives its lookup, as with the system resolver:
-                // every connection's addresses are fresh, and filtered then.
-                builder.options_mut().cache_size = 0;
-                Dns::Server(Arc::new(builder.build().map_err(|err| {
-                    anyhow::anyhow!("net.resolver: cannot use {server}: {err}")
-                })?))
-            }
-        };
-        Ok(Self { dns })
+        Ok(Self {
+            dns: Dns::new(config)?,
+        })
     }
 
     /// The client of one use: rustls, no redirects, no proxies, and a
@@ -275,7 +323,7 @@ mod tests {
 
     fn resolver(allow_private: bool) -> PolicyResolver {
         PolicyResolver {
-            dns: Dns::System,
+            dns: Dns::new(&NetConfig::default()).unwrap(),
             policy: Policy::new("push", allow_private),
         }
     }

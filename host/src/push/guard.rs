@@ -112,18 +112,16 @@ impl PushRules {
         if let Some(Host::Domain(name)) = parsed.host() {
             net.check_name(&self.policy, name)
                 .await
-                .map_err(|refused| {
-                    AppError::invalid(
+                .map_err(|refused| match refused {
+                    Refused::Unresolved { host } => {
+                        AppError::invalid(field, format!("push URL host {host} does not resolve"))
+                    }
+                    // The URL may be fine: 503 with Retry-After, not a 400.
+                    busy @ Refused::Busy { .. } => AppError::Backend(busy.to_string()),
+                    not_permitted => AppError::invalid(
                         field,
-                        match refused {
-                            Refused::Unresolved { host } => {
-                                format!("push URL host {host} does not resolve")
-                            }
-                            not_permitted => {
-                                format!("push URL must point at a public address: {not_permitted}")
-                            }
-                        },
-                    )
+                        format!("push URL must point at a public address: {not_permitted}"),
+                    ),
                 })?;
         }
         Ok(parsed)
