@@ -12,6 +12,7 @@ mod browser;
 mod config;
 mod crash;
 mod errors;
+mod faults;
 mod multi_instance;
 mod net;
 mod plugin_languages;

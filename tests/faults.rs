@@ -1,0 +1,330 @@
+//! Faults under load: the database going away and coming back, a push
+//! server that hangs, a vendor API that answers slowly, a plugin that traps,
+//! and a full disk under SQLite. Each runs a real server under a small load
+//! (a few concurrent tasks on loopback for a few seconds) and checks that
+//! failures are fast, clear Loop errors, that the heartbeat names what is
+//! failing, that the rest keeps answering, and that nothing acknowledged is
+//! lost.
+//!
+//! The bounds on request times here are bounds against hanging, far above
+//! what a healthy request takes, never speed targets (those are benchmarks).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common;
+use common::hawk::Device;
+use common::private_postgres::PrivatePostgres;
+use common::{ServerOptions, TestServer, client};
+
+/// No request may take this long, whatever is failing.
+const HANG_BOUND: Duration = Duration::from_secs(3);
+
+/// One request the load made, and how it was answered.
+#[derive(Debug, Clone)]
+struct Observation {
+    route: &'static str,
+    started: Instant,
+    elapsed: Duration,
+    status: u16,
+    errno: Option<u64>,
+    retry_after: bool,
+}
+
+impl Observation {
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// Loop's answer to a storage outage: 503, errno 201, Retry-After.
+    fn is_backend_error(&self) -> bool {
+        self.status == 503 && self.errno == Some(201) && self.retry_after
+    }
+}
+
+/// Sends `request`, bounded well beyond [`HANG_BOUND`] so a hang shows as a
+/// slow observation instead of blocking the test; the body as JSON if it is.
+async fn observe(
+    route: &'static str,
+    request: impl Future<Output = Result<reqwest::Response, reqwest::Error>>,
+) -> (Observation, Option<reqwest::header::HeaderMap>, Value) {
+    let started = Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(20), request).await;
+    let (status, headers, body) = match answered {
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.json::<Value>().await.unwrap_or(Value::Null);
+            (status, Some(headers), body)
+        }
+        // A dropped connection or no answer at all: status 0.
+        Ok(Err(_)) | Err(_) => (0, None, Value::Null),
+    };
+    let observation = Observation {
+        route,
+        started,
+        elapsed: started.elapsed(),
+        status,
+        errno: body["errno"].as_u64(),
+        retry_after: headers
+            .as_ref()
+            .is_some_and(|h| h.contains_key("retry-after")),
+    };
+    (observation, headers, body)
+}
+
+/// What the load generator saw acknowledged (2xx), by key.
+#[derive(Default)]
+struct Acknowledged {
+    /// Session tokens.
+    sessions: Vec<String>,
+    /// (session token, call URL token).
+    call_urls: Vec<(String, String)>,
+    /// (session token, call URL token, call id).
+    calls: Vec<(String, String, String)>,
+}
+
+/// One load task: registers a device, makes call URLs with it and places
+/// calls through them, over and over until `stop`; records every answer and
+/// every acknowledged write.
+async fn write_load(base: String, stop: Arc<AtomicBool>) -> (Vec<Observation>, Acknowledged) {
+    let http = client();
+    let mut seen = Vec::new();
+    let mut acked = Acknowledged::default();
+    // After a failure, a short pause: the load stays a load, not a spin.
+    let pause = || tokio::time::sleep(Duration::from_millis(20));
+    while !stop.load(Ordering::SeqCst) {
+        let (observation, headers, _) = observe(
+            "POST /registration",
+            http.post(format!("{base}/registration"))
+                .json(&json!({}))
+                .send(),
+        )
+        .await;
+        let ok = observation.ok();
+        seen.push(observation);
+        let Some(session) = headers
+            .filter(|_| ok)
+            .and_then(|h| h.get("hawk-session-token")?.to_str().ok().map(String::from))
+        else {
+            pause().await;
+            continue;
+        };
+        acked.sessions.push(session.clone());
+        let device = Device::from_token(&base, &session);
+        for _ in 0..2 {
+            let (observation, _, body) = observe(
+                "POST /call-url",
+                signed(&device, "/call-url", json!({"callerId": "alice"})),
+            )
+            .await;
+            let ok = observation.ok();
+            seen.push(observation);
+            let Some(token) = body["callToken"].as_str().filter(|_| ok) else {
+                pause().await;
+                continue;
+            };
+            acked.call_urls.push((session.clone(), token.to_string()));
+            for _ in 0..2 {
+                let (observation, _, body) = observe(
+                    "POST /calls/{token}",
+                    http.post(format!("{base}/calls/{token}"))
+                        .json(&json!({"callType": "audio"}))
+                        .send(),
+                )
+                .await;
+                let ok = observation.ok();
+                seen.push(observation);
+                match body["callId"].as_str().filter(|_| ok) {
+                    Some(call_id) => {
+                        acked
+                            .calls
+                            .push((session.clone(), token.to_string(), call_id.into()))
+                    }
+                    None => pause().await,
+                }
+            }
+        }
+    }
+    (seen, acked)
+}
+
+/// A Hawk-signed POST as a `reqwest` result, for [`observe`].
+async fn signed(device: &Device, path: &str, body: Value) -> reqwest::Result<reqwest::Response> {
+    Ok(device.post(path, &body).await)
+}
+
+/// Polls the heartbeat until it answers 200; how long that took, or `None`
+/// after `within`.
+async fn wait_until_healthy(server: &TestServer, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let answered = tokio::time::timeout(HANG_BOUND, server.heartbeat()).await;
+        if matches!(answered, Ok((200, _))) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The database restarted under a load of registrations, call URLs and
+/// calls.
+///
+/// A PostgreSQL cluster of the test's own (`common::private_postgres`):
+/// restarting the suite's shared server would break every test running
+/// beside this one. It is stopped the way `pg_ctlcluster … restart` stops it
+/// (`pg_ctl stop -m fast`: sessions ended, clean shutdown), kept down for a
+/// few seconds so that the load surely meets the outage, and started again.
+///
+/// During the outage every write is answered 503 errno 201 with Retry-After,
+/// quickly (none waits out the outage); the server needs nobody to recover
+/// (its heartbeat turns green within seconds of the database being back);
+/// and every write the load saw acknowledged is there afterwards, checked
+/// one by one through a freshly started server (nothing served from the old
+/// process's memory).
+///
+/// Runs in the PostgreSQL pass only: the cluster is PostgreSQL's, whatever
+/// the pass, and once is enough.
+#[tokio::test]
+async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_nothing() {
+    if !common::use_postgres() {
+        eprintln!("skipped: runs in the PostgreSQL pass (LOOP_TEST_DATABASE=postgres)");
+        return;
+    }
+    let postgres = tokio::task::spawn_blocking(PrivatePostgres::start_new)
+        .await
+        .unwrap();
+    let postgres = Arc::new(postgres);
+    let mut server = TestServer::start_with(ServerOptions {
+        database_url: Some(postgres.url.clone()),
+        // Calls stay listed for the whole check.
+        extra_toml: "[calls]\nduration_seconds = 3600\n\n".into(),
+        ..Default::default()
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(write_load(server.url.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let down = postgres.clone();
+    tokio::task::spawn_blocking(move || down.stop())
+        .await
+        .unwrap();
+    let outage_began = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let outage_ended = Instant::now();
+    let up = postgres.clone();
+    tokio::task::spawn_blocking(move || up.start())
+        .await
+        .unwrap();
+    let back = Instant::now();
+
+    let recovery = wait_until_healthy(&server, Duration::from_secs(10)).await;
+    let recovered_at = Instant::now();
+    // Some more load on the recovered server.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut seen = Vec::new();
+    let mut acked = Acknowledged::default();
+    for task in tasks {
+        let (observations, a) = task.await.unwrap();
+        seen.extend(observations);
+        acked.sessions.extend(a.sessions);
+        acked.call_urls.extend(a.call_urls);
+        acked.calls.extend(a.calls);
+    }
+    let logs = server.logs();
+    assert!(
+        recovery.is_some(),
+        "the heartbeat is still failing 10 s after the database came back: {:?}\n{logs}",
+        server.heartbeat().await
+    );
+    eprintln!(
+        "database back after {:?}; healthy {:?} later; {} requests, {} sessions, {} call URLs, {} calls acknowledged",
+        back - outage_began,
+        recovery.unwrap(),
+        seen.len(),
+        acked.sessions.len(),
+        acked.call_urls.len(),
+        acked.calls.len()
+    );
+
+    // Nothing hung, and every failure was Loop's storage error.
+    let slow: Vec<_> = seen.iter().filter(|o| o.elapsed > HANG_BOUND).collect();
+    assert!(slow.is_empty(), "requests hung: {slow:?}\n{logs}");
+    let wrong: Vec<_> = seen
+        .iter()
+        .filter(|o| !o.ok() && !o.is_backend_error())
+        .collect();
+    assert!(wrong.is_empty(), "failures that are not 503/201: {wrong:?}");
+    // The load met the outage: requests made while the database was down
+    // failed, and each kind of write succeeded again after it.
+    let during: Vec<_> = seen
+        .iter()
+        .filter(|o| o.started >= outage_began && o.started + o.elapsed <= outage_ended)
+        .collect();
+    assert!(
+        during.len() >= 10,
+        "too few requests during the outage: {during:?}"
+    );
+    assert!(during.iter().all(|o| o.is_backend_error()), "{during:?}");
+    for route in [
+        "POST /registration",
+        "POST /call-url",
+        "POST /calls/{token}",
+    ] {
+        assert!(
+            seen.iter()
+                .any(|o| o.route == route && o.ok() && o.started >= recovered_at),
+            "no {route} succeeded after recovery"
+        );
+    }
+
+    // Every acknowledged write, row by row, through a fresh process.
+    server.restart();
+    let mut call_urls_of: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for (session, token) in &acked.call_urls {
+        call_urls_of.entry(session).or_default().push(token);
+    }
+    let mut calls_of: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for (session, _, call_id) in &acked.calls {
+        calls_of.entry(session).or_default().push(call_id);
+    }
+    for session in &acked.sessions {
+        let device = Device::from_token(&server.url, session);
+        let response = device.get("/call-url").await;
+        assert_eq!(response.status(), 200, "an acknowledged session is gone");
+        let listed: Value = response.json().await.unwrap();
+        let listed: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|u| u["callToken"].as_str())
+            .collect();
+        for token in call_urls_of.get(session.as_str()).into_iter().flatten() {
+            assert!(
+                listed.contains(token),
+                "an acknowledged call URL is missing"
+            );
+        }
+        let calls: Value = device.get("/calls?version=0").await.json().await.unwrap();
+        let calls: Vec<&str> = calls["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["callId"].as_str())
+            .collect();
+        for call_id in calls_of.get(session.as_str()).into_iter().flatten() {
+            assert!(calls.contains(call_id), "an acknowledged call is missing");
+        }
+    }
+    drop(server);
+    drop(postgres);
+}
