@@ -328,3 +328,418 @@ async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_nothing() {
     drop(server);
     drop(postgres);
 }
+
+/// The routes that do not touch the failing dependency, asked over and over
+/// until `stop` by a device of their own: a call URL's info, a new call URL,
+/// the call list, and a call through the default provider.
+async fn other_routes(base: String, stop: Arc<AtomicBool>) -> Vec<Observation> {
+    let http = client();
+    let carol = Device::register_with(&base, json!({})).await;
+    let token = carol.create_call_url(&json!({"callerId": "dave"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut seen = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        seen.push(
+            observe(
+                "GET /calls/{token}",
+                http.get(format!("{base}/calls/{token}")).send(),
+            )
+            .await
+            .0,
+        );
+        seen.push(
+            observe(
+                "POST /call-url",
+                signed(&carol, "/call-url", json!({"callerId": "erin"})),
+            )
+            .await
+            .0,
+        );
+        seen.push(
+            observe("GET /calls?version=0", async {
+                Ok(carol.get("/calls?version=0").await)
+            })
+            .await
+            .0,
+        );
+        seen.push(
+            observe(
+                "POST /calls/{token}",
+                http.post(format!("{base}/calls/{token}"))
+                    .json(&json!({"callType": "audio"}))
+                    .send(),
+            )
+            .await
+            .0,
+        );
+    }
+    seen
+}
+
+/// Calls through `token` with `body`, over and over until `stop`.
+async fn call_load(
+    base: String,
+    token: String,
+    body: Value,
+    stop: Arc<AtomicBool>,
+) -> Vec<Observation> {
+    let http = client();
+    let mut seen = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let (observation, _, _) = observe(
+            "POST /calls/{token} (failing dependency)",
+            http.post(format!("{base}/calls/{token}"))
+                .json(&body)
+                .send(),
+        )
+        .await;
+        seen.push(observation);
+    }
+    seen
+}
+
+/// Runs three tasks calling through `token` with `body` (which reach the
+/// failing dependency) beside [`other_routes`] for a few seconds; checks that
+/// nothing hung and the other routes all succeeded; returns what the load
+/// saw.
+async fn under_load(server: &TestServer, token: &str, body: Value) -> Vec<Observation> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(call_load(
+                server.url.clone(),
+                token.to_string(),
+                body.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let others = tokio::spawn(other_routes(server.url.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::SeqCst);
+    let others = others.await.unwrap();
+    let mut seen = Vec::new();
+    for task in load {
+        seen.extend(task.await.unwrap());
+    }
+    assert!(others.len() >= 8, "the other routes barely ran: {others:?}");
+    let failed: Vec<_> = others
+        .iter()
+        .filter(|o| !o.ok() || o.elapsed > HANG_BOUND)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "other routes failed or slowed under the fault: {failed:?}\n{}",
+        server.logs()
+    );
+    let hung: Vec<_> = seen.iter().filter(|o| o.elapsed > HANG_BOUND).collect();
+    assert!(hung.is_empty(), "requests hung: {hung:?}");
+    assert!(seen.len() >= 6, "the load barely ran: {seen:?}");
+    seen
+}
+
+/// A fresh call URL of a fresh device (registered with `body`).
+async fn call_url_of(server: &TestServer, registration: Value) -> String {
+    Device::register_with(&server.url, registration)
+        .await
+        .create_call_url(&json!({"callerId": "alice"}))
+        .await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A push server that takes pings and never answers, pinged by every call
+/// of a load: calls are still answered at once, other routes too, and the
+/// heartbeat names the push server's origin as failing (timed out).
+#[tokio::test]
+async fn a_hanging_push_server_under_load_is_named_and_slows_nothing() {
+    let hanging = common::fake_push::FakePush::start().await;
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: hanging.config(500),
+        ..Default::default()
+    })
+    .await;
+    let token = call_url_of(
+        &server,
+        json!({"simplePushURLs": {"calls": hanging.hanging_url("bob")}}),
+    )
+    .await;
+    let seen = under_load(&server, &token, json!({"callType": "audio"})).await;
+    let failed: Vec<_> = seen.iter().filter(|o| !o.ok()).collect();
+    assert!(
+        failed.is_empty(),
+        "a hanging push server failed calls: {failed:?}"
+    );
+    assert!(!hanging.pings_for("bob").is_empty());
+
+    let (status, report) = server.heartbeat().await;
+    let entry = &report["push_servers"][&hanging.origin];
+    assert_eq!(entry["healthy"], false, "{report}");
+    assert_eq!(entry["last_failure"], "timed out", "{report}");
+    assert!(entry["failures_in_a_row"].as_u64() >= Some(1), "{report}");
+    assert_eq!(status, 200, "a push server's failure is not ours: {report}");
+    // Origins only: a push URL's path is a capability.
+    assert!(!report.to_string().contains("/hang/bob"), "{report}");
+}
+
+/// A vendor API that answers more slowly than the plugin waits, on the
+/// channel a load calls on: those calls fail with Loop's 503 without
+/// hanging, the other routes (calls on the default provider included) keep
+/// answering, and the heartbeat names the vendor plugin.
+#[tokio::test]
+async fn a_slow_vendor_under_load_is_named_and_slows_nothing_else() {
+    let vendor = common::vendor::serve(axum::Router::new().route(
+        "/v1/sessions",
+        axum::routing::post(async || {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            axum::Json(json!({"sessionId": "too-late"}))
+        }),
+    ))
+    .await;
+    let component = common::workspace_root().join("tests/plugins/vendor/vendor.wasm");
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: format!(
+            "[providers.channels]\nslow = \"vendor\"\n\n\
+             [plugins.vendor]\ncomponent = {component:?}\nallowed_hosts = [{vendor:?}]\nallow_private = true\n\
+             [plugins.vendor.limits]\nwall_ms = 2000\n\
+             [plugins.vendor.settings]\napi_url = {vendor:?}\napi_key = \"k\"\napi_secret = \"s\"\ntimeout_ms = 500\n\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    let token = call_url_of(&server, json!({})).await;
+    let seen = under_load(
+        &server,
+        &token,
+        json!({"callType": "audio", "channel": "slow"}),
+    )
+    .await;
+    assert_failures_are_backend_errors(&seen);
+
+    let (status, report) = server.heartbeat().await;
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(report["providers"], false, "{report}");
+    let vendor = &report["plugins"]["vendor"];
+    assert!(
+        vendor["healthy"] == false || vendor["cooling_down_seconds"].as_u64() > Some(0),
+        "{report}"
+    );
+    assert_eq!(report["plugins"]["loopback"]["healthy"], true, "{report}");
+}
+
+/// A plugin that traps on every call, serving the channel a load calls on:
+/// those calls fail with Loop's 503, the other routes keep answering, and
+/// the heartbeat names the plugin.
+#[tokio::test]
+async fn a_trapping_plugin_under_load_is_named_and_slows_nothing_else() {
+    let trap = common::workspace_root().join("tests/plugins/trap/trap.wasm");
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: format!(
+            "[plugins.trap]\ncomponent = {:?}\n\n[providers.channels]\nbroken = \"trap\"\n\n",
+            trap.display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let token = call_url_of(&server, json!({})).await;
+    let seen = under_load(
+        &server,
+        &token,
+        json!({"callType": "audio", "channel": "broken"}),
+    )
+    .await;
+    assert_failures_are_backend_errors(&seen);
+
+    let (status, report) = server.heartbeat().await;
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(report["providers"], false, "{report}");
+    assert_eq!(report["plugins"]["trap"]["healthy"], false, "{report}");
+    assert_eq!(report["plugins"]["loopback"]["healthy"], true, "{report}");
+}
+
+/// Every answer of `seen` is Loop's 503/201 with Retry-After, and there is
+/// at least one.
+fn assert_failures_are_backend_errors(seen: &[Observation]) {
+    assert!(!seen.is_empty());
+    let wrong: Vec<_> = seen.iter().filter(|o| !o.is_backend_error()).collect();
+    assert!(wrong.is_empty(), "not 503/201 with Retry-After: {wrong:?}");
+}
+
+/// A small tmpfs mounted on a fresh folder, unmounted (lazily, in case a
+/// process still holds a file) when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _folder: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "this test mounts a small tmpfs to fill the disk under SQLite and needs root \
+             (CI runs the suite as root)"
+        );
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let output = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "mount a tmpfs: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        SmallDisk {
+            path,
+            _folder: folder,
+        }
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(err) => panic!("filling the disk: {err}"),
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// POST /registration; its observation and session token.
+async fn register(server: &TestServer) -> (Observation, Option<String>) {
+    let (observation, headers, _) = observe(
+        "POST /registration",
+        client()
+            .post(server.endpoint("/registration"))
+            .json(&json!({}))
+            .send(),
+    )
+    .await;
+    let token = headers
+        .filter(|_| observation.ok())
+        .and_then(|h| h.get("hawk-session-token")?.to_str().ok().map(String::from));
+    (observation, token)
+}
+
+/// SQLite on a full disk (a 4 MiB tmpfs filled up): writes fail with Loop's
+/// 503 and a log line saying why, reads keep working, and once space is
+/// freed writes succeed again, on a database that is not corrupt and holds
+/// everything acknowledged. Needs root (for the mount); runs in the SQLite
+/// pass only.
+#[tokio::test]
+async fn a_full_disk_under_sqlite_fails_writes_keeps_reads_and_recovers() {
+    if common::use_postgres() {
+        eprintln!("skipped: runs in the SQLite pass");
+        return;
+    }
+    let disk = SmallDisk::mount("4m");
+    let database = disk.path.join("loop.db");
+    let mut server = TestServer::start_with(ServerOptions {
+        database_url: Some(format!("sqlite://{}?mode=rwc", database.display())),
+        ..Default::default()
+    })
+    .await;
+    let http = client();
+    let bob = Device::register_with(&server.url, json!({})).await;
+    let before = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let filler = disk.fill();
+    // Writes fail once SQLite needs a page the disk no longer has.
+    let mut refused = None;
+    for _ in 0..500 {
+        let (observation, _) = register(&server).await;
+        assert!(observation.elapsed < HANG_BOUND, "{observation:?}");
+        if !observation.ok() {
+            refused = Some(observation);
+            break;
+        }
+    }
+    let refused = refused.expect("500 registrations on a full disk all succeeded");
+    assert!(refused.is_backend_error(), "{refused:?}");
+    let logs = server.wait_for_log("database or disk is full").await;
+    assert!(logs.contains("storage error"), "{logs}");
+    let (observation, _) = register(&server).await;
+    assert!(observation.is_backend_error(), "{observation:?}");
+
+    // Reads keep working.
+    let info = http
+        .get(server.endpoint(&format!("/calls/{before}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), 200);
+    let (_, report) = server.heartbeat().await;
+    assert_eq!(report["storage"], true, "{report}");
+
+    // Space freed: writes succeed again, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let (observation, _) = register(&server).await;
+    assert!(observation.ok(), "{observation:?}\n{}", server.logs());
+    let after = bob.create_call_url(&json!({"callerId": "alice"})).await["callToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::place_call(
+        &http,
+        &server.endpoint(&format!("/calls/{after}")),
+        &json!({"callType": "audio"}),
+    )
+    .await;
+
+    // Not corrupt, and both call URLs are there.
+    assert!(server.terminate(), "{}", server.logs());
+    use sqlx::Connection;
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", database.display()))
+            .await
+            .unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    for token in [&before, &after] {
+        let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_urls WHERE token = ?1")
+            .bind(token)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(found, 1);
+    }
+    conn.close().await.unwrap();
+    drop(server);
+    drop(disk);
+}
