@@ -12,6 +12,7 @@ mod browser;
 mod config;
 mod crash;
 mod errors;
+mod faults;
 mod metrics;
 mod multi_instance;
 mod net;

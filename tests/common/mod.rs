@@ -10,6 +10,7 @@ pub mod examples;
 pub mod fake_dns;
 pub mod fake_push;
 pub mod hawk;
+pub mod private_postgres;
 pub mod vendor;
 pub mod ws;
 

@@ -64,6 +64,10 @@ struct Heartbeat {
     storage: bool,
     providers: bool,
     push: bool,
+    /// Each push server pinged in the last ten minutes, by origin: whether
+    /// its pings are failing. A failing push server delays no call (pings
+    /// are bounded and sent after the answer), so it leaves the status 200.
+    push_servers: BTreeMap<String, crate::push::PushServerHealth>,
     /// Each plugin by its `[plugins.<name>]` key.
     plugins: BTreeMap<String, PluginReport>,
 }
@@ -139,10 +143,25 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
     }
     let providers = state.providers.can_serve_every_channel();
     let push = state.push.healthy();
+    let push_servers: BTreeMap<_, _> = state
+        .push
+        .servers()
+        .into_iter()
+        .map(|server| (server.origin.clone(), server))
+        .collect();
+    let failing: Vec<&str> = push_servers
+        .iter()
+        .filter(|(_, server)| !server.healthy)
+        .map(|(origin, _)| origin.as_str())
+        .collect();
+    if !failing.is_empty() {
+        tracing::warn!(origins = ?failing, "heartbeat: push servers failing");
+    }
     let report = Heartbeat {
         storage,
         providers,
         push,
+        push_servers,
         plugins,
     };
     let status = if storage && providers && push {

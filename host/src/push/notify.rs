@@ -5,8 +5,9 @@
 //! someone else's machines: a slow or broken one must never fail a call or hold
 //! it up longer than `push.timeout_ms`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tokio::sync::Semaphore;
@@ -24,6 +25,38 @@ pub struct Push {
     rules: Arc<PushRules>,
     timeout: Duration,
     in_flight: Arc<Semaphore>,
+    servers: Arc<Mutex<HashMap<String, ServerRecord>>>,
+}
+
+/// Push servers the heartbeat reports: those pinged within this window...
+const SERVER_REPORT_WINDOW: Duration = Duration::from_secs(600);
+/// ...at most this many, the most recently pinged: with `push.allowed_origins`
+/// empty, clients choose the origins, and memory must not grow with them.
+const MAX_SERVERS_REPORTED: usize = 32;
+
+/// How the pings to one push server's origin have gone lately.
+#[derive(Debug, Clone, Copy)]
+struct ServerRecord {
+    last_ping: Instant,
+    /// Pings failed since the last one the server accepted.
+    failures_in_a_row: u64,
+    /// Why the last failed ping failed.
+    last_failure: Option<&'static str>,
+}
+
+/// A push server's origin (never a push URL's path, which is a capability)
+/// and how its recent pings went, for the heartbeat.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PushServerHealth {
+    #[serde(skip)]
+    pub origin: String,
+    /// False while its pings fail: since the last accepted one, at least one failed.
+    pub healthy: bool,
+    pub failures_in_a_row: u64,
+    /// "timed out", "refused" (a non-2xx answer) or "unreachable".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<&'static str>,
+    pub seconds_since_last_ping: u64,
 }
 
 /// What became of one ping.
@@ -45,6 +78,7 @@ impl Push {
             rules: Arc::new(PushRules::new(&config.push)),
             timeout: Duration::from_millis(config.push.timeout_ms.max(1)),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            servers: Arc::default(),
         })
     }
 
@@ -56,6 +90,22 @@ impl Push {
     /// False while every ping slot is taken: push servers are not keeping up.
     pub fn healthy(&self) -> bool {
         self.in_flight.available_permits() > 0
+    }
+
+    /// The push servers pinged lately, by origin.
+    pub fn servers(&self) -> Vec<PushServerHealth> {
+        let servers = self.servers.lock().unwrap();
+        servers
+            .iter()
+            .filter(|(_, record)| record.last_ping.elapsed() < SERVER_REPORT_WINDOW)
+            .map(|(origin, record)| PushServerHealth {
+                origin: origin.clone(),
+                healthy: record.failures_in_a_row == 0,
+                failures_in_a_row: record.failures_in_a_row,
+                last_failure: record.last_failure,
+                seconds_since_last_ping: record.last_ping.elapsed().as_secs(),
+            })
+            .collect()
     }
 
     /// Pings every URL concurrently with `version=<version>`, each bounded by
@@ -71,6 +121,7 @@ impl Push {
         let http = self.http.clone();
         let rules = self.rules.clone();
         let timeout = self.timeout;
+        let servers = self.servers.clone();
         // Slots are taken here, before the task starts, so that `drain` sees
         // every ping the moment its call is answered.
         let pings: Vec<_> = urls
@@ -81,6 +132,7 @@ impl Push {
             let pings = pings.into_iter().map(|(permit, url)| {
                 let http = http.clone();
                 let rules = rules.clone();
+                let servers = servers.clone();
                 async move {
                     if let Err(reason) = rules.check(&url) {
                         // The reason names the origin at most.
@@ -91,7 +143,9 @@ impl Push {
                         tracing::warn!(origin = %origin(&url), "push not sent: too many pings in flight");
                         return counted(Outcome::Failed, "busy");
                     };
-                    ping(&http, &url, version, timeout).await
+                    let (outcome, failure) = ping(&http, &url, version, timeout).await;
+                    record(&servers, origin(&url), failure);
+                    outcome
                 }
             });
             let outcomes = join_all(pings).await;
@@ -122,7 +176,44 @@ impl Push {
     }
 }
 
-async fn ping(http: &reqwest::Client, url: &str, version: i64, timeout: Duration) -> Outcome {
+/// Notes a ping's result against its origin (`failure`: why it failed).
+fn record(
+    servers: &Mutex<HashMap<String, ServerRecord>>,
+    origin: String,
+    failure: Option<&'static str>,
+) {
+    let mut servers = servers.lock().unwrap();
+    if !servers.contains_key(&origin) && servers.len() >= MAX_SERVERS_REPORTED {
+        let stalest = servers
+            .iter()
+            .min_by_key(|(_, record)| record.last_ping)
+            .map(|(origin, _)| origin.clone());
+        if let Some(stalest) = stalest {
+            servers.remove(&stalest);
+        }
+    }
+    let record = servers.entry(origin).or_insert(ServerRecord {
+        last_ping: Instant::now(),
+        failures_in_a_row: 0,
+        last_failure: None,
+    });
+    record.last_ping = Instant::now();
+    match failure {
+        None => record.failures_in_a_row = 0,
+        Some(why) => {
+            record.failures_in_a_row += 1;
+            record.last_failure = Some(why);
+        }
+    }
+}
+
+/// The outcome, and for a failed ping why it failed.
+async fn ping(
+    http: &reqwest::Client,
+    url: &str,
+    version: i64,
+    timeout: Duration,
+) -> (Outcome, Option<&'static str>) {
     // A push URL is a capability for someone's device: log its origin only.
     let origin = origin(url);
     let result = http
@@ -138,29 +229,32 @@ async fn ping(http: &reqwest::Client, url: &str, version: i64, timeout: Duration
     match result {
         Ok(response) if response.status().is_success() => {
             tracing::debug!(%origin, version, "push sent");
-            counted(Outcome::Sent, "ok")
+            (counted(Outcome::Sent, "ok"), None)
         }
         Ok(response) => {
             let status = response.status();
             tracing::warn!(%origin, status = status.as_u16(), "push failed: refused by the push server");
             // The push server no longer knows the device's endpoint.
             let gone = matches!(status.as_u16(), 404 | 410);
-            counted(Outcome::Failed, if gone { "gone" } else { "error" })
+            (
+                counted(Outcome::Failed, if gone { "gone" } else { "error" }),
+                Some("refused"),
+            )
         }
         Err(err) if err.is_timeout() => {
             tracing::warn!(%origin, timeout_ms = timeout.as_millis() as u64, "push failed: timed out");
-            counted(Outcome::Failed, "timeout")
+            (counted(Outcome::Failed, "timeout"), Some("timed out"))
         }
         Err(err) => match crate::net::refusal(&err) {
             // The name resolved to addresses push may not reach (DNS rebinding).
             Some(refused) => {
                 tracing::warn!(%origin, reason = %refused, "push refused: no address the push policy allows");
-                counted(Outcome::Refused, "refused")
+                (counted(Outcome::Refused, "refused"), Some("unreachable"))
             }
             None => {
                 // Display of a reqwest error includes the URL; strip it.
                 tracing::warn!(%origin, error = %err.without_url(), "push failed: unreachable");
-                counted(Outcome::Failed, "error")
+                (counted(Outcome::Failed, "error"), Some("unreachable"))
             }
         },
     }

@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::batch::{BatchStats, WriteBatcher};
 use super::cache::{Forget, INVALIDATION_TOPIC, ReadCache};
+use super::reachability::Reachability;
 use super::{Backend, SqliteSynchronous, Store, StoreError};
 use crate::bus::{Bus, RecvError};
 use crate::config::Config;
@@ -70,7 +71,8 @@ pub struct SqlStore {
 }
 
 enum Connections {
-    Pool(AnyPool),
+    /// With PostgreSQL's reachability, to fail fast while it is down.
+    Pool(AnyPool, Option<Arc<Reachability>>),
     Held {
         writer: Arc<Mutex<AnyConnection>>,
         readers: Box<[Arc<Mutex<AnyConnection>>]>,
@@ -118,16 +120,30 @@ async fn lock_held(conn: &Arc<Mutex<AnyConnection>>) -> Result<Conn, StoreError>
         .map_err(|_| StoreError::acquiring(sqlx::Error::PoolTimedOut))
 }
 
+async fn acquire_pooled(
+    pool: &AnyPool,
+    reach: Option<&Arc<Reachability>>,
+) -> Result<Conn, StoreError> {
+    match reach {
+        Some(reach) => reach.acquire(pool).await.map(Conn::Pooled),
+        None => pool
+            .acquire()
+            .await
+            .map(Conn::Pooled)
+            .map_err(StoreError::acquiring),
+    }
+}
+
 /// Where writes run: a connection from the pool, or SQLite's one writer.
 #[derive(Clone)]
 pub(super) enum WriterHandle {
-    Pool(AnyPool),
+    Pool(AnyPool, Option<Arc<Reachability>>),
     Held(Arc<Mutex<AnyConnection>>),
 }
 
 fn writer_of(connections: &Connections) -> WriterHandle {
     match connections {
-        Connections::Pool(pool) => WriterHandle::Pool(pool.clone()),
+        Connections::Pool(pool, reach) => WriterHandle::Pool(pool.clone(), reach.clone()),
         Connections::Held { writer, .. } => WriterHandle::Held(writer.clone()),
     }
 }
@@ -135,11 +151,7 @@ fn writer_of(connections: &Connections) -> WriterHandle {
 impl WriterHandle {
     pub(super) async fn acquire(&self) -> Result<Conn, StoreError> {
         match self {
-            WriterHandle::Pool(pool) => pool
-                .acquire()
-                .await
-                .map(Conn::Pooled)
-                .map_err(StoreError::acquiring),
+            WriterHandle::Pool(pool, reach) => acquire_pooled(pool, reach.as_ref()).await,
             WriterHandle::Held(writer) => lock_held(writer).await,
         }
     }
@@ -151,7 +163,7 @@ impl SqlStore {
     /// connections but a separate one, opened on first use.
     pub fn pool(&self) -> &AnyPool {
         match &self.connections {
-            Connections::Pool(pool) => pool,
+            Connections::Pool(pool, _) => pool,
             Connections::Held { maintenance, .. } => maintenance,
         }
     }
@@ -191,11 +203,7 @@ impl SqlStore {
 
     pub(super) async fn reader(&self) -> Result<Conn, StoreError> {
         match &self.connections {
-            Connections::Pool(pool) => pool
-                .acquire()
-                .await
-                .map(Conn::Pooled)
-                .map_err(StoreError::acquiring),
+            Connections::Pool(pool, reach) => acquire_pooled(pool, reach.as_ref()).await,
             Connections::Held {
                 readers,
                 next_reader,
@@ -315,6 +323,7 @@ impl SqlStore {
                             .connect_with(any_options)
                             .await
                             .context("database.url: cannot open the SQLite database")?,
+                        None,
                     )
                 } else {
                     let cores = std::thread::available_parallelism()
@@ -354,9 +363,10 @@ impl SqlStore {
                             Ok(true)
                         })
                     })
-                    .connect_with(any_options)
+                    .connect_with(any_options.clone())
                     .await
                     .context("database.url: cannot connect to PostgreSQL")?,
+                Some(Reachability::new(any_options)),
             ),
         };
         migrate(&mut *writer_of(&connections).acquire().await?, backend).await?;
@@ -367,7 +377,7 @@ impl SqlStore {
             Backend::Postgres => (max_connections as usize / 2).clamp(1, POSTGRES_WRITE_ROUNDS),
         };
         let bus = match (&connections, backend) {
-            (Connections::Pool(pool), Backend::Postgres) => Bus::postgres(&url, pool.clone())
+            (Connections::Pool(pool, _), Backend::Postgres) => Bus::postgres(&url, pool.clone())
                 .await
                 .context("database.url: cannot LISTEN for other instances' messages")?,
             _ => Bus::local(),
@@ -384,7 +394,7 @@ impl SqlStore {
             cache,
         };
         let readers = match &store.connections {
-            Connections::Pool(pool) => pool.options().get_max_connections() as usize,
+            Connections::Pool(pool, _) => pool.options().get_max_connections() as usize,
             Connections::Held { readers, .. } => readers.len(),
         };
         // Read back from the writer, not assumed from the configuration: the

@@ -15,6 +15,7 @@ mod cache;
 mod connection;
 mod error;
 mod queries;
+mod reachability;
 mod signaling;
 
 pub use batch::BatchStats;
