@@ -13,3 +13,6 @@ pub mod providers;
 pub mod push;
 pub mod secrets;
 pub mod store;
+
+#[cfg(test)]
+mod proptest_support;
