@@ -15,3 +15,6 @@ pub mod push;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+
+#[cfg(test)]
+mod proptest_support;

@@ -124,3 +124,37 @@ async fn revoke(
     call_urls::revoke(&state, &session.user_id, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Properties of the call URL bodies; the long run is in `proptest_support`.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::api::body_proptests::{body, content_type, post_body};
+    use crate::error::AppResult;
+    use crate::proptest_support::config;
+
+    const FIELDS: &[&str] = &["callerId", "expiresIn", "issuer", "subject"];
+
+    fn create(body: CallUrlBody) -> AppResult<()> {
+        CallUrlFields::from(body).check(720, true)
+    }
+
+    fn update(body: CallUrlBody) -> AppResult<()> {
+        CallUrlFields::from(body).check(720, false)
+    }
+
+    proptest! {
+        #![proptest_config(config(300))]
+
+        #[test]
+        fn proptest_call_url_bodies_get_loop_answers(
+            body in body(FIELDS),
+            content_type in content_type(),
+            creating in any::<bool>(),
+        ) {
+            post_body(body, content_type, false, if creating { create } else { update });
+        }
+    }
+}

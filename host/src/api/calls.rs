@@ -126,6 +126,19 @@ async fn call_url_info(state: &AppState, token: &str) -> Response {
     }
 }
 
+/// `callType` as Loop clients spell it.
+fn call_type(value: Option<&str>) -> AppResult<CallType> {
+    match value {
+        None => Err(AppError::missing("callType")),
+        Some("audio") => Ok(CallType::Audio),
+        Some("audio-video") => Ok(CallType::AudioVideo),
+        Some(_) => Err(AppError::invalid(
+            "callType",
+            "must be \"audio\" or \"audio-video\"",
+        )),
+    }
+}
+
 /// `POST /calls/{token}`: Alice calls the owner of the call URL.
 async fn place(
     State(state): State<AppState>,
@@ -135,19 +148,8 @@ async fn place(
 ) -> AppResult<Json<PlacedCall>> {
     // Each call rings the callee's devices and runs a provider plugin.
     state.limits.call(client, &token)?;
-    let call_type = match body.call_type.as_deref() {
-        None => return Err(AppError::missing("callType")),
-        Some("audio") => CallType::Audio,
-        Some("audio-video") => CallType::AudioVideo,
-        Some(_) => {
-            return Err(AppError::invalid(
-                "callType",
-                "must be \"audio\" or \"audio-video\"",
-            ));
-        }
-    };
     let request = calls::CallRequest {
-        call_type,
+        call_type: call_type(body.call_type.as_deref())?,
         channel: body.channel,
         subject: body.subject,
     };
@@ -255,5 +257,89 @@ mod tests {
         assert_eq!(prefer("return=minimal"), None);
         assert_eq!(prefer("wait=soon"), None);
         assert_eq!(preferred_wait(&HeaderMap::new()), None);
+    }
+}
+
+/// Properties of `POST /calls/{token}`'s body and path; the long run is in
+/// `proptest_support`.
+#[cfg(test)]
+mod proptests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::api::body_proptests::{body, content_type, post_body};
+    use crate::proptest_support::{block_on, config};
+
+    /// The checks `place` makes before it looks the call URL up.
+    fn check(body: PlaceCall) -> AppResult<()> {
+        call_type(body.call_type.as_deref())?;
+        calls::checked_text(body.channel, body.subject)?;
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config(300))]
+
+        #[test]
+        fn proptest_place_call_bodies_get_loop_answers(
+            body in body(&["callType", "channel", "subject"]),
+            content_type in content_type(),
+        ) {
+            post_body(body, content_type, false, check);
+        }
+
+        /// Any bytes as the token segment of `/calls/{token}`, percent-encoded
+        /// or raw, reach the token check or get a Loop error: 404/105 for an
+        /// implausible token, 400 for a segment that is not UTF-8.
+        #[test]
+        fn proptest_call_tokens_from_any_path_segment(
+            segment in prop::collection::vec(any::<u8>(), 0..100),
+            raw in any::<bool>(),
+        ) {
+            let path = if raw {
+                let kept: String = segment
+                    .iter()
+                    .map(|&b| b as char)
+                    .filter(|c| c.is_ascii_graphic() && !matches!(c, '/' | '?' | '#' | '%'))
+                    .collect();
+                format!("/calls/{kept}")
+            } else {
+                let encoded: String = segment.iter().map(|b| format!("%{b:02X}")).collect();
+                format!("/calls/{encoded}")
+            };
+            let routes = axum::Router::new().route(
+                "/calls/{token}",
+                axum::routing::get(|Path(token): Path<String>| async move {
+                    if call_urls::is_plausible_token(&token) {
+                        Ok(StatusCode::OK)
+                    } else {
+                        Err(call_urls::unknown())
+                    }
+                }),
+            );
+            let app = crate::api::with_middleware(routes, &[]);
+            // What no client could send is no input.
+            let Ok(request) = Request::get(&path).body(Body::empty()) else {
+                return Ok(());
+            };
+            let (status, answer) = block_on(async move {
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+                (status, body)
+            });
+            if status == StatusCode::OK {
+                return Ok(());
+            }
+            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+            let errno = answer["errno"].as_u64();
+            prop_assert!(
+                matches!((status.as_u16(), errno), (404, Some(105 | 999)) | (400, Some(107))),
+                "{} {}", status, answer
+            );
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! Every route is served at `/` and again under `/v0/`, the prefix Loop clients use.
 
 mod account;
+#[cfg(test)]
+mod body_proptests;
 mod call_urls;
 mod calls;
 mod pages;

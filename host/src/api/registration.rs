@@ -114,3 +114,46 @@ async fn unregister(
     registration::unregister(&state, &session).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Properties of `POST /registration`'s body; the long run is in `proptest_support`.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::api::body_proptests::{body, content_type, post_body};
+    use crate::proptest_support::config;
+
+    const FIELDS: &[&str] = &[
+        "simplePushURLs",
+        "simplePushURLs.calls",
+        "simplePushURLs.rooms",
+        "simplePushURL",
+        "simple_push_url",
+    ];
+
+    /// The checks made before any push URL is validated: a body without a
+    /// query, and the same body with the `calls` URL also in the query.
+    fn check(body: RegistrationBody) -> AppResult<()> {
+        let query = RegistrationQuery {
+            simple_push_url: body.simple_push_url.clone(),
+        };
+        let urls = requested_urls(body, query)?;
+        assert!(urls.len() <= 2);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config(300))]
+
+        /// The body is optional: none at all is fine, and any body sent is
+        /// answered like every other route's.
+        #[test]
+        fn proptest_registration_bodies_get_loop_answers(
+            body in body(FIELDS),
+            content_type in content_type(),
+        ) {
+            post_body(body, content_type, true, check);
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! hash, timestamp, nonce. The nonce is recorded only once everything else
 //! passed, so unauthenticated traffic cannot fill the nonce table.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::hawk::{Header, Key, PayloadHasher, RequestBuilder, SHA256};
 use axum::body::{Body, Bytes};
@@ -61,6 +61,46 @@ fn timestamps_are_sane(params: &str) -> bool {
         }
         rest = &quoted[end + 1..];
     }
+}
+
+/// A Hawk header with everything a check needs, before any lookup.
+struct Claim {
+    header: Header,
+    id: String,
+    ts: SystemTime,
+    nonce: String,
+}
+
+/// Parses the parameters of `Authorization: Hawk ...`; the error is the
+/// reason told to the client. Ids that cannot be one of our sessions are
+/// refused here, without a database round trip.
+fn parse_claim(params: &str) -> Result<Claim, &'static str> {
+    if !timestamps_are_sane(params) {
+        return Err("invalid ts");
+    }
+    let Ok(header) = params.parse::<Header>() else {
+        return Err("malformed Hawk Authorization header");
+    };
+    let (Some(id), Some(ts), Some(nonce), Some(_)) = (
+        header.id.clone(),
+        header.ts,
+        header.nonce.clone(),
+        header.mac.as_ref(),
+    ) else {
+        return Err("the header needs id, ts, nonce and mac");
+    };
+    if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
+        return Err("invalid nonce");
+    }
+    if !is_session_id(&id) {
+        return Err("unknown or expired session");
+    }
+    Ok(Claim {
+        header,
+        id,
+        ts,
+        nonce,
+    })
 }
 
 /// What the client signed: method, host and port of its request, and the
@@ -125,28 +165,17 @@ pub(super) async fn authenticate(
     next: Next,
 ) -> Response {
     let auth = &state.auth;
-    if !timestamps_are_sane(params) {
-        return unauthorized("invalid ts");
-    }
-    let Ok(hawk_header) = params.parse::<Header>() else {
-        return unauthorized("malformed Hawk Authorization header");
+    let Claim {
+        header: hawk_header,
+        id,
+        ts,
+        nonce,
+    } = match parse_claim(params) {
+        Ok(claim) => claim,
+        Err(reason) => return unauthorized(reason),
     };
-    let (Some(id), Some(ts), Some(nonce), Some(_)) = (
-        hawk_header.id.as_deref(),
-        hawk_header.ts,
-        hawk_header.nonce.as_deref(),
-        hawk_header.mac.as_ref(),
-    ) else {
-        return unauthorized("the header needs id, ts, nonce and mac");
-    };
-    if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
-        return unauthorized("invalid nonce");
-    }
-    if !is_session_id(id) {
-        return unauthorized("unknown or expired session");
-    }
     let now = crate::clock::now();
-    let id_hmac = auth.id_hmac(id);
+    let id_hmac = auth.id_hmac(&id);
     let session = match auth.cached_session(&id_hmac, now) {
         Some(session) => session,
         None => match state.store.session(&id_hmac, now).await {
@@ -224,7 +253,7 @@ pub(super) async fn authenticate(
     // exists and is live.
     match state
         .store
-        .remember_nonce_of_live_session(&session.id_hmac, nonce, nonce_expiry, now)
+        .remember_nonce_of_live_session(&session.id_hmac, &nonce, nonce_expiry, now)
         .await
     {
         Ok(true) => {}
@@ -383,5 +412,192 @@ mod tests {
         let (parts, ()) = request.into_parts();
         let signed = Signed::from_parts(&parts, 80).unwrap();
         assert_eq!((signed.host.as_str(), signed.port), ("127.0.0.1", 5123));
+    }
+}
+
+/// Properties of the Hawk header parser; the long run is in `proptest_support`.
+#[cfg(test)]
+mod proptests {
+    use ::hawk::Credentials;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+
+    /// Attribute names Hawk knows, and a few it does not.
+    fn attribute() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec!["id", "ts", "nonce", "mac", "hash", "ext", "app", "dlg"])
+                .prop_map(String::from),
+            1 => "[a-z ]{0,6}",
+        ]
+    }
+
+    /// Values of every shape a parser meets: timestamps of any length, signs,
+    /// session-id and base64 shapes, anything but a quote.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{0,40}",
+            "[+-]?[0-9]{1,14}",
+            "[0-9a-f]{64}",
+            "[A-Za-z0-9+/=]{0,64}",
+            "[^\"]{0,40}",
+        ]
+    }
+
+    fn separator() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", ",", ", ", " ", ",,", "\t", " , ", "\u{3000}"])
+    }
+
+    /// `attr="value"` pairs with odd separators and, now and then, a quote
+    /// or an `=` missing.
+    fn attribute_soup() -> impl Strategy<Value = String> {
+        let pair = (
+            attribute(),
+            separator(),
+            prop::bool::weighted(0.95),
+            value(),
+            prop::bool::weighted(0.95),
+            separator(),
+        );
+        prop::collection::vec(pair, 0..10).prop_map(|pairs| {
+            let mut params = String::new();
+            for (attr, space, equals, value, closed, after) in pairs {
+                params.push_str(&attr);
+                params.push_str(space);
+                if equals {
+                    params.push('=');
+                }
+                params.push('"');
+                params.push_str(&value);
+                if closed {
+                    params.push('"');
+                }
+                params.push_str(after);
+            }
+            params
+        })
+    }
+
+    /// What `authenticate` relies on once a header is accepted.
+    fn assert_claim_invariants(claim: &Claim) {
+        assert!(is_session_id(&claim.id));
+        assert!(!claim.nonce.is_empty() && claim.nonce.len() <= MAX_NONCE_LEN);
+        assert!(claim.header.mac.is_some());
+        assert_eq!(claim.header.id.as_deref(), Some(claim.id.as_str()));
+        let secs = claim.ts.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(secs <= 999_999_999_999);
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        #[test]
+        fn proptest_hawk_any_params_are_parsed_or_refused(params in "(?s).{0,600}") {
+            if let Ok(claim) = parse_claim(&params) {
+                assert_claim_invariants(&claim);
+            }
+        }
+
+        #[test]
+        fn proptest_hawk_attribute_soup_is_parsed_or_refused(params in attribute_soup()) {
+            if let Ok(claim) = parse_claim(&params) {
+                assert_claim_invariants(&claim);
+            }
+        }
+
+        /// Timestamps of any length: twelve digits at most are accepted, the
+        /// rest refused before the `hawk` crate (which would overflow) sees them.
+        #[test]
+        fn proptest_hawk_timestamps_of_any_length(ts in "[0-9]{0,40}", id in "[0-9a-f]{64}") {
+            let params = format!(r#"id="{id}", ts="{ts}", nonce="n", mac="AAAA""#);
+            match parse_claim(&params) {
+                Ok(claim) => {
+                    prop_assert!(!ts.is_empty() && ts.len() <= 12);
+                    let secs = claim.ts.duration_since(UNIX_EPOCH).unwrap().as_secs();
+                    prop_assert_eq!(secs, ts.parse::<u64>().unwrap());
+                }
+                Err(reason) if ts.len() > 12 => prop_assert_eq!(reason, "invalid ts"),
+                Err(reason) => {
+                    prop_assert!(ts.is_empty());
+                    prop_assert_eq!(reason, "malformed Hawk Authorization header");
+                }
+            }
+        }
+
+        /// A header made by the `hawk` crate, as clients make them, parses back
+        /// to the same fields, and its MAC checks against the request it signs
+        /// and no other.
+        #[test]
+        fn proptest_hawk_signed_headers_round_trip(
+            token in prop::array::uniform32(any::<u8>()),
+            method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH"]),
+            host in "[a-z0-9.-]{1,40}",
+            port in any::<u16>(),
+            path in "/[!-~]{0,200}",
+            ts in 0u64..=999_999_999_999,
+            nonce in "[^\"]{1,64}",
+            ext in prop::option::of("[^\"]{0,64}"),
+            payload in prop::option::of(prop::collection::vec(any::<u8>(), 0..256)),
+        ) {
+            let derived = crate::auth::derive_credentials(&token);
+            let credentials = Credentials {
+                id: derived.id.clone(),
+                key: Key::new(derived.key.as_bytes(), SHA256).unwrap(),
+            };
+            let hash = payload
+                .map(|body| PayloadHasher::hash("application/json", SHA256, &body).unwrap());
+            let header = RequestBuilder::new(method, &host, port, &path)
+                .hash(hash.as_deref())
+                .ext(ext.as_deref())
+                .request()
+                .make_header_full(&credentials, UNIX_EPOCH + Duration::from_secs(ts), nonce.clone())
+                .unwrap();
+
+            let claim = match parse_claim(&header.to_string()) {
+                Ok(claim) => claim,
+                Err(reason) => {
+                    prop_assert!(nonce.len() > MAX_NONCE_LEN, "refused: {}", reason);
+                    prop_assert_eq!(reason, "invalid nonce");
+                    return Ok(());
+                }
+            };
+            prop_assert_eq!(&claim.header, &header);
+            prop_assert_eq!(&claim.id, &derived.id);
+            prop_assert_eq!(&claim.nonce, &nonce);
+            prop_assert_eq!(claim.ts, UNIX_EPOCH + Duration::from_secs(ts));
+
+            let signed = RequestBuilder::new(method, &host, port, &path).request();
+            prop_assert!(signed.validate_header(&claim.header, &credentials.key, Duration::MAX));
+            let elsewhere = format!("{path}x");
+            let other_path = RequestBuilder::new(method, &host, port, &elsewhere).request();
+            prop_assert!(!other_path.validate_header(&claim.header, &credentials.key, Duration::MAX));
+            let other_key = Key::new(crate::auth::derive_credentials(&[0; 32]).key.as_bytes(), SHA256).unwrap();
+            if token != [0; 32] {
+                prop_assert!(!signed.validate_header(&claim.header, &other_key, Duration::MAX));
+            }
+        }
+
+        /// Whatever `Host` and `X-Forwarded-Proto` say, the signed host and
+        /// port come out or the request is refused; the host is lower case.
+        #[test]
+        fn proptest_hawk_signed_host_from_any_host_header(
+            host in prop::collection::vec(any::<u8>(), 0..80),
+            proto in prop::option::of(prop::collection::vec(any::<u8>(), 0..12)),
+        ) {
+            let (Ok(host), proto) = (HeaderValue::from_bytes(&host), proto) else {
+                return Ok(());
+            };
+            let mut request = axum::http::Request::builder().uri("/calls?version=0");
+            request = request.header(header::HOST, host);
+            if let Some(proto) = proto.and_then(|p| HeaderValue::from_bytes(&p).ok()) {
+                request = request.header("x-forwarded-proto", proto);
+            }
+            let (parts, ()) = request.body(()).unwrap().into_parts();
+            if let Some(signed) = Signed::from_parts(&parts, 80) {
+                prop_assert_eq!(signed.host.to_ascii_lowercase(), signed.host.clone());
+                prop_assert_eq!(signed.path.as_str(), "/calls?version=0");
+            }
+        }
     }
 }

@@ -26,22 +26,43 @@ pub struct CallUrlFields {
     pub subject: Option<String>,
 }
 
+impl CallUrlFields {
+    /// Checks every field given, in the order errors are reported;
+    /// `creating` requires `callerId`.
+    pub(crate) fn check(&self, max_ttl_hours: u64, creating: bool) -> AppResult<()> {
+        match &self.caller_id {
+            Some(caller_id) => check_text("callerId", caller_id, MAX_IDENTITY_CHARS, false)?,
+            None if creating => return Err(AppError::missing("callerId")),
+            None => {}
+        }
+        if let Some(issuer) = &self.issuer {
+            check_text("issuer", issuer, MAX_IDENTITY_CHARS, true)?;
+        }
+        if let Some(subject) = &self.subject {
+            check_text("subject", subject, MAX_SUBJECT_CHARS, true)?;
+        }
+        if let Some(hours) = self.expires_in {
+            check_ttl(max_ttl_hours, hours)?;
+        }
+        Ok(())
+    }
+}
+
 /// Creates a call URL owned by `user_id`; returns it and the link to hand out.
 pub async fn create(
     state: &AppState,
     user_id: &str,
     fields: CallUrlFields,
 ) -> AppResult<(CallUrl, String)> {
-    let caller_id = fields
-        .caller_id
-        .ok_or_else(|| AppError::missing("callerId"))?;
-    check_text("callerId", &caller_id, MAX_IDENTITY_CHARS, false)?;
-    let issuer = optional_text("issuer", fields.issuer, MAX_IDENTITY_CHARS)?;
-    let subject = optional_text("subject", fields.subject, MAX_SUBJECT_CHARS)?;
-    let ttl_hours = match fields.expires_in {
-        Some(hours) => check_ttl(state, hours)?,
-        None => state.config.call_urls.default_ttl_hours,
-    };
+    fields.check(state.config.call_urls.max_ttl_hours, true)?;
+    let CallUrlFields {
+        caller_id,
+        expires_in,
+        issuer,
+        subject,
+    } = fields;
+    let caller_id = caller_id.ok_or_else(|| AppError::missing("callerId"))?;
+    let ttl_hours = expires_in.unwrap_or(state.config.call_urls.default_ttl_hours);
     let now = crate::clock::now();
     let call_url = CallUrl {
         token: super::random_token(TOKEN_BYTES),
@@ -74,17 +95,12 @@ pub async fn update(
     if existing.expires_at <= now {
         return Err(expired());
     }
-    if let Some(caller_id) = &fields.caller_id {
-        check_text("callerId", caller_id, MAX_IDENTITY_CHARS, false)?;
-    }
+    fields.check(state.config.call_urls.max_ttl_hours, false)?;
     let update = CallUrlUpdate {
         caller_id: fields.caller_id,
-        issuer: optional_text("issuer", fields.issuer, MAX_IDENTITY_CHARS)?,
-        subject: optional_text("subject", fields.subject, MAX_SUBJECT_CHARS)?,
-        expires_at: match fields.expires_in {
-            Some(hours) => Some(now + hours_to_seconds(check_ttl(state, hours)?)),
-            None => None,
-        },
+        issuer: fields.issuer,
+        subject: fields.subject,
+        expires_at: fields.expires_in.map(|hours| now + hours_to_seconds(hours)),
     };
     let expires_at = update.expires_at.unwrap_or(existing.expires_at);
     if !state.store.update_call_url(token, user_id, &update).await? {
@@ -159,7 +175,7 @@ async fn find(state: &AppState, token: &str) -> AppResult<Option<CallUrl>> {
 
 /// Tokens we issue are short URL-safe base64; anything else cannot exist and
 /// is answered without a database round trip.
-fn is_plausible_token(token: &str) -> bool {
+pub(crate) fn is_plausible_token(token: &str) -> bool {
     !token.is_empty()
         && token.len() <= MAX_TOKEN_CHARS
         && token
@@ -175,7 +191,7 @@ fn callable(url: CallUrl) -> AppResult<CallUrl> {
     Ok(url)
 }
 
-fn unknown() -> AppError {
+pub(crate) fn unknown() -> AppError {
     AppError::NotFound("unknown or revoked call URL".into())
 }
 
@@ -183,15 +199,14 @@ fn expired() -> AppError {
     AppError::Expired("this call URL has expired".into())
 }
 
-fn check_ttl(state: &AppState, hours: u64) -> AppResult<u64> {
-    let max = state.config.call_urls.max_ttl_hours;
+fn check_ttl(max: u64, hours: u64) -> AppResult<()> {
     if hours == 0 || hours > max {
         return Err(AppError::invalid(
             "expiresIn",
             format!("must be between 1 and {max} hours"),
         ));
     }
-    Ok(hours)
+    Ok(())
 }
 
 fn hours_to_seconds(hours: u64) -> i64 {
@@ -234,5 +249,108 @@ pub(crate) fn optional_text(
             Ok(Some(value))
         }
         None => Ok(None),
+    }
+}
+
+/// Properties of call URL tokens and fields; the long run is in `proptest_support`.
+#[cfg(test)]
+mod proptests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::error::Errno;
+    use crate::proptest_support::config;
+
+    const MAX_TTL_HOURS: u64 = 720;
+
+    /// Strings around every limit: blank, control characters, non-ASCII.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 ]{0,12}",
+            "(?s).{0,12}",
+            "[ \t]{0,3}",
+            (MAX_SUBJECT_CHARS - 2..MAX_SUBJECT_CHARS + 3, "[aé😀]").prop_map(|(n, c)| c.repeat(n)),
+            (MAX_IDENTITY_CHARS - 2..MAX_IDENTITY_CHARS + 3, "[aé😀]")
+                .prop_map(|(n, c)| c.repeat(n)),
+        ]
+    }
+
+    fn text_is_valid(value: &str, max_chars: usize, allow_empty: bool) -> bool {
+        (allow_empty || !value.trim().is_empty())
+            && value.chars().count() <= max_chars
+            && !value.chars().any(char::is_control)
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        /// Tokens the server issues (call URL tokens, call ids, websocket
+        /// tokens: every size in use) are plausible and decode back to their bytes.
+        #[test]
+        fn proptest_call_url_tokens_we_issue_parse_back(bytes in 1usize..=48) {
+            let token = crate::domain::random_token(bytes);
+            prop_assert!(is_plausible_token(&token), "{}", token);
+            let decoded = URL_SAFE_NO_PAD.decode(&token).unwrap();
+            prop_assert_eq!(decoded.len(), bytes);
+            prop_assert_eq!(URL_SAFE_NO_PAD.encode(decoded), token);
+        }
+
+        /// Any string from a path is a plausible token exactly when it is 1 to
+        /// 64 characters of the URL-safe base64 alphabet.
+        #[test]
+        fn proptest_call_url_token_strings_are_refused_unless_plausible(
+            token in prop_oneof!["(?s).{0,80}", "[A-Za-z0-9_=+/.-]{0,70}", "[A-Za-z0-9_-]{0,100}"],
+        ) {
+            let alphabet = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            let expected = (1..=MAX_TOKEN_CHARS).contains(&token.len()) && token.chars().all(alphabet);
+            prop_assert_eq!(is_plausible_token(&token), expected);
+        }
+
+        /// A call URL's fields are accepted exactly when each one given is
+        /// within its limits, and otherwise refused with 400 naming the first
+        /// field at fault (107), or 108 for a missing callerId on creation.
+        #[test]
+        fn proptest_call_url_fields_are_checked(
+            caller_id in prop::option::of(text()),
+            issuer in prop::option::of(text()),
+            subject in prop::option::of(text()),
+            expires_in in prop::option::of(prop_oneof![0u64..=MAX_TTL_HOURS + 2, any::<u64>()]),
+            creating in any::<bool>(),
+        ) {
+            let mut faults = Vec::new();
+            match &caller_id {
+                None if creating => faults.push("callerId"),
+                Some(value) if !text_is_valid(value, MAX_IDENTITY_CHARS, false) => faults.push("callerId"),
+                _ => {}
+            }
+            if issuer.as_deref().is_some_and(|v| !text_is_valid(v, MAX_IDENTITY_CHARS, true)) {
+                faults.push("issuer");
+            }
+            if subject.as_deref().is_some_and(|v| !text_is_valid(v, MAX_SUBJECT_CHARS, true)) {
+                faults.push("subject");
+            }
+            if expires_in.is_some_and(|hours| hours == 0 || hours > MAX_TTL_HOURS) {
+                faults.push("expiresIn");
+            }
+            let missing_caller = caller_id.is_none() && creating;
+            let fields = CallUrlFields { caller_id, expires_in, issuer, subject };
+            match (fields.check(MAX_TTL_HOURS, creating), faults.first()) {
+                (Ok(()), None) => {}
+                (Err(err), Some(field)) => {
+                    prop_assert_eq!(err.status().as_u16(), 400);
+                    if missing_caller {
+                        prop_assert_eq!(err.errno(), Errno::MissingParameters);
+                        prop_assert_eq!(err.to_string(), "missing callerId");
+                    } else {
+                        prop_assert_eq!(err.errno(), Errno::InvalidParameters);
+                        let prefix = format!("{field}: ");
+                        prop_assert!(err.to_string().starts_with(&prefix), "{}", err);
+                    }
+                }
+                (result, faults) => prop_assert!(false, "{:?} but faults {:?}", result, faults),
+            }
+        }
     }
 }

@@ -37,9 +37,7 @@ pub struct PlacedCall {
 
 /// Places a call through the call URL `token`.
 pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppResult<PlacedCall> {
-    let channel = optional_text("channel", request.channel, MAX_CHANNEL_CHARS)?
-        .filter(|channel| !channel.is_empty());
-    let subject = optional_text("subject", request.subject, MAX_SUBJECT_CHARS)?;
+    let (channel, subject) = checked_text(request.channel, request.subject)?;
     // Validated again at call time: the URL may have been revoked or have
     // expired since Alice opened it.
     let (url, push_urls) = call_urls::live_with_callee_push_urls(state, token).await?;
@@ -99,6 +97,17 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
         call,
         caller_token: setup.caller_token,
     })
+}
+
+/// The caller's `channel` (empty means none) and `subject`, checked.
+pub(crate) fn checked_text(
+    channel: Option<String>,
+    subject: Option<String>,
+) -> AppResult<(Option<String>, Option<String>)> {
+    let channel =
+        optional_text("channel", channel, MAX_CHANNEL_CHARS)?.filter(|channel| !channel.is_empty());
+    let subject = optional_text("subject", subject, MAX_SUBJECT_CHARS)?;
+    Ok((channel, subject))
 }
 
 /// Provider sessions the end sweep hands to their plugins per round.

@@ -208,16 +208,6 @@ impl Plugin {
         }
     }
 
-    fn check_size(&self, what: &'static str, len: usize) -> Result<(), Failure> {
-        if len > self.limits().max_return_bytes {
-            Err(Failure::Oversized { what, len })
-        } else {
-            Ok(())
-        }
-    }
-
-    /// A string an export returned: within the size limit, free of control
-    /// characters (it reaches clients and logs), and not empty when `required`.
     fn check_returned(
         &self,
         export: &str,
@@ -225,13 +215,13 @@ impl Plugin {
         value: &str,
         required: bool,
     ) -> Result<(), Failure> {
-        self.check_size(what, value.len())?;
-        if required && value.is_empty() {
-            return Err(Failure::Invalid(format!(
-                "{export} returned an empty {what}"
-            )));
-        }
-        check_text(what, value)
+        check_returned(
+            self.limits().max_return_bytes,
+            export,
+            what,
+            value,
+            required,
+        )
     }
 
     /// Records the outcome of one call and turns a failure into the caller's error.
@@ -340,15 +330,7 @@ impl Call<'_> {
             .describe(&mut self.store)
             .await
             .map_err(|err| classify(&self.store, err))?;
-        self.plugin
-            .check_size("describe name", info.name.len() + info.version.len())?;
-        if info.name.trim().is_empty() {
-            return Err(Failure::Invalid(
-                "describe returned an empty provider name".into(),
-            ));
-        }
-        check_text("provider name", &info.name)?;
-        check_text("provider version", &info.version)?;
+        check_info(self.plugin.limits().max_return_bytes, &info)?;
         Ok(info)
     }
 
@@ -398,19 +380,12 @@ impl Call<'_> {
             .await
             .map_err(|err| classify(&self.store, err))?
             .map_err(Failure::Guest)?;
-        self.plugin
-            .check_size("grant", grant.session_id.len() + grant.identity.len())?;
-        // The host, not the plugin, has the last word on what a token is for.
-        if grant.session_id != session_id {
-            return Err(Failure::Guest(GuestError::Rejected(
-                "the token belongs to another session".into(),
-            )));
-        }
-        if grant.expires_at < crate::clock::now().max(0) as u64 {
-            return Err(Failure::Guest(GuestError::Rejected(
-                "the token has expired".into(),
-            )));
-        }
+        check_grant(
+            self.plugin.limits().max_return_bytes,
+            &grant,
+            session_id,
+            crate::clock::now(),
+        )?;
         Ok(grant)
     }
 
@@ -441,6 +416,75 @@ fn classify(store: &Store<CallState>, err: wasmtime::Error) -> Failure {
         return Failure::Stopped(HostStop::Cpu);
     }
     Failure::Wasm(format!("{:#}", wasm_error(err)))
+}
+
+fn check_size(max_return_bytes: usize, what: &'static str, len: usize) -> Result<(), Failure> {
+    if len > max_return_bytes {
+        Err(Failure::Oversized { what, len })
+    } else {
+        Ok(())
+    }
+}
+
+/// A string an export returned: within the size limit, free of control
+/// characters (it reaches clients and logs), and not empty when `required`.
+fn check_returned(
+    max_return_bytes: usize,
+    export: &str,
+    what: &'static str,
+    value: &str,
+    required: bool,
+) -> Result<(), Failure> {
+    check_size(max_return_bytes, what, value.len())?;
+    if required && value.is_empty() {
+        return Err(Failure::Invalid(format!(
+            "{export} returned an empty {what}"
+        )));
+    }
+    check_text(what, value)
+}
+
+/// What `describe` returned: a name, both printable, within the size limit.
+fn check_info(max_return_bytes: usize, info: &ProviderInfo) -> Result<(), Failure> {
+    check_size(
+        max_return_bytes,
+        "describe name",
+        info.name.len() + info.version.len(),
+    )?;
+    if info.name.trim().is_empty() {
+        return Err(Failure::Invalid(
+            "describe returned an empty provider name".into(),
+        ));
+    }
+    check_text("provider name", &info.name)?;
+    check_text("provider version", &info.version)
+}
+
+/// What `verify-token` granted, held against what the host asked (`now` in
+/// Unix seconds): the host, not the plugin, has the last word on what a
+/// token is for.
+fn check_grant(
+    max_return_bytes: usize,
+    grant: &Grant,
+    session_id: &str,
+    now: i64,
+) -> Result<(), Failure> {
+    check_size(
+        max_return_bytes,
+        "grant",
+        grant.session_id.len() + grant.identity.len(),
+    )?;
+    if grant.session_id != session_id {
+        return Err(Failure::Guest(GuestError::Rejected(
+            "the token belongs to another session".into(),
+        )));
+    }
+    if grant.expires_at < now.max(0) as u64 {
+        return Err(Failure::Guest(GuestError::Rejected(
+            "the token has expired".into(),
+        )));
+    }
+    Ok(())
 }
 
 /// Values handed to clients and logs: no control characters.
@@ -475,4 +519,120 @@ pub(crate) async fn describe(
     plugin
         .run(engine, "describe", async |call| call.describe().await)
         .await
+}
+
+/// Properties of the checks on what plugins return; the long run is in
+/// `proptest_support`.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+    use crate::providers::Role;
+
+    /// What a plugin might return: printable, control characters, blank,
+    /// non-ASCII, and lengths around the limit.
+    fn returned() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[!-~]{0,16}",
+            "(?s).{0,40}",
+            "[ \t\r\n\u{0}\u{7f}\u{85}]{0,4}",
+            (0usize..600, "[a\u{e9}\u{1F600}]").prop_map(|(n, c)| c.repeat(n)),
+        ]
+    }
+
+    fn printable(value: &str) -> bool {
+        !value.chars().any(char::is_control)
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        #[test]
+        fn proptest_plugin_returned_strings_are_checked(
+            value in returned(),
+            max in 0usize..700,
+            required in any::<bool>(),
+        ) {
+            let result = check_returned(max, "issue-token", "token", &value, required);
+            match result {
+                Ok(()) => prop_assert!(
+                    value.len() <= max && !(required && value.is_empty()) && printable(&value)
+                ),
+                Err(Failure::Oversized { what, len }) => {
+                    prop_assert_eq!((what, len), ("token", value.len()));
+                    prop_assert!(len > max);
+                }
+                Err(Failure::Invalid(message)) => {
+                    prop_assert!(value.len() <= max);
+                    prop_assert!((required && value.is_empty()) || !printable(&value), "{}", message);
+                }
+                Err(other) => prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        #[test]
+        fn proptest_plugin_descriptions_are_checked(
+            name in returned(),
+            version in returned(),
+            max in 0usize..1400,
+        ) {
+            let info = ProviderInfo { name: name.clone(), version: version.clone(), ..Default::default() };
+            let valid = name.len() + version.len() <= max
+                && !name.trim().is_empty()
+                && printable(&name)
+                && printable(&version);
+            prop_assert_eq!(check_info(max, &info).is_ok(), valid);
+        }
+
+        /// A grant is taken only for the session asked about, unexpired,
+        /// within the size limit; a wrong session or an expired token is the
+        /// client's fault (rejected), an oversized grant the plugin's.
+        #[test]
+        fn proptest_plugin_grants_are_checked(
+            asked in "[!-~]{1,20}",
+            granted in prop_oneof![Just(None), returned().prop_map(Some)],
+            identity in returned(),
+            now in prop_oneof![any::<i64>(), 0i64..2_000_000_000],
+            offset in -5i64..5,
+            max in 0usize..1400,
+        ) {
+            let session_id = granted.unwrap_or_else(|| asked.clone());
+            let expires_at = now.max(0).saturating_add(offset).max(0) as u64;
+            let grant = Grant {
+                session_id: session_id.clone(),
+                role: Role::Publisher,
+                identity: identity.clone(),
+                expires_at,
+            };
+            match check_grant(max, &grant, &asked, now) {
+                Ok(()) => prop_assert!(
+                    session_id.len() + identity.len() <= max
+                        && session_id == asked
+                        && expires_at >= now.max(0) as u64
+                ),
+                Err(Failure::Oversized { .. }) => prop_assert!(session_id.len() + identity.len() > max),
+                Err(Failure::Guest(GuestError::Rejected(_))) => {
+                    prop_assert!(session_id != asked || expires_at < now.max(0) as u64)
+                }
+                Err(other) => prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        /// A plugin's error message, however long or odd, comes out bounded,
+        /// cut on a character boundary and on one line.
+        #[test]
+        fn proptest_plugin_error_messages_are_bounded(message in prop_oneof![
+            returned(),
+            (0usize..700, "(?s).").prop_map(|(n, c)| c.repeat(n)),
+        ]) {
+            let out = truncate(message.clone());
+            prop_assert!(out.len() <= MAX_GUEST_MESSAGE_BYTES + '…'.len_utf8());
+            prop_assert!(printable(&out));
+            if message.len() <= MAX_GUEST_MESSAGE_BYTES && printable(&message) {
+                prop_assert_eq!(out, message);
+            }
+        }
+    }
 }

@@ -56,3 +56,38 @@ pub(crate) fn sanitize_log(message: &str) -> String {
     }
     out
 }
+
+/// Properties of plugin log lines; the long run is in `proptest_support`.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::config;
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        /// Whatever a plugin logs comes out as one bounded line: control
+        /// characters (newlines too) become spaces, and a long message is cut
+        /// on a character boundary.
+        #[test]
+        fn proptest_plugin_log_lines_are_bounded(message in prop_oneof![
+            "(?s).{0,64}",
+            (0usize..3000, "(?s).").prop_map(|(n, c)| c.repeat(n)),
+        ]) {
+            let line = sanitize_log(&message);
+            prop_assert!(line.len() <= MAX_LOG_MESSAGE_BYTES + '…'.len_utf8());
+            prop_assert!(!line.chars().any(char::is_control));
+            let kept: String = message
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            if line != kept {
+                let cut = line.strip_suffix('…');
+                prop_assert!(cut.is_some_and(|cut| kept.starts_with(cut)), "{:?}", line);
+                prop_assert!(kept.len() > MAX_LOG_MESSAGE_BYTES);
+            }
+        }
+    }
+}
