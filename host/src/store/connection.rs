@@ -176,7 +176,7 @@ impl SqlStore {
     /// See [`Store::gauges`].
     pub(super) fn gauges(&self) -> super::StoreGauges {
         let connections = match &self.connections {
-            Connections::Pool(pool) => {
+            Connections::Pool(pool, _) => {
                 let idle = pool.num_idle();
                 Some((idle, (pool.size() as usize).saturating_sub(idle)))
             }
