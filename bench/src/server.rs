@@ -291,10 +291,9 @@ impl ServerProcess {
             Err(_) => "is still running",
         };
         anyhow::bail!(
-            "loop-server printed no `{prefix}…` line within {} s (it {why}); it printed {:?}; see {}",
+            "loop-server printed no `{prefix}…` line within {} s (it {why}); it printed {:?}",
             timeout.as_secs(),
-            *self.stdout.borrow(),
-            self.log_path.display()
+            *self.stdout.borrow()
         )
     }
 
