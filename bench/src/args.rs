@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::server::ServerProcess;
+use anyhow::Context;
+
+use crate::server::{ServerEnv, ServerProcess};
+use crate::wrk::LoadSettings;
 
 /// The server a benchmark starts, and where it keeps its files.
 #[derive(clap::Args)]
@@ -22,18 +25,30 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// Starts the server on `config`, keeping its log in `dir`.
     pub async fn start(&self, config: &Path, dir: &Path) -> anyhow::Result<ServerProcess> {
+        self.start_binary(&self.server_bin, config, dir, &[]).await
+    }
+
+    /// Starts `bin` (another build of the server) with `env` on top of what it inherits.
+    pub async fn start_binary(
+        &self,
+        bin: &Path,
+        config: &Path,
+        dir: &Path,
+        env: ServerEnv<'_>,
+    ) -> anyhow::Result<ServerProcess> {
         ServerProcess::start(
-            &std::path::absolute(&self.server_bin)?,
+            &absolute(bin)?,
             config,
             dir,
             &self.work_dir,
             self.server_log.as_deref(),
+            env,
         )
         .await
     }
 }
 
-/// wrk's load, beside each benchmark's own duration and warm-up.
+/// wrk's load, beside each benchmark's own duration, warm-up and number of runs.
 #[derive(clap::Args)]
 pub struct LoadArgs {
     /// wrk threads.
@@ -42,21 +57,44 @@ pub struct LoadArgs {
     /// wrk connections, all threads together.
     #[arg(short = 'c', long, default_value_t = 32)]
     pub connections: u32,
-    /// Measured runs of each route or configuration (medians reported).
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
     /// Seconds after which wrk counts a response as a timeout error.
     #[arg(long, default_value_t = 2, value_parser = parse_seconds)]
     pub timeout: u64,
 }
 
 impl LoadArgs {
+    /// wrk's settings for these options; `max_signed_rate` is 1 where no route is signed.
+    pub fn settings(&self, lua: &Path, max_signed_rate: u64) -> anyhow::Result<LoadSettings> {
+        Ok(LoadSettings {
+            threads: self.threads,
+            connections: self.connections,
+            timeout_s: self.timeout,
+            lua: absolute(lua)?,
+            max_signed_rate,
+        })
+    }
+
     pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.runs >= 1, "--runs: at least 1");
         anyhow::ensure!(
             self.threads >= 1 && self.connections >= self.threads,
             "--connections: at least one per thread"
         );
+        Ok(())
+    }
+}
+
+/// Pre-signing of the Hawk routes' headers.
+#[derive(clap::Args)]
+pub struct SigningArgs {
+    /// Pre-signed Hawk headers per second of run; a run that would need more
+    /// is reported as failed, never replayed.
+    #[arg(long, default_value_t = 40_000)]
+    pub max_signed_rate: u64,
+}
+
+impl SigningArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_signed_rate >= 1, "--max-signed-rate: at least 1");
         Ok(())
     }
 }
@@ -95,4 +133,9 @@ pub fn parse_seconds(value: &str) -> Result<u64, String> {
         .trim_end_matches('s')
         .parse()
         .map_err(|_| format!("{value:?} is not a number of seconds (like 15 or 15s)"))
+}
+
+/// `path` from the root, for servers and tools that run in other folders.
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
 }

@@ -7,7 +7,9 @@
 //! state-change fan-out latency). `providers` benchmarks `POST /calls/{token}`
 //! with each provider plugin and the plugin's share of the server's time.
 //! `original` measures Loop and Mozilla's original server back to back, with
-//! an axum hello-world route as the framework's ceiling.
+//! an axum hello-world route as the framework's ceiling. `overhead` measures
+//! the build with metrics, request ids and rate limits against the one before
+//! them, back to back.
 //! `sign` and `seed` expose the two building blocks for manual runs.
 
 mod args;
@@ -15,6 +17,7 @@ mod cpu;
 mod fixtures;
 mod hawk_sign;
 mod original;
+mod overhead;
 mod progress;
 mod providers;
 mod report;
@@ -51,6 +54,10 @@ enum Command {
     /// four routes the original's kit measures, with an axum hello-world
     /// route as the framework's ceiling (`scripts/bench original`).
     Original(Box<original::OriginalArgs>),
+    /// Benchmark the cost of metrics, request ids and rate limits: each
+    /// route on the build with them and on the baseline before them, back to
+    /// back (`scripts/bench overhead`).
+    Overhead(Box<overhead::OverheadArgs>),
     /// Pre-sign Hawk Authorization values for a manual `wrk -s bench/wrk/loop.lua` run.
     Sign(SignArgs),
     /// Bulk-insert sessions and call URLs into a migrated Loop database.
@@ -131,6 +138,7 @@ async fn main() -> ExitCode {
         Command::Progress(args) => progress::run(*args).await,
         Command::Providers(args) => providers::run(*args).await,
         Command::Original(args) => original::run(*args).await,
+        Command::Overhead(args) => overhead::run(*args).await,
         Command::Sign(args) => sign(args).map(|()| true),
         Command::Seed(args) => {
             let counts = seed::SeedCounts {

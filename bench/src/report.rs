@@ -71,6 +71,14 @@ impl Route {
             })
     }
 
+    /// `--routes`: the routes named, or every route when none is.
+    pub fn parse_list(keys: &[String]) -> anyhow::Result<Vec<Self>> {
+        if keys.is_empty() {
+            return Ok(Route::ALL.to_vec());
+        }
+        keys.iter().map(|key| Route::parse(key.trim())).collect()
+    }
+
     pub fn target(self) -> Option<Target> {
         let (min_rps, max_p99_ms, original_rps, original_p99_ms) = match self {
             Route::Registration => (8_300.0, None, 833.0, 77.0),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::args::{LoadArgs, ReportArgs, ServerArgs, parse_seconds};
+use crate::args::{LoadArgs, ReportArgs, ServerArgs, SigningArgs, absolute, parse_seconds};
 use crate::fixtures::{self, Api, CALL_BODY, CALL_URL_BODY, Fixtures};
 use crate::report::{self, Dataset, PhaseResult, Route, RouteResult};
 use crate::seed::{self, SeedCounts};
@@ -23,7 +23,7 @@ pub enum BackendChoice {
 
 /// Hawk timestamps are accepted within ±60 s and the headers are signed just
 /// before a run: longer runs would end with stale signatures.
-const MAX_DURATION_S: u64 = 45;
+pub(crate) const MAX_DURATION_S: u64 = 45;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -35,6 +35,9 @@ pub struct RunArgs {
     quick: bool,
     #[command(flatten)]
     load: LoadArgs,
+    /// Measured runs of each route (medians reported).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// Seconds per run (`15` or `15s`); default 15, or 3 with --quick.
     #[arg(short = 'd', long, value_parser = parse_seconds)]
     duration: Option<u64>,
@@ -60,10 +63,8 @@ pub struct RunArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     postgres_url: String,
-    /// Pre-signed Hawk headers per second of run; a run that would need more
-    /// is reported as failed, never replayed.
-    #[arg(long, default_value_t = 40_000)]
-    max_signed_rate: u64,
+    #[command(flatten)]
+    signing: SigningArgs,
     #[command(flatten)]
     server: ServerArgs,
     /// The loopback provider component.
@@ -102,7 +103,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         "--warmup: at most {MAX_DURATION_S} s"
     );
     args.load.check()?;
-    anyhow::ensure!(args.max_signed_rate >= 1, "--max-signed-rate: at least 1");
+    anyhow::ensure!(args.runs >= 1, "--runs: at least 1");
+    args.signing.check()?;
     for (path, flag) in [
         (&args.server.server_bin, "--server-bin"),
         (&args.plugin, "--plugin"),
@@ -110,14 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     ] {
         anyhow::ensure!(path.is_file(), "{flag}: {} does not exist", path.display());
     }
-    let routes = if args.routes.is_empty() {
-        Route::ALL.to_vec()
-    } else {
-        args.routes
-            .iter()
-            .map(|key| Route::parse(key.trim()))
-            .collect::<anyhow::Result<_>>()?
-    };
+    let routes = Route::parse_list(&args.routes)?;
     let backends = match args.backend {
         BackendChoice::Sqlite => vec![Backend::Sqlite],
         BackendChoice::Postgres => vec![Backend::Postgres],
@@ -125,16 +120,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     let scale = if args.quick { 10 } else { 1 };
     let plan = Plan {
-        settings: LoadSettings {
-            threads: args.load.threads,
-            connections: args.load.connections,
-            timeout_s: args.load.timeout,
-            lua: absolute(&args.lua)?,
-            max_signed_rate: args.max_signed_rate,
-        },
+        settings: args
+            .load
+            .settings(&args.lua, args.signing.max_signed_rate)?,
         duration_s,
         warmup_s,
-        runs: args.load.runs,
+        runs: args.runs,
         routes,
         seed: SeedCounts {
             sessions: args.seed_sessions.unwrap_or(100_000 / scale),
@@ -174,10 +165,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         println!("results written to {}", path.display());
     }
     Ok(!phases.iter().any(PhaseResult::failed))
-}
-
-fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
 }
 
 struct Phase<'a> {

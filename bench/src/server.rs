@@ -9,6 +9,7 @@ use anyhow::Context;
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -159,6 +160,10 @@ generated_secrets = ["secret"]
     Ok(path)
 }
 
+/// How a server's environment differs from the harness's own: `Some` sets
+/// the variable, `None` keeps it out of what the server inherits.
+pub type ServerEnv<'a> = &'a [(&'a str, Option<&'a str>)];
+
 pub struct ServerProcess {
     child: Child,
     pub pid: u32,
@@ -167,6 +172,8 @@ pub struct ServerProcess {
     pub port: u16,
     pub log_path: PathBuf,
     pid_file: PathBuf,
+    /// Every line the server printed so far; closed when it exits.
+    stdout: watch::Receiver<Vec<String>>,
 }
 
 impl ServerProcess {
@@ -179,6 +186,7 @@ impl ServerProcess {
         dir: &Path,
         work_dir: &Path,
         log_filter: Option<&str>,
+        env: ServerEnv<'_>,
     ) -> anyhow::Result<Self> {
         let log_path = dir.join("server.log");
         let log = std::fs::File::create(&log_path)
@@ -202,6 +210,12 @@ impl ServerProcess {
         if let Some(filter) = log_filter {
             command.env("LOOP_LOG", filter);
         }
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -210,11 +224,16 @@ impl ServerProcess {
         std::fs::write(&pid_file, pid.to_string())?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let (printed, stdout) = watch::channel(Vec::new());
         // The first start compiles the plugin; give it time.
         let announced = tokio::time::timeout(Duration::from_secs(180), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("loop-server listening on ") {
-                    return Ok::<_, std::io::Error>(Some(url.trim().to_string()));
+                let url = line
+                    .strip_prefix("loop-server listening on ")
+                    .map(|url| url.trim().to_string());
+                printed.send_modify(|printed| printed.push(line));
+                if url.is_some() {
+                    return Ok::<_, std::io::Error>(url);
                 }
             }
             Ok(None)
@@ -247,7 +266,11 @@ impl ServerProcess {
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                printed.send_modify(|printed| printed.push(line));
+            }
+        });
         let port = url
             .rsplit_once(':')
             .and_then(|(_, port)| port.trim_end_matches('/').parse().ok())
@@ -259,7 +282,31 @@ impl ServerProcess {
             port,
             log_path,
             pid_file,
+            stdout,
         })
+    }
+
+    /// What follows `prefix` on the first line of the server's stdout that
+    /// starts with it, waiting up to `timeout` for that line.
+    pub async fn stdout_line(&self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        let find = |printed: &[String]| {
+            printed
+                .iter()
+                .find_map(|line| line.strip_prefix(prefix))
+                .map(|rest| rest.trim().to_string())
+        };
+        let mut stdout = self.stdout.clone();
+        let found = tokio::time::timeout(timeout, stdout.wait_for(|p| find(p).is_some())).await;
+        let why = match found {
+            Ok(Ok(printed)) => return find(&printed).context("the line went missing"),
+            Ok(Err(_)) => "exited",
+            Err(_) => "is still running",
+        };
+        anyhow::bail!(
+            "loop-server printed no `{prefix}…` line within {} s (it {why}); it printed {:?}",
+            timeout.as_secs(),
+            *self.stdout.borrow()
+        )
     }
 
     /// Peak resident set size since start (`VmHWM`), in KiB.
