@@ -256,10 +256,6 @@ fn bad_rate_limit_keys_are_configuration_errors_naming_the_key() {
             "rate_limits.registration_per_ip.burst",
         ),
         (
-            "[rate_limits]\ncalls_per_call_url = { per_minute = 5 }\n",
-            "burst",
-        ),
-        (
             "[rate_limits]\nclient_ip_header = \"X Forwarded\"\n",
             "rate_limits.client_ip_header",
         ),
