@@ -352,6 +352,7 @@ async fn measure(
             plugin: &std::path::absolute(&args.plugin)?,
             push_origin: upstream,
             extra_toml: "",
+            rate_limits: true,
         })?;
         let server = args.server.start(&config, &dir).await?;
         servers.push((backend, server, database));

@@ -34,17 +34,9 @@ const TARGET_RATIO: f64 = 0.95;
 /// inherit. The baseline never gets these: it predates the keys, and a key a
 /// known section does not have (`server.metrics_listen`) stops it at start.
 ///
-/// Every request of a run comes from 127.0.0.1 and, on the Hawk routes, from
-/// one session, so the budgets are far above any rate two cores serve; a
-/// request over budget (429) fails the run. The `rate_limits` names are
-/// written from the wording; the lead sets the exact keys of the
-/// `[rate_limits]` section when it is merged (once it is a known section, a
-/// key it does not have stops the "with" server at its first start).
-pub const FEATURE_ENV: &[(&str, &str)] = &[
-    ("LOOP_SERVER__METRICS_LISTEN", "127.0.0.1:0"),
-    ("LOOP_RATE_LIMITS__PER_IP_PER_SECOND", "1000000"),
-    ("LOOP_RATE_LIMITS__PER_SESSION_PER_SECOND", "1000000"),
-];
+/// Rate limits are in the "with" server's config file (high budgets,
+/// `ConfigInputs::rate_limits`), which the baseline's never has.
+pub const FEATURE_ENV: &[(&str, &str)] = &[("LOOP_SERVER__METRICS_LISTEN", "127.0.0.1:0")];
 
 /// [`FEATURE_ENV`] set, or every name in it kept out of what the server inherits.
 fn server_env(features: bool) -> Vec<(&'static str, Option<&'static str>)> {
@@ -333,6 +325,7 @@ async fn measure_on_fresh_server(
         plugin: &plan.plugin,
         push_origin: &sink.origin,
         extra_toml: "",
+        rate_limits: side == Side::With && !args.no_features,
     })?;
     let features = side == Side::With && !args.no_features;
     let env = server_env(features);

@@ -154,6 +154,7 @@ pub async fn run(args: ProgressArgs) -> anyhow::Result<bool> {
         plugin: &plugin,
         push_origin: &sink.origin,
         extra_toml: &progress_toml,
+        rate_limits: true,
     })?;
     let mut server = args.server.start(&config, &dir).await?;
     eprintln!(

@@ -696,6 +696,7 @@ async fn start(
         plugin: loopback,
         push_origin: &sink.origin,
         extra_toml: &format!("\n{extra_toml}"),
+        rate_limits: true,
     })?;
     let server = args.server.start(&config, &dir).await?;
     eprintln!(
@@ -1144,6 +1145,7 @@ mod tests {
                 plugin: Path::new("/plugins/loopback/loopback.wasm"),
                 push_origin: "http://127.0.0.1:1",
                 extra_toml: &format!("\n{extra}"),
+                rate_limits: true,
             })
             .unwrap();
             let text = std::fs::read_to_string(path).unwrap();

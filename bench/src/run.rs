@@ -205,6 +205,7 @@ impl Phase<'_> {
                 plugin: self.plugin,
                 push_origin: &self.sink.origin,
                 extra_toml: "",
+                rate_limits: true,
             })?;
             let mut server = args.server.start(&config, &dir).await?;
             eprintln!(
