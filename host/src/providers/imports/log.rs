@@ -48,11 +48,13 @@ impl CallState {
 pub(crate) fn sanitize_log(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_LOG_MESSAGE_BYTES) + 3);
     for ch in message.chars() {
+        // Measured as written: a two-byte control character becomes one space.
+        let ch = if ch.is_control() { ' ' } else { ch };
         if out.len() + ch.len_utf8() > MAX_LOG_MESSAGE_BYTES {
             out.push('…');
             break;
         }
-        out.push(if ch.is_control() { ' ' } else { ch });
+        out.push(ch);
     }
     out
 }
