@@ -14,6 +14,7 @@ mod crash;
 mod errors;
 mod multi_instance;
 mod net;
+mod openapi;
 mod plugin_languages;
 mod progress;
 mod provider_choice;
