@@ -16,6 +16,7 @@ mod faults;
 mod metrics;
 mod multi_instance;
 mod net;
+mod openapi;
 mod plugin_languages;
 mod progress;
 mod provider_choice;

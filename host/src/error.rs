@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::store::StoreError;
 
 /// Loop's errno numbers (a subset of Mozilla's loop-server `errors.js`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
 #[repr(u16)]
 pub enum Errno {
     InvalidToken = 105,
@@ -77,11 +77,17 @@ pub enum AppError {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Loop's error body, `LoopError` in the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LoopError)]
+pub struct ErrorBody {
+    /// The HTTP status, repeated.
     code: u16,
+    #[schema(value_type = Errno)]
     errno: u16,
-    error: &'a str,
+    /// The status's reason phrase ("Bad Request").
+    error: &'static str,
+    /// What went wrong, for the developer; names the field when one is at fault.
     message: String,
 }
 

@@ -1,19 +1,36 @@
 //! `DELETE /account`: the user's right to be forgotten.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::delete;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::auth::Authenticated;
 use crate::error::AppResult;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/account", delete(delete_account))
+use super::openapi::LoopError;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(delete_account))
 }
 
 /// Forgets the user: every session, push URL, call URL and call.
+#[utoipa::path(
+    delete,
+    path = "/account",
+    tag = "sessions",
+    summary = "Forget the user",
+    description = "Deletes every session, push URL, call URL and call of the session's user; \
+        this session's credentials stop working.",
+    security(("hawk" = [])),
+    responses(
+        (status = 204, description = "Forgotten"),
+        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
+        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
+            body = LoopError),
+    ),
+)]
 async fn delete_account(
     State(state): State<AppState>,
     Authenticated { session }: Authenticated,

@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::auth::Authenticated;
@@ -19,13 +21,15 @@ use crate::limits::ClientIp;
 use crate::providers::CallType;
 use crate::store::{Side, Timestamp};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/calls", get(list))
-        .route("/calls/{token}", get(show).post(place))
+use super::openapi::LoopError;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show, place))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CallUrlInfo {
     #[serde(rename = "calleeFriendlyName")]
     callee_friendly_name: Option<String>,
@@ -34,15 +38,20 @@ struct CallUrlInfo {
     subject: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct PlaceCall {
+    /// Required: "audio" or "audio-video".
     #[serde(rename = "callType")]
+    #[schema(pattern = "^(audio|audio-video)$")]
     call_type: Option<String>,
+    /// The provider channel to place the call on (a `[providers]` channel);
+    /// unset: the default provider.
     channel: Option<String>,
+    /// What the call is about.
     subject: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PlacedCall {
     #[serde(rename = "callId")]
     call_id: String,
@@ -61,12 +70,12 @@ struct PlacedCall {
     ice_servers: Vec<IceServer>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct IncomingCalls {
     calls: Vec<IncomingCall>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct IncomingCall {
     #[serde(rename = "callId")]
     call_id: String,
@@ -97,6 +106,27 @@ struct IncomingCall {
 }
 
 /// `GET /calls/{token}`: who Alice would call. Browsers get the call page.
+#[utoipa::path(
+    get,
+    path = "/calls/{token}",
+    operation_id = "call_url_info",
+    tag = "calls",
+    summary = "Who a call URL calls, or the call page in a browser",
+    description = "API clients get who the call URL calls. A browser, whose `Accept` lists \
+        `text/html` before `application/json`, gets the call page (as `/c/{token}`), and \
+        errors as pages with the same status. The answer varies on `Accept`.",
+    params(("token" = String, Path, description = "The call URL's token")),
+    responses(
+        (status = 200, description = "Who the call URL calls (JSON), or the call page (HTML)",
+            content((CallUrlInfo = "application/json"), (String = "text/html"))),
+        (status = 404, description = "Unknown or revoked call URL (errno 105)",
+            content((LoopError = "application/json"), (String = "text/html"))),
+        (status = 410, description = "The call URL has expired (errno 111)",
+            content((LoopError = "application/json"), (String = "text/html"))),
+        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
+            content((LoopError = "application/json"), (String = "text/html"))),
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -140,6 +170,33 @@ fn call_type(value: Option<&str>) -> AppResult<CallType> {
 }
 
 /// `POST /calls/{token}`: Alice calls the owner of the call URL.
+#[utoipa::path(
+    post,
+    path = "/calls/{token}",
+    operation_id = "place_call",
+    tag = "calls",
+    summary = "Call the owner of a call URL",
+    description = "Anyone holding the call URL may call; no authentication. The callee's \
+        devices are woken by push, and both sides then follow the call on the progress \
+        websocket (`progressURL`).",
+    params(("token" = String, Path, description = "The call URL's token")),
+    request_body = PlaceCall,
+    responses(
+        (status = 200, description = "The call, with the caller's side of the provider session",
+            body = PlacedCall),
+        (status = 400, description = "Malformed JSON (errno 106), an invalid field such as an unknown \
+            `callType` or `channel` (107), or `callType` missing (108); the message names the field",
+            body = LoopError),
+        (status = 404, description = "Unknown or revoked call URL (errno 105)", body = LoopError),
+        (status = 406, description = "The body is not `application/json` (errno 106)", body = LoopError),
+        (status = 410, description = "The call URL has expired (errno 111)", body = LoopError),
+        (status = 413, description = "The body is over 16 KiB (errno 113)", body = LoopError),
+        (status = 429, description = "Too many requests (errno 999); `Retry-After` says when to retry",
+            body = LoopError),
+        (status = 503, description = "Storage or the call provider is unavailable (errno 201); \
+            `Retry-After` says when to retry", body = LoopError),
+    ),
+)]
 async fn place(
     State(state): State<AppState>,
     client: ClientIp,
@@ -189,6 +246,27 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
 /// `GET /calls?version=N`: the calls waiting for this user since version N.
 /// With `Prefer: wait=S` (browsers, which have no push), an empty answer
 /// waits up to S seconds for a call to be placed.
+#[utoipa::path(
+    get,
+    path = "/calls",
+    tag = "calls",
+    summary = "The calls waiting for the session's user",
+    description = "The calls placed to the user since `version` that are still ringing. \
+        With `Prefer: wait=S` (browsers, which have no push) an empty answer waits up to \
+        S seconds (at most 30) for a call, and says `Preference-Applied: wait=S`.",
+    security(("hawk" = [])),
+    params(
+        ("version" = i64, Query, description = "Unix time (seconds): calls placed since then"),
+        ("Prefer" = Option<String>, Header, description = "`wait=S`: long-poll up to S seconds (at most 30)"),
+    ),
+    responses(
+        (status = 200, description = "The waiting calls", body = IncomingCalls),
+        (status = 400, description = "`version` missing (errno 108) or not an integer (107)", body = LoopError),
+        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
+        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
+            body = LoopError),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     Authenticated { session }: Authenticated,

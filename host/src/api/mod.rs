@@ -7,6 +7,7 @@ mod account;
 mod body_proptests;
 mod call_urls;
 mod calls;
+mod openapi;
 mod pages;
 mod progress;
 mod registration;
@@ -28,9 +29,12 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::{AppState, MAX_BODY_BYTES};
 use crate::error::AppError;
+
+pub use self::openapi::document_json;
 
 /// The `Timestamp` response header: the server's clock, so clients can correct
 /// their Hawk timestamps.
@@ -53,30 +57,95 @@ const EXPOSED_HEADERS: [&str; 6] = [
     REQUEST_ID_HEADER,
 ];
 
-/// The whole HTTP surface, wired with its middleware.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// Every route with its OpenAPI documentation, at its canonical path.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::skeleton())
         .merge(service::routes())
+        .merge(openapi::routes())
         .merge(registration::routes())
         .merge(account::routes())
         .merge(call_urls::routes())
         .merge(calls::routes())
         .merge(pages::routes())
         .merge(progress::routes())
-        .merge(signaling::routes());
+        .merge(signaling::routes())
+}
 
-    let routes = Router::new()
+/// The routes as served, at `/` and under `/v0`, without middleware.
+fn routes() -> Router<AppState> {
+    let api: Router<AppState> = api().into();
+    Router::new()
         .merge(api.clone())
         .nest("/v0", api)
         // `nest` maps the nested `/` to `/v0` only; clients also ask for `/v0/`.
         .route("/v0/", get(service::root))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::hawk_middleware,
-        ));
+}
+
+/// The whole HTTP surface, wired with its middleware.
+pub fn router(state: AppState) -> Router {
+    // Built once, before the first request asks for it.
+    std::sync::LazyLock::force(&openapi::DOCUMENT);
+    let routes = routes().layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::auth::hawk_middleware,
+    ));
     with_middleware(routes, &state.config.cors.allowed_origins).with_state(state)
+}
+
+/// Every (method, path) the router serves, upper-case methods and canonical
+/// paths (a route served under `/v0` is listed once, without the prefix).
+/// Read from the router itself, not from the documentation, so that a route
+/// added without it shows: `tests/openapi.rs` compares the two.
+///
+/// axum has no API to list routes; its `Debug` output names each route's
+/// path and the methods that have a handler. The unit test below fails if
+/// that output changes shape.
+pub fn route_table() -> Vec<(String, String)> {
+    const METHODS: [&str; 9] = [
+        "get", "head", "delete", "options", "patch", "post", "put", "trace", "connect",
+    ];
+    let debug = format!("{:?}", routes());
+    let path_router = debug
+        .split_once("fallback_router:")
+        .map_or(debug.as_str(), |(path_router, _)| path_router);
+    let Some((endpoints, node)) = path_router.split_once("node: Node") else {
+        return Vec::new();
+    };
+    let paths: std::collections::HashMap<&str, &str> = node
+        .split("RouteId(")
+        .skip(1)
+        .filter_map(|entry| {
+            let (id, rest) = entry.split_once(')')?;
+            Some((id, rest.split('"').nth(1)?))
+        })
+        .collect();
+    let mut table = std::collections::BTreeSet::new();
+    for entry in endpoints.split("RouteId(").skip(1) {
+        let Some((id, methods)) = entry.split_once(')') else {
+            continue;
+        };
+        let Some(path) = paths.get(id) else {
+            continue;
+        };
+        let canonical = match path.strip_prefix("/v0") {
+            Some("") => "/",
+            Some(rest) if rest.starts_with('/') => rest,
+            _ => path,
+        };
+        let handled = |method: &str| {
+            methods.contains(&format!(" {method}: "))
+                && !methods.contains(&format!(" {method}: None"))
+        };
+        for method in METHODS {
+            // axum answers HEAD with the GET handler when no HEAD is set.
+            if handled(method) && !(method == "head" && handled("get")) {
+                table.insert((method.to_uppercase(), canonical.to_string()));
+            }
+        }
+    }
+    table.into_iter().collect()
 }
 
 /// The layers every route shares, outside authentication. Innermost first: the
@@ -328,6 +397,25 @@ mod tests {
 
     async fn boom() -> &'static str {
         panic!("boom")
+    }
+
+    #[test]
+    fn the_route_table_lists_what_the_router_serves() {
+        let table = route_table();
+        let has = |method: &str, path: &str| {
+            table
+                .iter()
+                .any(|(m, p)| m.as_str() == method && p.as_str() == path)
+        };
+        assert!(has("GET", "/"), "{table:?}");
+        assert!(has("GET", "/calls/{token}"), "{table:?}");
+        assert!(has("POST", "/calls/{token}"), "{table:?}");
+        assert!(has("DELETE", "/call-url/{token}"), "{table:?}");
+        assert!(!has("POST", "/"), "{table:?}");
+        assert!(
+            !table.iter().any(|(_, path)| path.starts_with("/v0")),
+            "{table:?}"
+        );
     }
 
     #[tokio::test]

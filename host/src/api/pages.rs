@@ -7,16 +7,18 @@
 
 use std::sync::LazyLock;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::domain::call_urls;
 use crate::error::AppError;
+
+use super::openapi::LoopError;
 
 const LAYOUT: &str = include_str!("pages/layout.html");
 const CALLER_BODY: &str = include_str!("pages/caller.html");
@@ -55,10 +57,10 @@ struct Asset {
     etag: String,
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/c/{token}", get(page))
-        .route("/static/{name}", get(asset))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(asset))
 }
 
 /// True when the client prefers a page to JSON: a browser navigating lists
@@ -77,6 +79,24 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/c/{token}",
+    operation_id = "call_page",
+    tag = "pages",
+    summary = "The call page of a call URL (HTML)",
+    description = "\"Do you want to call …?\" with \"Call with video\" and \"Audio only\": \
+        the link `call_urls.web_app_url` hands out. A link that does not work gets a page \
+        saying why, with the API's status.",
+    params(("token" = String, Path, description = "The call URL's token")),
+    responses(
+        (status = 200, description = "The call page", content_type = "text/html", body = String),
+        (status = 404, description = "Unknown or revoked call URL", content_type = "text/html", body = String),
+        (status = 410, description = "The call URL has expired", content_type = "text/html", body = String),
+        (status = 503, description = "Storage is unavailable; `Retry-After` says when to retry",
+            content_type = "text/html", body = String),
+    ),
+)]
 async fn page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
     call_page(&state, &token).await
 }
@@ -232,6 +252,22 @@ fn html_response(
 
 /// A static file; revalidated on every use (`no-cache` with an ETag), so a
 /// page never runs scripts of another release.
+#[utoipa::path(
+    get,
+    path = "/static/{name}",
+    tag = "pages",
+    summary = "The web app's scripts and style sheet",
+    params(
+        ("name" = String, Path, description = "app.css, hawk.js, call.js, caller.js or callee.js"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of a copy the client has"),
+    ),
+    responses(
+        (status = 200, description = "The file, with its ETag",
+            content((String = "text/css"), (String = "text/javascript"))),
+        (status = 304, description = "The client's copy (`If-None-Match`) is current"),
+        (status = 404, description = "No such file (errno 105)", body = LoopError),
+    ),
+)]
 async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     let Some(asset) = ASSETS.iter().find(|asset| asset.name == name) else {
         return AppError::NotFound("no such file".into()).into_response();

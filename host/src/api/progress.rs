@@ -11,13 +11,13 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
-use axum::routing::get;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::bus::{RecvError, Subscription};
@@ -39,10 +39,26 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Socket ids (`accepted_by`): unique across instances.
 const SOCKET_ID_BYTES: usize = 12;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/websocket", get(upgrade))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upgrade))
 }
 
+#[utoipa::path(
+    get,
+    path = "/websocket",
+    operation_id = "websocket",
+    tag = "websockets",
+    summary = "Call progress websocket",
+    description = "Mozilla Loop's call-progress socket. Both sides of a call (and each of the callee's devices) \
+        open it, say `hello` with the call id and their own `websocketToken`, and then hear the \
+        call go through `alerting`, `connecting`, `half-connected`, `connected` or `terminated`. \
+        Not Hawk authenticated: the hello's token is the authentication.",
+    responses(
+        (status = 101, description = "Switching to the websocket protocol"),
+        (status = 400, description = "Not a websocket upgrade request (errno 107)", body = super::openapi::LoopError),
+        (status = 426, description = "The connection cannot be upgraded (errno 107)", body = super::openapi::LoopError),
+    ),
+)]
 async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .max_message_size(MAX_MESSAGE_BYTES)

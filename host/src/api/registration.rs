@@ -1,12 +1,14 @@
 //! `POST /registration` (create a device session, or update its push URLs)
 //! and `DELETE /registration` (forget this device's push URLs).
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::auth::{Authenticated, attach_session_token};
@@ -15,33 +17,46 @@ use crate::error::{AppError, AppResult, LoopJson};
 use crate::limits::ClientIp;
 use crate::store::PushTopic;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/registration", post(register).delete(unregister))
+use super::openapi::LoopError;
+use super::service::Empty;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(register, unregister))
 }
 
 /// Every shape Mozilla's server accepts: `simplePushURLs` by topic; for the
 /// `calls` topic alone `simplePushURL`, in the body or the query string, and
 /// the old `simple_push_url` (still sent by Mozilla's load-test client).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 struct RegistrationBody {
+    /// The device's push URLs by topic.
     #[serde(rename = "simplePushURLs", default)]
     simple_push_urls: Option<PushUrls>,
+    /// The `calls` push URL (the same as `simplePushURLs.calls`).
     #[serde(rename = "simplePushURL", default)]
     simple_push_url: Option<String>,
+    /// The `calls` push URL, under its old name.
     #[serde(rename = "simple_push_url", default)]
+    #[schema(deprecated)]
     old_simple_push_url: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+/// Push URLs must be `https` (or `http` to an allowed host) URLs of the push
+/// service; the server refuses others before calling them.
+#[derive(Deserialize, Default, ToSchema)]
 struct PushUrls {
+    /// Pinged when a call comes in.
     #[serde(default)]
     calls: Option<String>,
+    /// Kept for clients that register one; Loop has no rooms.
     #[serde(default)]
     rooms: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RegistrationQuery {
+    /// The `calls` push URL, as in the body's `simplePushURL`.
     #[serde(rename = "simplePushURL")]
     simple_push_url: Option<String>,
 }
@@ -86,27 +101,69 @@ fn requested_urls(
     Ok(urls)
 }
 
+#[utoipa::path(
+    post,
+    path = "/registration",
+    tag = "sessions",
+    summary = "Create a device session, or update its push URLs",
+    description = "Without authentication: creates a device session and answers its token in \
+        `Hawk-Session-Token`, once (the Hawk id and key derive from it; see the `hawk` \
+        security scheme). With Hawk: sets the session's push URLs. The `calls` push URL may \
+        come in several fields; they must agree.",
+    security((), ("hawk" = [])),
+    params(RegistrationQuery),
+    request_body(content = Option<RegistrationBody>, description = "Optional: the device's push URLs"),
+    responses(
+        (status = 200, description = "Registered", body = Empty,
+            headers(("Hawk-Session-Token" = String,
+                description = "A new session's token (64 hex digits), on unauthenticated requests only"))),
+        (status = 400, description = "Malformed JSON (errno 106) or an invalid or disagreeing push URL \
+            (107); the message names the field", body = LoopError),
+        (status = 401, description = "Invalid Hawk authentication (errno 110)", body = LoopError),
+        (status = 406, description = "A body that is not `application/json` (errno 106)", body = LoopError),
+        (status = 413, description = "The body is over 16 KiB (errno 113)", body = LoopError),
+        (status = 429, description = "Too many requests (errno 999); `Retry-After` says when to retry",
+            body = LoopError),
+        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
+            body = LoopError),
+    ),
+)]
 async fn register(
     State(state): State<AppState>,
     client: ClientIp,
     authenticated: Option<Authenticated>,
     query: Result<Query<RegistrationQuery>, axum::extract::rejection::QueryRejection>,
-    body: Option<LoopJson<RegistrationBody>>,
+    // No body, `null` and `{}` all register without push URLs.
+    body: Option<LoopJson<Option<RegistrationBody>>>,
 ) -> AppResult<Response> {
     // Before any work: a registration may look up host names and create a session.
     state.limits.registration(client)?;
     let Query(query) = query.map_err(|err| AppError::invalid("query", err.body_text()))?;
-    let body = body.map(|LoopJson(body)| body).unwrap_or_default();
+    let body = body.and_then(|LoopJson(body)| body).unwrap_or_default();
     let requested = requested_urls(body, query)?;
     let session = authenticated.map(|Authenticated { session }| session);
     let new_session = registration::register(&state, session.as_ref(), requested).await?;
-    let mut response = (StatusCode::OK, Json(serde_json::json!({}))).into_response();
+    let mut response = (StatusCode::OK, Json(Empty {})).into_response();
     if let Some(new_session) = new_session {
         attach_session_token(&mut response, &new_session.token_hex);
     }
     Ok(response)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/registration",
+    tag = "sessions",
+    summary = "Forget this device's push URLs",
+    description = "The session stays; the device is no longer woken for calls.",
+    security(("hawk" = [])),
+    responses(
+        (status = 204, description = "Forgotten"),
+        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
+        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
+            body = LoopError),
+    ),
+)]
 async fn unregister(
     State(state): State<AppState>,
     Authenticated { session }: Authenticated,

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::providers::PluginState;
@@ -18,15 +19,54 @@ use crate::providers::PluginState;
 /// A load balancer polls the heartbeat; a hung database must not hang it.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(home))
-        .route("/__heartbeat__", get(heartbeat))
-        .route("/__lbheartbeat__", get(lb_heartbeat))
-        .route("/push-server-config", get(push_server_config))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(home))
+        .routes(routes!(heartbeat))
+        .routes(routes!(lb_heartbeat))
+        .routes(routes!(push_server_config))
+}
+
+/// What this server is (`GET /` for API clients).
+#[derive(Serialize, ToSchema)]
+pub struct ServiceInfo {
+    /// "loop-server".
+    name: &'static str,
+    description: &'static str,
+    version: &'static str,
+    homepage: String,
+    /// The public URL clients reach this server at.
+    endpoint: String,
+}
+
+/// `{}`: an answer with nothing to say.
+#[derive(Serialize, ToSchema)]
+pub struct Empty {}
+
+#[derive(Serialize, ToSchema)]
+struct PushServerConfig {
+    /// The SimplePush server devices register with for their push URLs.
+    #[serde(rename = "pushServerURI")]
+    push_server_uri: String,
 }
 
 /// `/`: Bob's page in a browser, the service description for API clients.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "service",
+    summary = "The service description, or Bob's page in a browser",
+    description = "API clients get the service description. A browser, whose `Accept` lists \
+        `text/html` before `application/json`, gets the web app's page for a device \
+        session (call links, incoming calls). The answer varies on `Accept`.",
+    responses(
+        (status = 200, description = "The service description (JSON) or the page (HTML)",
+            content(
+                (ServiceInfo = "application/json"),
+                (String = "text/html"),
+            )),
+    ),
+)]
 async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let mut response = if super::pages::wants_html(&headers) {
         super::pages::home_page(&state)
@@ -40,7 +80,7 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
     response
 }
 
-pub async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn root(State(state): State<AppState>) -> Json<ServiceInfo> {
     let homepage = [
         option_env!("CARGO_PKG_HOMEPAGE"),
         option_env!("CARGO_PKG_REPOSITORY"),
@@ -50,16 +90,16 @@ pub async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
     .find(|value| !value.is_empty())
     .map(str::to_string)
     .unwrap_or_else(|| state.public_url.to_string());
-    Json(json!({
-        "name": env!("CARGO_PKG_NAME"),
-        "description": env!("CARGO_PKG_DESCRIPTION"),
-        "version": env!("CARGO_PKG_VERSION"),
-        "homepage": homepage,
-        "endpoint": &*state.public_url,
-    }))
+    Json(ServiceInfo {
+        name: env!("CARGO_PKG_NAME"),
+        description: env!("CARGO_PKG_DESCRIPTION"),
+        version: env!("CARGO_PKG_VERSION"),
+        homepage,
+        endpoint: state.public_url.to_string(),
+    })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Heartbeat {
     storage: bool,
     providers: bool,
@@ -72,10 +112,11 @@ struct Heartbeat {
     plugins: BTreeMap<String, PluginReport>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PluginReport {
     /// "ready", "compiling" (its component is compiled in the background;
     /// calls go to the fallbacks meanwhile) or "failed".
+    #[schema(value_type = String, pattern = "^(ready|compiling|failed)$")]
     state: &'static str,
     /// Why it failed to load, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +134,18 @@ struct PluginReport {
     cooling_down_seconds: u64,
 }
 
+/// The health of storage, providers and push, for monitoring.
+#[utoipa::path(
+    get,
+    path = "/__heartbeat__",
+    tag = "service",
+    summary = "Health of storage, provider plugins and push",
+    responses(
+        (status = 200, description = "Every dependency is healthy", body = Heartbeat),
+        (status = 503, description = "Storage, the providers or push is failing: the report says which",
+            body = Heartbeat),
+    ),
+)]
 async fn heartbeat(State(state): State<AppState>) -> Response {
     let storage = match tokio::time::timeout(HEARTBEAT_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => true,
@@ -172,10 +225,27 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
     (status, Json(report)).into_response()
 }
 
-async fn lb_heartbeat() -> Json<serde_json::Value> {
-    Json(json!({}))
+/// The load balancer's check: the process answers. Touches nothing else.
+#[utoipa::path(
+    get,
+    path = "/__lbheartbeat__",
+    tag = "service",
+    summary = "The process answers (for load balancers)",
+    responses((status = 200, description = "Always `{}`", body = Empty)),
+)]
+async fn lb_heartbeat() -> Json<Empty> {
+    Json(Empty {})
 }
 
-async fn push_server_config(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "pushServerURI": state.config.push.server_uri }))
+#[utoipa::path(
+    get,
+    path = "/push-server-config",
+    tag = "service",
+    summary = "Where devices get their push URLs",
+    responses((status = 200, description = "The push server", body = PushServerConfig)),
+)]
+async fn push_server_config(State(state): State<AppState>) -> Json<PushServerConfig> {
+    Json(PushServerConfig {
+        push_server_uri: state.config.push.server_uri.clone(),
+    })
 }

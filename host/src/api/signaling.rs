@@ -16,13 +16,13 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
-use axum::routing::get;
 use serde_json::json;
 use tokio::time::Instant;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::bus::{RecvError, Subscription};
@@ -50,10 +50,26 @@ const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// A client that does not take a message in this long is gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/signaling", get(upgrade))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upgrade))
 }
 
+#[utoipa::path(
+    get,
+    path = "/signaling",
+    operation_id = "signaling",
+    tag = "websockets",
+    summary = "Signaling relay websocket of the self-hosted provider",
+    description = "The two participants of a self-hosted provider session join with \
+        `{\"type\":\"join\",\"sessionId\":…,\"token\":…}` and exchange SDP descriptions and ICE \
+        candidates (`{\"type\":\"signal\",\"data\":…}`), relayed unchanged to the other one. \
+        Not Hawk authenticated: the join's token is the authentication.",
+    responses(
+        (status = 101, description = "Switching to the websocket protocol"),
+        (status = 400, description = "Not a websocket upgrade request (errno 107)", body = super::openapi::LoopError),
+        (status = 426, description = "The connection cannot be upgraded (errno 107)", body = super::openapi::LoopError),
+    ),
+)]
 async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .max_message_size(READ_LIMIT_BYTES)

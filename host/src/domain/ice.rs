@@ -25,7 +25,7 @@ use crate::secrets::Secrets;
 const MAX_PLAIN_IDENTITY_BYTES: usize = 128;
 
 /// One `RTCIceServer`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IceServer {
     pub urls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
