@@ -46,7 +46,7 @@ struct ServerRecord {
 
 /// A push server's origin (never a push URL's path, which is a capability)
 /// and how its recent pings went, for the heartbeat.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PushServerHealth {
     #[serde(skip)]
     pub origin: String,
