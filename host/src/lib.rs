@@ -11,5 +11,6 @@ pub mod error;
 pub mod net;
 pub mod providers;
 pub mod push;
+pub mod reload;
 pub mod secrets;
 pub mod store;

@@ -105,8 +105,8 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
     // down after it was unavailable. `providers` says whether every call can
     // be served: for the default and each channel, its plugin or a fallback
     // is neither.
-    let plugins: BTreeMap<String, PluginReport> = state
-        .providers
+    let runtime = state.providers();
+    let plugins: BTreeMap<String, PluginReport> = runtime
         .health()
         .into_iter()
         .map(|plugin| {
@@ -137,7 +137,7 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
     if !failing.is_empty() {
         tracing::warn!(plugins = ?failing, "heartbeat: provider plugins failing, cooling down or not loaded yet");
     }
-    let providers = state.providers.can_serve_every_channel();
+    let providers = runtime.can_serve_every_channel();
     let push = state.push.healthy();
     let report = Heartbeat {
         storage,
@@ -158,5 +158,5 @@ async fn lb_heartbeat() -> Json<serde_json::Value> {
 }
 
 async fn push_server_config(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "pushServerURI": state.config.push.server_uri }))
+    Json(json!({ "pushServerURI": state.config().push.server_uri }))
 }

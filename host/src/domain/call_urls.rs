@@ -40,7 +40,7 @@ pub async fn create(
     let subject = optional_text("subject", fields.subject, MAX_SUBJECT_CHARS)?;
     let ttl_hours = match fields.expires_in {
         Some(hours) => check_ttl(state, hours)?,
-        None => state.config.call_urls.default_ttl_hours,
+        None => state.config().call_urls.default_ttl_hours,
     };
     let now = crate::clock::now();
     let call_url = CallUrl {
@@ -130,7 +130,7 @@ pub(crate) async fn live_with_callee_push_urls(
 /// The link handed out for `token`, from `call_urls.web_app_url`.
 pub fn link(state: &AppState, token: &str) -> String {
     state
-        .config
+        .config()
         .call_urls
         .web_app_url
         .replace("{public_url}", &state.public_url)
@@ -184,7 +184,7 @@ fn expired() -> AppError {
 }
 
 fn check_ttl(state: &AppState, hours: u64) -> AppResult<u64> {
-    let max = state.config.call_urls.max_ttl_hours;
+    let max = state.config().call_urls.max_ttl_hours;
     if hours == 0 || hours > max {
         return Err(AppError::invalid(
             "expiresIn",
