@@ -19,6 +19,7 @@ mod progress;
 mod provider_choice;
 mod providers;
 mod registration;
+mod reload;
 mod signaling;
 mod store;
 mod vendor_daily;
