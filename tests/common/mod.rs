@@ -416,6 +416,7 @@ impl Launched {
             // The suite's own settings are not the server's configuration.
             .env_remove("LOOP_TEST_DATABASE")
             .env_remove("LOOP_TEST_POSTGRES_URL")
+            .env_remove("LOOP_TEST_SERVER_BIN")
             .stdout(Stdio::piped())
             .stderr(log)
             .current_dir(&dir);
