@@ -23,6 +23,7 @@ mod provider_choice;
 mod providers;
 mod rate_limits;
 mod registration;
+mod reload;
 mod signaling;
 mod store;
 mod vendor_daily;

@@ -15,14 +15,14 @@ use crate::common::{ServerOptions, TestServer, workspace_root};
 
 /// A vendor API for the `vendor` test plugin that answers `POST /v1/sessions`
 /// with the status it is set to (200: a session), after `delay_ms`.
-struct Vendor {
-    origin: String,
-    status: Arc<AtomicU16>,
-    delay_ms: Arc<AtomicU16>,
-    hits: Arc<AtomicUsize>,
+pub(crate) struct Vendor {
+    pub origin: String,
+    pub status: Arc<AtomicU16>,
+    pub delay_ms: Arc<AtomicU16>,
+    pub hits: Arc<AtomicUsize>,
 }
 
-async fn vendor() -> Vendor {
+pub(crate) async fn vendor() -> Vendor {
     let status = Arc::new(AtomicU16::new(200));
     let delay_ms = Arc::new(AtomicU16::new(0));
     let hits = Arc::new(AtomicUsize::new(0));
@@ -49,7 +49,7 @@ async fn vendor() -> Vendor {
 }
 
 /// `[plugins.vendor]` for the `vendor` test plugin (built against WIT 0.1.0).
-fn vendor_toml(origin: &str, wall_ms: u64) -> String {
+pub(crate) fn vendor_toml(origin: &str, wall_ms: u64) -> String {
     let component = workspace_root().join("tests/plugins/vendor/vendor.wasm");
     format!(
         "[plugins.vendor]\ncomponent = {component:?}\nallowed_hosts = [{origin:?}]\nallow_private = true\n\

@@ -1,9 +1,11 @@
 //! Shared state, the router and the server's life cycle.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -37,11 +39,15 @@ impl std::ops::Deref for AppState {
 
 /// The parts of [`AppState`].
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The configuration in force: a SIGHUP swaps it (`reload`). Read it
+    /// through [`Shared::config`].
+    pub(crate) config: ArcSwap<Config>,
     /// `server.public_url`, or the address actually bound when unset.
     pub public_url: Arc<str>,
     pub store: Arc<dyn Store>,
-    pub providers: Arc<ProviderRuntime>,
+    /// Swapped whole by a reload that changes providers or plugins; read it
+    /// through [`Shared::providers`].
+    pub(crate) providers: ArcSwap<ProviderRuntime>,
     pub push: Arc<Push>,
     pub auth: Arc<Auth>,
     /// Builds the outbound client of each use; checks push URLs' host names.
@@ -54,6 +60,20 @@ pub struct Shared {
     pub limits: Arc<Limits>,
 }
 
+impl Shared {
+    /// The configuration in force now. Hold it for one decision, not across
+    /// a wait: a reload may replace it meanwhile.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The provider runtime in force now. A call keeps the one it started
+    /// on until it finishes, even if a reload swaps in another meanwhile.
+    pub fn providers(&self) -> Arc<ProviderRuntime> {
+        self.providers.load_full()
+    }
+}
+
 /// A server bound to its address, ready to serve.
 pub struct Server {
     listener: TcpListener,
@@ -61,6 +81,8 @@ pub struct Server {
     state: AppState,
     /// `server.metrics_listen`, bound, with the recorder installed.
     metrics: Option<(TcpListener, PrometheusHandle)>,
+    /// The config file a `SIGHUP` reloads, if any.
+    config_path: Option<PathBuf>,
 }
 
 impl Server {
@@ -95,13 +117,14 @@ impl Server {
         let secrets = Secrets::from_config(&config)?;
         let net = Net::new(&config.net)?;
         let store = crate::store::connect(&config).await?;
-        let providers = Arc::new(ProviderRuntime::load(&config, &secrets, &net).await?);
+        let providers =
+            ArcSwap::from_pointee(ProviderRuntime::load(&config, &secrets, &net).await?);
         let auth = Arc::new(Auth::new(&config, &secrets, &net)?);
         let push = Arc::new(Push::new(&config, &net)?);
         let ice = Arc::new(Ice::new(&config, &secrets)?);
         let limits = Arc::new(Limits::new(&config.rate_limits));
         let state = AppState(Arc::new(Shared {
-            config: Arc::new(config),
+            config: ArcSwap::from_pointee(config),
             public_url,
             store,
             providers,
@@ -118,7 +141,15 @@ impl Server {
             router,
             state,
             metrics,
+            config_path: None,
         })
+    }
+
+    /// Reloads `path` on `SIGHUP` while serving (see `reload`): the file
+    /// this server's configuration was loaded from.
+    pub fn reload_on_sighup(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -133,7 +164,7 @@ impl Server {
 
     /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config);
+        let purge = crate::store::spawn_purge(self.state.store.clone(), &self.state.config());
         let seats = crate::domain::signaling::spawn_keeper(&self.state);
         let session_ends = crate::domain::calls::spawn_session_end_sweep(self.state.clone());
         let metrics = match self.metrics.take() {
@@ -153,6 +184,13 @@ impl Server {
             None => None,
         };
         let limits_pruner = crate::limits::spawn_pruner(self.state.limits.clone());
+        // Before the line below: from then on a SIGHUP must reload, not
+        // end the process (its default action).
+        #[cfg(unix)]
+        let reloads = match self.config_path.clone() {
+            Some(path) => Some(crate::reload::spawn_on_sighup(self.state.clone(), path)?),
+            None => None,
+        };
         // Tests and scripts wait for this exact line to learn the port.
         println!("loop-server listening on http://{}", self.local_addr());
         tracing::info!(
@@ -176,6 +214,10 @@ impl Server {
             metrics.abort();
         }
         limits_pruner.abort();
+        #[cfg(unix)]
+        if let Some(reloads) = reloads {
+            reloads.abort();
+        }
         Ok(())
     }
 }

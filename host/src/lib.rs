@@ -12,6 +12,7 @@ pub mod limits;
 pub mod net;
 pub mod providers;
 pub mod push;
+pub mod reload;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

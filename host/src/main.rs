@@ -90,7 +90,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match job {
-            Job::Serve(config) => Server::build(*config).await?.run().await,
+            Job::Serve(config) => {
+                Server::build(*config)
+                    .await?
+                    .reload_on_sighup(cli.config)
+                    .run()
+                    .await
+            }
             Job::CheckPlugin(component) => loop_server::providers::check_component(&component),
         }
     });

@@ -344,6 +344,22 @@ impl TestServer {
         self.child.wait().is_ok_and(|status| status.success())
     }
 
+    /// The server's process id: the same before and after a reload.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().is_ok_and(|status| status.is_none())
+    }
+
+    /// `kill -HUP`: the server reloads its config file.
+    pub fn sighup(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -405,6 +421,7 @@ impl Launched {
             // The suite's own settings are not the server's configuration.
             .env_remove("LOOP_TEST_DATABASE")
             .env_remove("LOOP_TEST_POSTGRES_URL")
+            .env_remove("LOOP_TEST_SERVER_BIN")
             .stdout(Stdio::piped())
             .stderr(log)
             .current_dir(&dir);

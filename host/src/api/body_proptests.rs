@@ -43,7 +43,7 @@ where
                 }
             }),
         );
-    let app = super::with_middleware(routes, &[]);
+    let app = super::with_middleware(routes, tower_http::cors::AllowOrigin::list([]));
     let mut request = Request::post(if optional { "/optional" } else { "/required" });
     if let Some(content_type) = content_type {
         request = request.header(header::CONTENT_TYPE, content_type);

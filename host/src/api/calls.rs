@@ -398,7 +398,7 @@ mod proptests {
                     }
                 }),
             );
-            let app = crate::api::with_middleware(routes, &[]);
+            let app = crate::api::with_middleware(routes, tower_http::cors::AllowOrigin::list([]));
             // What no client could send is no input.
             let Ok(request) = Request::get(&path).body(Body::empty()) else {
                 return Ok(());

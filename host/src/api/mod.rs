@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -91,7 +91,23 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         crate::auth::hawk_middleware,
     ));
-    with_middleware(routes, &state.config.cors.allowed_origins).with_state(state)
+    with_middleware(routes, live_cors_origins(state.clone())).with_state(state)
+}
+
+/// `cors.allowed_origins` as it is at each request: a reload changes it
+/// without rebuilding the router.
+fn live_cors_origins(state: AppState) -> AllowOrigin {
+    AllowOrigin::predicate(move |origin, _| {
+        cors_allows(&state.config().cors.allowed_origins, origin)
+    })
+}
+
+/// Whether `origin` is listed (a trailing `/` in the list is ignored), or
+/// the list has `*`.
+fn cors_allows(allowed_origins: &[String], origin: &HeaderValue) -> bool {
+    allowed_origins.iter().any(|allowed| {
+        allowed == "*" || allowed.trim_end_matches('/').as_bytes() == origin.as_bytes()
+    })
 }
 
 /// Every (method, path) the router serves, upper-case methods and canonical
@@ -153,7 +169,7 @@ pub fn route_table() -> Vec<(String, String)> {
 /// anywhere below become a JSON 500; tracing sees the matched route and the
 /// request id; CORS, the `Timestamp` header, the request id and the request
 /// metrics apply to every response, errors and preflights too.
-fn with_middleware<S>(routes: Router<S>, cors_origins: &[String]) -> Router<S>
+fn with_middleware<S>(routes: Router<S>, cors_origins: AllowOrigin) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -226,18 +242,9 @@ async fn request_metrics(request: Request, next: Next) -> Response {
     response
 }
 
-fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
-    let origin = if allowed_origins.iter().any(|origin| origin == "*") {
-        AllowOrigin::from(Any)
-    } else {
-        AllowOrigin::list(
-            allowed_origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin.trim_end_matches('/')).ok()),
-        )
-    };
+fn cors_layer(origins: AllowOrigin) -> CorsLayer {
     CorsLayer::new()
-        .allow_origin(origin)
+        .allow_origin(origins)
         .allow_methods([
             Method::GET,
             Method::POST,
@@ -376,7 +383,7 @@ mod tests {
                 get(|Path(n): Path<u32>| async move { n.to_string() }),
             )
             .fallback(not_found);
-        with_middleware(routes, &[])
+        with_middleware(routes, AllowOrigin::list([]))
     }
 
     async fn call(

@@ -162,8 +162,8 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
     // down after it was unavailable. `providers` says whether every call can
     // be served: for the default and each channel, its plugin or a fallback
     // is neither.
-    let plugins: BTreeMap<String, PluginReport> = state
-        .providers
+    let runtime = state.providers();
+    let plugins: BTreeMap<String, PluginReport> = runtime
         .health()
         .into_iter()
         .map(|plugin| {
@@ -194,7 +194,7 @@ async fn heartbeat(State(state): State<AppState>) -> Response {
     if !failing.is_empty() {
         tracing::warn!(plugins = ?failing, "heartbeat: provider plugins failing, cooling down or not loaded yet");
     }
-    let providers = state.providers.can_serve_every_channel();
+    let providers = runtime.can_serve_every_channel();
     let push = state.push.healthy();
     let push_servers: BTreeMap<_, _> = state
         .push
@@ -246,6 +246,6 @@ async fn lb_heartbeat() -> Json<Empty> {
 )]
 async fn push_server_config(State(state): State<AppState>) -> Json<PushServerConfig> {
     Json(PushServerConfig {
-        push_server_uri: state.config.push.server_uri.clone(),
+        push_server_uri: state.config().push.server_uri.clone(),
     })
 }

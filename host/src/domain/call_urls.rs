@@ -54,7 +54,7 @@ pub async fn create(
     user_id: &str,
     fields: CallUrlFields,
 ) -> AppResult<(CallUrl, String)> {
-    fields.check(state.config.call_urls.max_ttl_hours, true)?;
+    fields.check(state.config().call_urls.max_ttl_hours, true)?;
     let CallUrlFields {
         caller_id,
         expires_in,
@@ -62,7 +62,7 @@ pub async fn create(
         subject,
     } = fields;
     let caller_id = caller_id.ok_or_else(|| AppError::missing("callerId"))?;
-    let ttl_hours = expires_in.unwrap_or(state.config.call_urls.default_ttl_hours);
+    let ttl_hours = expires_in.unwrap_or(state.config().call_urls.default_ttl_hours);
     let now = crate::clock::now();
     let call_url = CallUrl {
         token: super::random_token(TOKEN_BYTES),
@@ -95,7 +95,7 @@ pub async fn update(
     if existing.expires_at <= now {
         return Err(expired());
     }
-    fields.check(state.config.call_urls.max_ttl_hours, false)?;
+    fields.check(state.config().call_urls.max_ttl_hours, false)?;
     let update = CallUrlUpdate {
         caller_id: fields.caller_id,
         issuer: fields.issuer,
@@ -146,7 +146,7 @@ pub(crate) async fn live_with_callee_push_urls(
 /// The link handed out for `token`, from `call_urls.web_app_url`.
 pub fn link(state: &AppState, token: &str) -> String {
     state
-        .config
+        .config()
         .call_urls
         .web_app_url
         .replace("{public_url}", &state.public_url)

@@ -44,7 +44,7 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
 
     let call_id = super::random_token(CALL_TOKEN_BYTES);
     let (provider, setup) = state
-        .providers
+        .providers()
         .serve_call(CallSetupRequest {
             call_id: call_id.clone(),
             call_type: request.call_type,
@@ -58,7 +58,7 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
         .await?;
 
     let now = crate::clock::now();
-    let duration = i64::try_from(state.config.calls.duration_seconds).unwrap_or(i64::MAX / 4);
+    let duration = i64::try_from(state.config().calls.duration_seconds).unwrap_or(i64::MAX / 4);
     let call = Call {
         call_id,
         call_url: call_urls::link(state, &url.token),
@@ -125,7 +125,7 @@ pub fn end_provider_session(state: &AppState, call_id: &str) {
 /// unanswered, terminated while the instance that did it went down, or past
 /// the retention of unfinished calls.
 pub fn spawn_session_end_sweep(state: AppState) -> tokio::task::JoinHandle<()> {
-    let interval = Duration::from_secs(state.config.database.purge_interval_seconds.max(1));
+    let interval = Duration::from_secs(state.config().database.purge_interval_seconds.max(1));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         loop {
@@ -153,7 +153,7 @@ async fn end_provider_sessions(state: &AppState, call_id: Option<&str>) -> usize
     for session in &ended {
         // A failure is already logged by the runtime, with the plugin's name.
         if state
-            .providers
+            .providers()
             .end_session(
                 &session.provider,
                 &session.session_id,

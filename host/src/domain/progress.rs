@@ -277,7 +277,7 @@ pub async fn apply(
             return Err(ProtocolError::BadCallId);
         };
         let now_ms = crate::clock::now_ms();
-        let Some(mut after) = decide(&before, event, &state.config.progress, now_ms)? else {
+        let Some(mut after) = decide(&before, event, &state.config().progress, now_ms)? else {
             return Ok(Change {
                 before,
                 after: None,

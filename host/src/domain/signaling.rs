@@ -208,13 +208,11 @@ pub async fn authorize(
 ) -> Result<Participant, SignalingError> {
     let mut refusal = None;
     let mut verifiers = 0;
-    for provider in state.providers.token_verifiers() {
+    // One runtime for the whole check, even if a reload swaps it meanwhile.
+    let providers = state.providers();
+    for provider in providers.token_verifiers() {
         verifiers += 1;
-        match state
-            .providers
-            .verify_token(provider, token, session_id)
-            .await
-        {
+        match providers.verify_token(provider, token, session_id).await {
             Ok(grant) => {
                 let now = crate::clock::now();
                 let expires_at = i64::try_from(grant.expires_at).unwrap_or(i64::MAX);

@@ -5,4 +5,4 @@ mod guard;
 mod notify;
 
 pub use guard::PushRules;
-pub use notify::{Push, PushServerHealth};
+pub use notify::{Push, PushPolicy, PushServerHealth};

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
 use super::guard::PushRules;
-use crate::config::Config;
+use crate::config::{Config, PushConfig};
 use crate::net::{Net, Policy};
 
 /// Pings in flight at once across the server. Beyond this the push servers are
@@ -21,11 +22,31 @@ use crate::net::{Net, Policy};
 const MAX_IN_FLIGHT: usize = 1024;
 
 pub struct Push {
+    /// `push.*` in force: a reload swaps it, and pings already under way
+    /// finish under the one they started with.
+    policy: ArcSwap<PushPolicy>,
+    in_flight: Arc<Semaphore>,
+    /// Kept across reloads: a push server's record does not depend on the policy.
+    servers: Arc<Mutex<HashMap<String, ServerRecord>>>,
+}
+
+/// What `push.allowed_origins`, `allow_private` and `timeout_ms` make: the
+/// rules URLs are held to, the client that resolves under them, the bound
+/// of each ping. Built whole, so a reload that cannot build one changes nothing.
+pub struct PushPolicy {
     http: reqwest::Client,
     rules: Arc<PushRules>,
     timeout: Duration,
-    in_flight: Arc<Semaphore>,
-    servers: Arc<Mutex<HashMap<String, ServerRecord>>>,
+}
+
+impl PushPolicy {
+    pub fn new(config: &PushConfig, net: &Net) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: net.client(Policy::push(config))?,
+            rules: Arc::new(PushRules::new(config)),
+            timeout: Duration::from_millis(config.timeout_ms.max(1)),
+        })
+    }
 }
 
 /// Push servers the heartbeat reports: those pinged within this window...
@@ -74,17 +95,21 @@ enum Outcome {
 impl Push {
     pub fn new(config: &Config, net: &Net) -> anyhow::Result<Self> {
         Ok(Self {
-            http: net.client(Policy::push(&config.push))?,
-            rules: Arc::new(PushRules::new(&config.push)),
-            timeout: Duration::from_millis(config.push.timeout_ms.max(1)),
+            policy: ArcSwap::from_pointee(PushPolicy::new(&config.push, net)?),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             servers: Arc::default(),
         })
     }
 
+    /// Puts `policy` in force for the pings and registrations that start
+    /// from now on.
+    pub fn set_policy(&self, policy: PushPolicy) {
+        self.policy.store(Arc::new(policy));
+    }
+
     /// The rules push URLs are held to, at registration and at every ping.
-    pub fn rules(&self) -> &PushRules {
-        &self.rules
+    pub fn rules(&self) -> Arc<PushRules> {
+        self.policy.load().rules.clone()
     }
 
     /// False while every ping slot is taken: push servers are not keeping up.
@@ -118,9 +143,10 @@ impl Push {
         if urls.is_empty() {
             return;
         }
-        let http = self.http.clone();
-        let rules = self.rules.clone();
-        let timeout = self.timeout;
+        let policy = self.policy.load();
+        let http = policy.http.clone();
+        let rules = policy.rules.clone();
+        let timeout = policy.timeout;
         let servers = self.servers.clone();
         // Slots are taken here, before the task starts, so that `drain` sees
         // every ping the moment its call is answered.
@@ -164,7 +190,8 @@ impl Push {
     pub async fn drain(&self) {
         let all = MAX_IN_FLIGHT as u32;
         let wait = self.in_flight.acquire_many(all);
-        if tokio::time::timeout(self.timeout + Duration::from_millis(50), wait)
+        let timeout = self.policy.load().timeout;
+        if tokio::time::timeout(timeout + Duration::from_millis(50), wait)
             .await
             .is_err()
         {
