@@ -203,6 +203,7 @@ async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_nothing() {
         database_url: Some(postgres.url.clone()),
         // Calls stay listed for the whole check.
         extra_toml: "[calls]\nduration_seconds = 3600\n\n".into(),
+        env: common::load_env(),
         ..Default::default()
     })
     .await;
@@ -459,6 +460,7 @@ async fn a_hanging_push_server_under_load_is_named_and_slows_nothing() {
     let hanging = common::fake_push::FakePush::start().await;
     let server = TestServer::start_with(ServerOptions {
         extra_toml: hanging.config(500),
+        env: common::load_env(),
         ..Default::default()
     })
     .await;
@@ -507,6 +509,7 @@ async fn a_slow_vendor_under_load_is_named_and_slows_nothing_else() {
              [plugins.vendor.limits]\nwall_ms = 2000\n\
              [plugins.vendor.settings]\napi_url = {vendor:?}\napi_key = \"k\"\napi_secret = \"s\"\ntimeout_ms = 500\n\n"
         ),
+        env: common::load_env(),
         ..Default::default()
     })
     .await;
@@ -541,6 +544,7 @@ async fn a_trapping_plugin_under_load_is_named_and_slows_nothing_else() {
             "[plugins.trap]\ncomponent = {:?}\n\n[providers.channels]\nbroken = \"trap\"\n\n",
             trap.display().to_string()
         ),
+        env: common::load_env(),
         ..Default::default()
     })
     .await;
@@ -666,6 +670,7 @@ async fn a_full_disk_under_sqlite_fails_writes_keeps_reads_and_recovers() {
     let database = disk.path.join("loop.db");
     let mut server = TestServer::start_with(ServerOptions {
         database_url: Some(format!("sqlite://{}?mode=rwc", database.display())),
+        env: common::load_env(),
         ..Default::default()
     })
     .await;

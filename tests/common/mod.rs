@@ -193,6 +193,34 @@ pub struct ServerOptions {
     pub seed_data_dir: Option<PathBuf>,
 }
 
+/// Environment for a server under a test's load: every request comes from
+/// 127.0.0.1 and a few sessions, so the rate limits' budgets are raised far
+/// above what the load sends (tests/rate_limits.rs tests the limits).
+pub fn load_env() -> Vec<(String, String)> {
+    [
+        "REGISTRATION_PER_IP",
+        "CALL_URLS_PER_SESSION",
+        "CALL_URLS_PER_IP",
+        "CALLS_PER_CALL_URL",
+        "CALLS_PER_IP",
+        "FAILED_AUTH_PER_IP",
+    ]
+    .into_iter()
+    .flat_map(|budget| {
+        [
+            (
+                format!("LOOP_RATE_LIMITS__{budget}__PER_MINUTE"),
+                "60000000".into(),
+            ),
+            (
+                format!("LOOP_RATE_LIMITS__{budget}__BURST"),
+                "1000000".into(),
+            ),
+        ]
+    })
+    .collect()
+}
+
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
