@@ -480,3 +480,44 @@ fn ice_server_urls_and_the_turn_secret_are_checked() {
         }
     }
 }
+
+#[test]
+fn bad_rate_limit_and_lookup_keys_are_configuration_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = loopback_table();
+    let cases: Vec<InvalidCase> = vec![
+        (
+            format!("[rate_limits]\ncalls_per_ip = {{ per_minute = 0, burst = 5 }}\n{plugins}"),
+            vec![],
+            "rate_limits.calls_per_ip.per_minute",
+        ),
+        (
+            format!(
+                "[rate_limits]\nregistration_per_ip = {{ per_minute = 5, burst = 0 }}\n{plugins}"
+            ),
+            vec![],
+            "rate_limits.registration_per_ip.burst",
+        ),
+        (
+            format!("[rate_limits]\nclient_ip_header = \"X Forwarded\"\n{plugins}"),
+            vec![],
+            "rate_limits.client_ip_header",
+        ),
+        (
+            format!("[rate_limits]\nper_minute = 5\n{plugins}"),
+            vec![],
+            "per_minute",
+        ),
+        (
+            format!("[rate_limits]\nmax_tracked_keys = 0\n{plugins}"),
+            vec![],
+            "rate_limits.max_tracked_keys",
+        ),
+        (
+            format!("[net]\nmax_concurrent_lookups = 0\n{plugins}"),
+            vec![],
+            "net.max_concurrent_lookups",
+        ),
+    ];
+    assert_each_refused_naming_its_key(dir.path(), cases, "");
+}
