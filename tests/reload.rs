@@ -2,7 +2,8 @@
 //! the binary: a new provider and plugin, CORS and the push policy take
 //! effect in the same process; a broken config is refused naming the key;
 //! restart-only settings are reported and left; a call in flight during a
-//! provider swap finishes on the provider it started on.
+//! provider swap finishes on the provider it started on; a changed rate-limit
+//! budget applies at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -320,4 +321,46 @@ async fn a_call_in_flight_during_a_provider_swap_finishes_on_its_provider() {
     assert_eq!(old.status, 200, "{}\n{}", old.body, server.logs());
     assert_eq!(old.body["apiKey"], "vendor-key", "{}", old.body);
     assert_eq!(old.body["sessionId"], "vendor-session", "{}", old.body);
+}
+
+/// `POST /registration` without credentials from this test: its status.
+async fn register_status(server: &TestServer) -> u16 {
+    client()
+        .post(server.endpoint("/registration"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_rate_limits() {
+    let server = TestServer::start_with(ServerOptions {
+        extra_toml: "[rate_limits]\nregistration_per_ip = { per_minute = 1, burst = 2 }\n\n".into(),
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(register_status(&server).await, 200);
+    }
+    assert_eq!(register_status(&server).await, 429);
+
+    let logs = reload(&server, |config| {
+        config.replace(
+            "registration_per_ip = { per_minute = 1, burst = 2 }",
+            "registration_per_ip = { per_minute = 1, burst = 50 }",
+        )
+    })
+    .await;
+    assert!(
+        logs.contains("configuration reloaded changed=rate_limits.registration_per_ip.burst"),
+        "{logs}"
+    );
+    // A changed budget starts full at its new size.
+    for _ in 0..50 {
+        assert_eq!(register_status(&server).await, 200);
+    }
+    assert_eq!(register_status(&server).await, 429);
 }
