@@ -5,9 +5,9 @@
 //! a recorder is installed those calls do nothing, so a server without
 //! `server.metrics_listen` pays next to nothing for them.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::collections::HashMap;
 use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -168,7 +168,9 @@ async fn scrape(State((handle, state)): State<(PrometheusHandle, AppState)>) -> 
 /// whose tokens are capabilities).
 pub fn record_request(method: &Method, route: &str, status: StatusCode, took: Duration) {
     let key = (method_name(method), status.as_u16());
-    let series = REQUEST_SERIES.read().unwrap_or_else(PoisonError::into_inner);
+    let series = REQUEST_SERIES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
     if let Some(series) = series.get(route).and_then(|by_answer| by_answer.get(&key)) {
         series.count.increment(1);
         series.latency.record(took);
