@@ -279,8 +279,8 @@ async fn json_log_server() -> TestServer {
     TestServer::start_with(ServerOptions {
         env: vec![
             ("LOOP_LOG__FORMAT".into(), "json".into()),
-            // The trace layer logs each request's start and end at debug.
-            ("LOOP_LOG".into(), "info,tower_http=debug".into()),
+            // Each request's start and end are logged at debug.
+            ("LOOP_LOG".into(), "info,loop_server::requests=debug".into()),
         ],
         ..Default::default()
     })

@@ -11,24 +11,21 @@ mod openapi;
 mod pages;
 mod progress;
 mod registration;
+mod request_context;
 mod service;
 mod signaling;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::{AppState, MAX_BODY_BYTES};
@@ -43,9 +40,6 @@ pub const TIMESTAMP_HEADER: &str = "timestamp";
 /// The request id: the client's when it is sane, else one made up; echoed in
 /// every response and carried by every log line of the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// Longest client request id kept.
-const MAX_REQUEST_ID_BYTES: usize = 128;
 
 /// Headers browsers may read from our responses.
 const EXPOSED_HEADERS: [&str; 6] = [
@@ -166,81 +160,25 @@ pub fn route_table() -> Vec<(String, String)> {
 
 /// The layers every route shares, outside authentication. Innermost first: the
 /// auth layer (added by the caller) sees bodies already bounded in size; panics
-/// anywhere below become a JSON 500; tracing sees the matched route and the
-/// request id; CORS, the `Timestamp` header, the request id and the request
-/// metrics apply to every response, errors and preflights too.
+/// anywhere below become a JSON 500, and rejections in plain text Loop's JSON
+/// errors; CORS answers preflights; the request context (request id, log
+/// span, `Timestamp`, metrics) applies to every response, errors and
+/// preflights too.
 fn with_middleware<S>(routes: Router<S>, cors_origins: AllowOrigin) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     routes
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(loop_errors))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(cors_layer(cors_origins))
-        .layer(middleware::from_fn(timestamp_header))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(MapRequestLayer::new(drop_insane_request_id))
-        .layer(middleware::from_fn(request_metrics))
-}
-
-/// A client's request id ends up in our logs: one that is not short visible
-/// ASCII (a newline could forge log lines) is dropped, and replaced.
-fn drop_insane_request_id<B>(mut request: Request<B>) -> Request<B> {
-    let sane = |value: &HeaderValue| {
-        let bytes = value.as_bytes();
-        !bytes.is_empty()
-            && bytes.len() <= MAX_REQUEST_ID_BYTES
-            && bytes.iter().all(u8::is_ascii_graphic)
-    };
-    let headers = request.headers_mut();
-    if !headers.get_all(REQUEST_ID_HEADER).iter().all(sane)
-        || headers.get_all(REQUEST_ID_HEADER).iter().count() > 1
-    {
-        headers.remove(REQUEST_ID_HEADER);
-    }
-    request
-}
-
-/// Tokens in paths are capabilities, so spans carry the route template
-/// (`/calls/{token}`), never the raw path or the query string.
-fn request_span(request: &Request<Body>) -> tracing::Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-        .unwrap_or(UNMATCHED_ROUTE);
-    // Set by `SetRequestIdLayer` outside, and sane (`drop_insane_request_id`).
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    tracing::info_span!("request", method = %request.method(), route = %route, request_id = %request_id)
+        .layer(request_context::RequestContextLayer)
 }
 
 /// The route of requests no route matched.
 const UNMATCHED_ROUTE: &str = "<unmatched>";
-
-/// Counts and times every request by route template, method and status,
-/// to the response head (a long-poll's wait included; a websocket's life not).
-async fn request_metrics(request: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    crate::telemetry::record_request(
-        &method,
-        route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str),
-        response.status(),
-        started.elapsed(),
-    );
-    response
-}
 
 fn cors_layer(origins: AllowOrigin) -> CorsLayer {
     CorsLayer::new()
@@ -263,15 +201,6 @@ fn cors_layer(origins: AllowOrigin) -> CorsLayer {
         ])
         .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
         .max_age(Duration::from_secs(3600))
-}
-
-async fn timestamp_header(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        HeaderName::from_static(TIMESTAMP_HEADER),
-        HeaderValue::from(crate::clock::now()),
-    );
-    response
 }
 
 /// Some rejections come from layers and extractors that know nothing of Loop
