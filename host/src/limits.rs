@@ -18,7 +18,7 @@ use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -77,6 +77,13 @@ struct Budget<K: Hash + Eq + Clone> {
     current: ArcSwap<Bucket<K>>,
     /// Whether the budget was found full since the last prune (warned once).
     full: AtomicBool,
+    /// Keys the limiter held when last counted, and tokens taken since: each
+    /// take adds at most one key, so their sum bounds the keys held now.
+    /// Counting them (every shard of the map, locked in turn) only once that
+    /// bound reaches `max_tracked_keys` keeps the count off nearly every
+    /// request.
+    counted_keys: AtomicUsize,
+    takes_since_count: AtomicUsize,
 }
 
 struct Bucket<K: Hash + Eq + Clone> {
@@ -121,7 +128,30 @@ impl<K: Hash + Eq + Clone> Budget<K> {
             name,
             current: ArcSwap::from_pointee(Bucket::new(rate)),
             full: AtomicBool::new(false),
+            counted_keys: AtomicUsize::new(0),
+            takes_since_count: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether the limiter may hold `max_keys` keys or more (counted when
+    /// the bound says it might).
+    fn may_be_full(&self, bucket: &Bucket<K>, max_keys: usize) -> bool {
+        let takes = self.takes_since_count.fetch_add(1, Ordering::Relaxed);
+        if self.counted_keys.load(Ordering::Relaxed) + takes < max_keys {
+            return false;
+        }
+        self.recount(bucket) >= max_keys
+    }
+
+    fn recount(&self, bucket: &Bucket<K>) -> usize {
+        // Reset before counting, so a take that lands during the count is
+        // counted twice rather than missed; one already past its increment
+        // but not yet in the map can still be missed, so a budget may go
+        // over its maximum by the takes in flight, a handful of keys.
+        self.takes_since_count.store(0, Ordering::Relaxed);
+        let keys = bucket.limiter.len();
+        self.counted_keys.store(keys, Ordering::Relaxed);
+        keys
     }
 
     /// Takes a token for `key`, or refuses with how long until one is free.
@@ -133,7 +163,7 @@ impl<K: Hash + Eq + Clone> Budget<K> {
     /// Takes a token for `key`, or says how long until one is free.
     fn try_take(&self, key: &K, max_keys: usize) -> Result<(), (&'static str, Duration)> {
         let bucket = self.current.load();
-        if bucket.limiter.len() >= max_keys {
+        if self.may_be_full(&bucket, max_keys) {
             // Every key is in use: refusing would shut out every new client
             // (and governor cannot tell a new key from a known one without
             // adding it), so the budget lets requests through unchecked
@@ -166,6 +196,7 @@ impl<K: Hash + Eq + Clone> Budget<K> {
         let bucket = self.current.load();
         bucket.limiter.retain_recent();
         bucket.limiter.shrink_to_fit();
+        self.recount(&bucket);
         self.full.store(false, Ordering::Relaxed);
     }
 }
@@ -481,5 +512,33 @@ mod tests {
         limits.registration(client("203.0.113.3")).unwrap();
         let tracked = limits.registration_per_ip.current.load().limiter.len();
         assert_eq!(tracked, 2);
+    }
+
+    #[test]
+    fn keys_are_counted_only_when_the_budget_could_be_full_and_never_exceed_it() {
+        let limits = Limits::new(&RateLimitsConfig {
+            max_tracked_keys: 50,
+            ..config(1)
+        });
+        let budget = &limits.registration_per_ip;
+        let alice = client("203.0.113.1");
+        limits.registration(alice).unwrap();
+        // Many refused takes by one client: the bound passes the maximum,
+        // a count finds one key, and Alice stays refused.
+        for _ in 0..200 {
+            assert!(limits.registration(alice).is_err());
+        }
+        assert!(budget.counted_keys.load(Ordering::Relaxed) <= 1);
+        assert!(budget.takes_since_count.load(Ordering::Relaxed) < 50);
+        // New clients up to the maximum are tracked and limited; past it
+        // nothing is added.
+        for i in 0..100u8 {
+            let _ = limits.registration(client(&format!("198.51.100.{i}")));
+        }
+        assert_eq!(budget.current.load().limiter.len(), 50);
+        assert!(
+            budget.full.load(Ordering::Relaxed),
+            "found full, and warned"
+        );
     }
 }
