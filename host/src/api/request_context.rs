@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn insane_or_repeated_ids_are_replaced_by_one_uuid() {
-        let long = vec![b'a'; MAX_REQUEST_ID_BYTES + 1];
+        let long = [b'a'; MAX_REQUEST_ID_BYTES + 1];
         for ids in [
             vec![&b""[..]],
             vec![&b"has space"[..]],
