@@ -9,7 +9,7 @@ use crate::app::AppState;
 use crate::auth::Authenticated;
 use crate::error::AppResult;
 
-use super::openapi::LoopError;
+use super::openapi::{HawkRefused, StorageUnavailable};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(delete_account))
@@ -26,9 +26,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     security(("hawk" = [])),
     responses(
         (status = 204, description = "Forgotten"),
-        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
-        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
-            body = LoopError),
+        HawkRefused,
+        StorageUnavailable,
     ),
 )]
 async fn delete_account(

@@ -15,7 +15,7 @@ use crate::error::{AppResult, LoopJson};
 use crate::limits::ClientIp;
 use crate::store::Timestamp;
 
-use super::openapi::LoopError;
+use super::openapi::{BodyTooLarge, HawkRefused, LoopError, StorageUnavailable, TooManyRequests};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -134,13 +134,11 @@ struct UpdatedCallUrl {
             )),
         (status = 400, description = "Malformed JSON (errno 106), an invalid field (107) or \
             `callerId` missing (108); the message names the field", body = LoopError),
-        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
+        HawkRefused,
         (status = 406, description = "The body is not `application/json` (errno 106)", body = LoopError),
-        (status = 413, description = "The body is over 16 KiB (errno 113)", body = LoopError),
-        (status = 429, description = "Too many requests (errno 999); `Retry-After` says when to retry",
-            body = LoopError),
-        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
-            body = LoopError),
+        BodyTooLarge,
+        TooManyRequests,
+        StorageUnavailable,
     ),
 )]
 async fn create(
@@ -167,9 +165,8 @@ async fn create(
     responses(
         (status = 200, description = "Every call URL of the user that has not expired or been revoked",
             body = Vec<ListedCallUrl>),
-        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
-        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
-            body = LoopError),
+        HawkRefused,
+        StorageUnavailable,
     ),
 )]
 async fn list(
@@ -205,14 +202,13 @@ async fn list(
         (status = 200, description = "The call URL's expiry afterwards", body = UpdatedCallUrl),
         (status = 400, description = "Malformed JSON (errno 106) or an invalid field (107); \
             the message names the field", body = LoopError),
-        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
+        HawkRefused,
         (status = 403, description = "The call URL belongs to someone else (errno 110)", body = LoopError),
         (status = 404, description = "Unknown or revoked call URL (errno 105)", body = LoopError),
         (status = 406, description = "The body is not `application/json` (errno 106)", body = LoopError),
         (status = 410, description = "The call URL has expired (errno 111)", body = LoopError),
-        (status = 413, description = "The body is over 16 KiB (errno 113)", body = LoopError),
-        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
-            body = LoopError),
+        BodyTooLarge,
+        StorageUnavailable,
     ),
 )]
 async fn update(
@@ -236,11 +232,10 @@ async fn update(
     params(("token" = String, Path, description = "The call URL's token (`callToken`)")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
+        HawkRefused,
         (status = 403, description = "The call URL belongs to someone else (errno 110)", body = LoopError),
         (status = 404, description = "Unknown or already revoked call URL (errno 105)", body = LoopError),
-        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
-            body = LoopError),
+        StorageUnavailable,
     ),
 )]
 async fn revoke(

@@ -21,7 +21,7 @@ use crate::limits::ClientIp;
 use crate::providers::CallType;
 use crate::store::{Side, Timestamp};
 
-use super::openapi::LoopError;
+use super::openapi::{BodyTooLarge, HawkRefused, LoopError, StorageUnavailable, TooManyRequests};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -190,9 +190,8 @@ fn call_type(value: Option<&str>) -> AppResult<CallType> {
         (status = 404, description = "Unknown or revoked call URL (errno 105)", body = LoopError),
         (status = 406, description = "The body is not `application/json` (errno 106)", body = LoopError),
         (status = 410, description = "The call URL has expired (errno 111)", body = LoopError),
-        (status = 413, description = "The body is over 16 KiB (errno 113)", body = LoopError),
-        (status = 429, description = "Too many requests (errno 999); `Retry-After` says when to retry",
-            body = LoopError),
+        BodyTooLarge,
+        TooManyRequests,
         (status = 503, description = "Storage or the call provider is unavailable (errno 201); \
             `Retry-After` says when to retry", body = LoopError),
     ),
@@ -262,9 +261,8 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
     responses(
         (status = 200, description = "The waiting calls", body = IncomingCalls),
         (status = 400, description = "`version` missing (errno 108) or not an integer (107)", body = LoopError),
-        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
-        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
-            body = LoopError),
+        HawkRefused,
+        StorageUnavailable,
     ),
 )]
 async fn list(

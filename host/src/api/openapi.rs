@@ -20,6 +20,35 @@ use crate::error::Errno;
 /// Loop's error body, as the document names it.
 pub type LoopError = crate::error::ErrorBody;
 
+/// The error answers many routes share, each stated once here and listed
+/// by type in the routes' `responses(...)`.
+///
+/// 401: refused Hawk credentials, or none where a session is needed.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 401, description = "No valid Hawk authentication (errno 110)")]
+pub(super) struct HawkRefused(#[allow(dead_code)] LoopError);
+
+/// 413: a request body over [`crate::app::MAX_BODY_BYTES`].
+#[derive(utoipa::IntoResponses)]
+#[response(status = 413, description = "The body is over 16 KiB (errno 113)")]
+pub(super) struct BodyTooLarge(#[allow(dead_code)] LoopError);
+
+/// 429: past a `[rate_limits]` budget.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 429,
+    description = "Too many requests (errno 999); `Retry-After` says when to retry"
+)]
+pub(super) struct TooManyRequests(#[allow(dead_code)] LoopError);
+
+/// 503: storage unreachable or failing.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "Storage is unavailable (errno 201); `Retry-After` says when to retry"
+)]
+pub(super) struct StorageUnavailable(#[allow(dead_code)] LoopError);
+
 const DESCRIPTION: &str = "\
 Loop: one-click WebRTC calls, following Mozilla's Loop server REST API.
 

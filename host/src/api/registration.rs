@@ -17,7 +17,7 @@ use crate::error::{AppError, AppResult, LoopJson};
 use crate::limits::ClientIp;
 use crate::store::PushTopic;
 
-use super::openapi::LoopError;
+use super::openapi::{BodyTooLarge, HawkRefused, LoopError, StorageUnavailable, TooManyRequests};
 use super::service::Empty;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -121,11 +121,9 @@ fn requested_urls(
             (107); the message names the field", body = LoopError),
         (status = 401, description = "Invalid Hawk authentication (errno 110)", body = LoopError),
         (status = 406, description = "A body that is not `application/json` (errno 106)", body = LoopError),
-        (status = 413, description = "The body is over 16 KiB (errno 113)", body = LoopError),
-        (status = 429, description = "Too many requests (errno 999); `Retry-After` says when to retry",
-            body = LoopError),
-        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
-            body = LoopError),
+        BodyTooLarge,
+        TooManyRequests,
+        StorageUnavailable,
     ),
 )]
 async fn register(
@@ -159,9 +157,8 @@ async fn register(
     security(("hawk" = [])),
     responses(
         (status = 204, description = "Forgotten"),
-        (status = 401, description = "No valid Hawk authentication (errno 110)", body = LoopError),
-        (status = 503, description = "Storage is unavailable (errno 201); `Retry-After` says when to retry",
-            body = LoopError),
+        HawkRefused,
+        StorageUnavailable,
     ),
 )]
 async fn unregister(
