@@ -526,7 +526,7 @@ impl Default for PluginLimits {
             max_http_response_bytes: 1024 * 1024,
             max_concurrent_calls: 64,
             max_core_instances: 32,
-            max_memories: 2,
+            max_memories: 4,
             max_tables: 16,
             max_table_elements: 50_000,
         }

@@ -31,12 +31,13 @@ const MAX_VERIFY_TOKEN_BYTES: usize = 8 * 1024;
 /// A plugin is reported unhealthy after this many failed calls in a row.
 const UNHEALTHY_AFTER_FAILURES: u64 = 3;
 
-/// Components at least this large (an interpreter: Python, JavaScript)
-/// compile in the background when the compile cache has no copy, so the
-/// server starts serving at once; their plugins are not ready until then.
-/// Smaller ones (C plugins compile in well under a second) load before the
-/// server starts, so a broken one stops the start.
-pub(crate) const BACKGROUND_COMPILE_BYTES: usize = 2 * 1024 * 1024;
+/// Components at least this large (an interpreter: componentize-py's Python
+/// is about 18 MB and takes 10-15 s to compile here, jco's QuickJS 1.7 MB and
+/// 1.5 s) compile in the background when the compile cache has no copy, so
+/// the server starts serving at once; their plugins are not ready until then.
+/// Smaller ones (C plugins are about 50 KB and compile in tens of milliseconds)
+/// load before the server starts, so a broken one stops the start.
+pub(crate) const BACKGROUND_COMPILE_BYTES: usize = 1024 * 1024;
 
 /// Every configured plugin, ready to serve calls or still loading.
 pub struct ProviderRuntime {
