@@ -1,7 +1,8 @@
 //! Provider plugins written in other languages and built by their own
 //! toolchains: the Python livekit example (componentize-py), the JavaScript
-//! jitsi example (componentize-js), and a Python plugin that tries to leave
-//! its sandbox. Each component imports WASI and holds a whole interpreter.
+//! jitsi example (jco with QuickJS-NG), and a Python plugin that tries to leave
+//! its sandbox. Each component holds a whole interpreter; the Python ones
+//! import WASI.
 
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ use serde_json::json;
 use crate::common::examples::{
     plugin_report, plugin_toml, start_warm, wait_until_ready, warm_data_dir,
 };
-use crate::common::vendor::{Attempt, attempt_call, attempt_call_on, call_flow, run_sdk};
+use crate::common::vendor::{
+    Attempt, attempt_call, attempt_call_on, call_flow, call_flow_named, call_owner, run_sdk,
+};
 use crate::common::{ServerOptions, TestServer};
 use crate::{vendor_jitsi, vendor_livekit};
 
@@ -67,7 +70,61 @@ async fn javascript_jitsi_example_serves_the_call_flow_with_tokens_pyjwt_accepts
     .await;
     assert_eq!(checked["claims"][0]["context"]["user"]["moderator"], false);
     assert_eq!(checked["claims"][1]["context"]["user"]["moderator"], true);
+
+    // Names beyond ASCII reach the claims intact: the plugin encodes UTF-8
+    // itself (two-, three- and four-byte characters).
+    let (caller_id, issuer) = ("zoë ∑ 🦊", "Bób");
+    let call = call_flow_named(&server, None, caller_id, issuer).await;
+    let room = call.caller["sessionId"].as_str().unwrap();
+    let owner = call_owner(&server, call.caller["callId"].as_str().unwrap()).await;
+    let checked = run_sdk(
+        "jitsi.py",
+        &json!({
+            "mode": "hs256",
+            "app_id": vendor_jitsi::SELF_HOSTED_APP_ID,
+            "domain": "meet.example.com",
+            "app_secret": vendor_jitsi::APP_SECRET,
+            "tokens": [
+                {"token": call.caller["sessionToken"], "identity": caller_id, "name": caller_id,
+                 "moderator": false, "room": room, "lifetime": 86400},
+                {"token": call.callee["sessionToken"], "identity": owner, "name": issuer,
+                 "moderator": true, "room": room, "lifetime": 86400},
+            ],
+        }),
+    )
+    .await;
+    assert_eq!(checked["claims"][0]["context"]["user"]["name"], caller_id);
     assert!(!server.logs().contains(vendor_jitsi::APP_SECRET));
+
+    // A thrown provider-error value is the export's `err`, not a trap: the
+    // call fails as misconfigured, with the plugin's message naming the
+    // setting.
+    let server = start_warm(
+        format!(
+            "[providers]\ndefault = \"jitsi\"\n\n{}",
+            plugin_toml(
+                "jitsi",
+                "javascript-jitsi",
+                &format!(
+                    "base_url = {:?}\napp_id = {:?}\n",
+                    vendor_jitsi::SELF_HOSTED_URL,
+                    vendor_jitsi::SELF_HOSTED_APP_ID
+                )
+            )
+        ),
+        false,
+    )
+    .await;
+    let refused = attempt_call(&server).await;
+    assert_eq!(
+        (refused.status, refused.body["errno"].clone()),
+        (503, json!(201)),
+        "{}",
+        refused.body
+    );
+    server
+        .wait_for_log("provider jitsi is misconfigured: setting `app_secret` is not set")
+        .await;
 }
 
 /// What the sandbox plugin tries (its `attempt` setting), and what the

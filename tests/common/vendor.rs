@@ -26,12 +26,22 @@ pub struct VendorCall {
 /// Bob registers, makes a call URL for `alice` with `issuer` "Bob", Alice
 /// calls through it (with `channel` when given), and Bob lists his calls.
 pub async fn call_flow(server: &TestServer, channel: Option<&str>) -> VendorCall {
+    call_flow_named(server, channel, "alice", "Bob").await
+}
+
+/// [`call_flow`] with the call URL's `callerId` and `issuer` given.
+pub async fn call_flow_named(
+    server: &TestServer,
+    channel: Option<&str>,
+    caller_id: &str,
+    issuer: &str,
+) -> VendorCall {
     let device = Device::register_with(&server.url, json!({})).await;
     let created = device
         .send_verified(
             "POST",
             "/call-url",
-            Some(&json!({"callerId": "alice", "issuer": "Bob"})),
+            Some(&json!({"callerId": caller_id, "issuer": issuer})),
         )
         .await;
     created.assert_status(200);

@@ -10,7 +10,7 @@
 //! into the next. Memory, CPU, wall time, return sizes and HTTP are bounded
 //! per plugin; a plugin that breaks any of these is a provider error for that
 //! call only. A component too big to compile at once (an interpreter built by
-//! componentize-py or componentize-js) and not yet in the compile cache is
+//! componentize-py or jco) and not yet in the compile cache is
 //! compiled in the background while the others serve.
 //!
 //! - [`types`]: the API the rest of the server sees, and its errors;

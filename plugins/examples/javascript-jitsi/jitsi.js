@@ -18,15 +18,20 @@
 // Everything the plugin needs from outside comes through the world's imports:
 // randomness from `crypto.random-bytes`, the MAC from `crypto.hmac-sha256`,
 // time from `clock.now`. The JS engine's own `crypto`, `Date` and
-// `Math.random` are not used, so the component is built with every WASI
-// feature of componentize-js disabled (build.sh).
+// `Math.random` are not used, so the component is built with no WASI at all
+// (build.sh: every WASI import stubbed out).
 //
-// How componentize-js maps the WIT world:
+// Built by `jco componentize --backend qjs` (QuickJS-NG through
+// componentize-qjs; build.sh), and also runs as written on jco's other engine,
+// StarlingMonkey (`build.sh --engine starlingmonkey`). How both map the WIT
+// world, and where they differ:
 // - the exported interface `provider` is the exported object `provider`, its
 //   functions camelCased (`create-session` is `createSession`);
 // - records are objects with camelCased fields, enums are their WIT names as
-//   strings, variants are `{ tag, val }`, `option<T>` is T or undefined,
-//   `u64` is a BigInt, `list<u8>` is a Uint8Array;
+//   strings, variants are `{ tag, val }`, `list<u8>` is a Uint8Array;
+// - `option<T>` is T or, for none, null (QuickJS) or undefined
+//   (StarlingMonkey); `u64` is a number (QuickJS) or a BigInt
+//   (StarlingMonkey), so the plugin converts with BigInt() where it counts;
 // - a `result<T, E>` export returns T for `ok` and throws for `err`: the
 //   thrown value is the error variant (here a `provider-error`).
 
@@ -43,13 +48,32 @@ const ROOM_RANDOM_BYTES = 16; // "loop-" + 32 hex digits
 const MAX_ROOM_NAME_BYTES = 128;
 const MAX_FIELD_BYTES = 1024;
 
-const utf8 = new TextEncoder();
+// UTF-8 bytes of a string, as TextEncoder gives them (a lone surrogate
+// becomes U+FFFD). QuickJS-NG has no TextEncoder; WIT strings are always
+// well-formed, so the replacement never happens with what the host sends.
+const utf8 = {
+  encode(s) {
+    const out = [];
+    for (const ch of s) {
+      let c = ch.codePointAt(0);
+      if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd;
+      if (c < 0x80) out.push(c);
+      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      else {
+        out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      }
+    }
+    return new Uint8Array(out);
+  },
+};
 
 // ---- errors ------------------------------------------------------------------
 
 // Thrown from an export, a `provider-error` value becomes the `err` of its
-// result. Plain objects, not Error instances: componentize-js turns an
-// uncaught Error into a trap, which the host treats as a broken plugin.
+// result. Plain objects, not Error instances: an uncaught Error is a bug, not
+// an error value, and the engine traps on it, which the host treats as a
+// broken plugin.
 const misconfigured = (message) => ({ tag: 'misconfigured', val: message });
 const rejected = (message) => ({ tag: 'rejected', val: message });
 const missingSetting = (key) => misconfigured(`setting \`${key}\` is not set`);
@@ -230,8 +254,9 @@ function issueToken(request) {
   const moderator =
     session !== null && request.sessionId === session.room && request.identity === session.callee;
 
-  // `clock.now` gives a u64, a BigInt here: the claims stay exact integers.
-  const issuedAt = now().seconds;
+  // `clock.now` gives a u64 (a number or a BigInt, by engine): as a BigInt,
+  // the claims stay exact integers.
+  const issuedAt = BigInt(now().seconds);
   const lifetime = BigInt(Math.min(request.lifetimeSeconds, MAX_LIFETIME_SECONDS));
 
   const header = jsonObject([

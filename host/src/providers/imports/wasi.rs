@@ -1,5 +1,5 @@
 //! WASI 0.2 for plugins whose toolchain imports it (componentize-py,
-//! componentize-js, Rust's `wasm32-wasip2`), from wasmtime's own
+//! jco, Rust's `wasm32-wasip2`), from wasmtime's own
 //! implementation, granted in one locked-down form to every plugin: nothing
 //! to open, nowhere to connect, nothing to read from the host's environment.
 //! A plugin still reaches the outside only through `loopcall:provider/http`
