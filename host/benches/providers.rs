@@ -7,8 +7,9 @@
 //! Then the same for the plugins in other languages (a whole interpreter per
 //! component), when they are built (`scripts/test` builds them into
 //! `target/plugin-examples/`): the Python livekit example (componentize-py)
-//! and the JavaScript jitsi example (componentize-js): their cold compile, a
-//! warm start-up, and call setup on one thread and on two, beside loopback.
+//! and the JavaScript jitsi example (jco with QuickJS-NG, and with
+//! StarlingMonkey where that build is there too): their cold compile, a warm
+//! start-up, and call setup on one thread and on two, beside loopback.
 //!
 //! `cargo bench -p loop-server --bench providers`
 
@@ -68,6 +69,8 @@ fn config(data_dir: &Path) -> Config {
     config
 }
 
+const JITSI: &str = "base_url = \"https://meet.example.com\"\napp_id = \"loop\"\napp_secret = \"bench-secret-0123456789abcdef\"\n";
+
 /// The examples in other languages, by plugin name, with their settings,
 /// where built.
 fn interpreter_plugins() -> Vec<(&'static str, PathBuf, &'static str)> {
@@ -78,10 +81,13 @@ fn interpreter_plugins() -> Vec<(&'static str, PathBuf, &'static str)> {
             built.join("python-livekit.wasm"),
             "url = \"wss://livekit.example.com\"\napi_key = \"APIbench\"\napi_secret = \"bench-secret-0123456789abcdef\"\n",
         ),
+        ("javascript-jitsi", built.join("javascript-jitsi.wasm"), JITSI),
+        // The same plugin on jco's other engine, when built by hand
+        // (plugins/examples/javascript-jitsi/README.md), for comparison.
         (
-            "javascript-jitsi",
-            built.join("javascript-jitsi.wasm"),
-            "base_url = \"https://meet.example.com\"\napp_id = \"loop\"\napp_secret = \"bench-secret-0123456789abcdef\"\n",
+            "javascript-jitsi-starlingmonkey",
+            built.join("javascript-jitsi-starlingmonkey.wasm"),
+            JITSI,
         ),
     ]
     .into_iter()
