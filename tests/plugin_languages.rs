@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::examples::{
     plugin_report, plugin_toml, start_warm, wait_until_ready, warm_data_dir,
@@ -40,23 +40,22 @@ async fn python_livekit_example_serves_the_call_flow_with_the_sdks_tokens() {
     );
 }
 
-#[tokio::test]
-async fn javascript_jitsi_example_serves_the_call_flow_with_tokens_pyjwt_accepts() {
-    let settings = format!(
-        "base_url = {:?}\napp_id = {:?}\napp_secret = {:?}\n",
-        vendor_jitsi::SELF_HOSTED_URL,
-        vendor_jitsi::SELF_HOSTED_APP_ID,
-        vendor_jitsi::APP_SECRET
-    );
-    let server = start_warm(
+/// A server whose every call goes to the JavaScript jitsi example, with
+/// `settings` (TOML lines).
+async fn javascript_jitsi(settings: &str) -> TestServer {
+    start_warm(
         format!(
             "[providers]\ndefault = \"jitsi\"\n\n{}",
-            plugin_toml("jitsi", "javascript-jitsi", &settings)
+            plugin_toml("jitsi", "javascript-jitsi", settings)
         ),
         false,
     )
-    .await;
-    let (call, room, owner) = vendor_jitsi::call(&server, vendor_jitsi::SELF_HOSTED_URL).await;
+    .await
+}
+
+/// `tokens` (as `tests/vendor_sdks/jitsi.py` takes them) checked with pyjwt
+/// against the self-hosted settings; their claims.
+async fn self_hosted_claims(tokens: Value) -> Value {
     let checked = run_sdk(
         "jitsi.py",
         &json!({
@@ -64,12 +63,29 @@ async fn javascript_jitsi_example_serves_the_call_flow_with_tokens_pyjwt_accepts
             "app_id": vendor_jitsi::SELF_HOSTED_APP_ID,
             "domain": "meet.example.com",
             "app_secret": vendor_jitsi::APP_SECRET,
-            "tokens": vendor_jitsi::tokens(&call, &room, &owner),
+            "tokens": tokens,
         }),
     )
     .await;
-    assert_eq!(checked["claims"][0]["context"]["user"]["moderator"], false);
-    assert_eq!(checked["claims"][1]["context"]["user"]["moderator"], true);
+    checked["claims"].clone()
+}
+
+#[tokio::test]
+async fn javascript_jitsi_example_serves_the_call_flow_with_tokens_pyjwt_accepts() {
+    let account = format!(
+        "base_url = {:?}\napp_id = {:?}\n",
+        vendor_jitsi::SELF_HOSTED_URL,
+        vendor_jitsi::SELF_HOSTED_APP_ID,
+    );
+    let server = javascript_jitsi(&format!(
+        "{account}app_secret = {:?}\n",
+        vendor_jitsi::APP_SECRET
+    ))
+    .await;
+    let (call, room, owner) = vendor_jitsi::call(&server, vendor_jitsi::SELF_HOSTED_URL).await;
+    let claims = self_hosted_claims(vendor_jitsi::tokens(&call, &room, &owner)).await;
+    assert_eq!(claims[0]["context"]["user"]["moderator"], false);
+    assert_eq!(claims[1]["context"]["user"]["moderator"], true);
 
     // Names beyond ASCII reach the claims intact: the plugin encodes UTF-8
     // itself (two-, three- and four-byte characters).
@@ -77,44 +93,20 @@ async fn javascript_jitsi_example_serves_the_call_flow_with_tokens_pyjwt_accepts
     let call = call_flow_named(&server, None, caller_id, issuer).await;
     let room = call.caller["sessionId"].as_str().unwrap();
     let owner = call_owner(&server, call.caller["callId"].as_str().unwrap()).await;
-    let checked = run_sdk(
-        "jitsi.py",
-        &json!({
-            "mode": "hs256",
-            "app_id": vendor_jitsi::SELF_HOSTED_APP_ID,
-            "domain": "meet.example.com",
-            "app_secret": vendor_jitsi::APP_SECRET,
-            "tokens": [
-                {"token": call.caller["sessionToken"], "identity": caller_id, "name": caller_id,
-                 "moderator": false, "room": room, "lifetime": 86400},
-                {"token": call.callee["sessionToken"], "identity": owner, "name": issuer,
-                 "moderator": true, "room": room, "lifetime": 86400},
-            ],
-        }),
-    )
+    let claims = self_hosted_claims(json!([
+        {"token": call.caller["sessionToken"], "identity": caller_id, "name": caller_id,
+         "moderator": false, "room": room, "lifetime": 86400},
+        {"token": call.callee["sessionToken"], "identity": owner, "name": issuer,
+         "moderator": true, "room": room, "lifetime": 86400},
+    ]))
     .await;
-    assert_eq!(checked["claims"][0]["context"]["user"]["name"], caller_id);
+    assert_eq!(claims[0]["context"]["user"]["name"], caller_id);
     assert!(!server.logs().contains(vendor_jitsi::APP_SECRET));
 
     // A thrown provider-error value is the export's `err`, not a trap: the
     // call fails as misconfigured, with the plugin's message naming the
     // setting.
-    let server = start_warm(
-        format!(
-            "[providers]\ndefault = \"jitsi\"\n\n{}",
-            plugin_toml(
-                "jitsi",
-                "javascript-jitsi",
-                &format!(
-                    "base_url = {:?}\napp_id = {:?}\n",
-                    vendor_jitsi::SELF_HOSTED_URL,
-                    vendor_jitsi::SELF_HOSTED_APP_ID
-                )
-            )
-        ),
-        false,
-    )
-    .await;
+    let server = javascript_jitsi(&account).await;
     let refused = attempt_call(&server).await;
     assert_eq!(
         (refused.status, refused.body["errno"].clone()),
