@@ -119,17 +119,7 @@ pub struct ConfigInputs<'a> {
 }
 
 /// Budgets far above what wrk sends from its one address and session.
-const HIGH_RATE_LIMITS: &str = r#"
-[rate_limits]
-enabled = true
-max_tracked_keys = 1000000
-registration_per_ip = { per_minute = 60000000, burst = 1000000 }
-call_urls_per_session = { per_minute = 60000000, burst = 1000000 }
-call_urls_per_ip = { per_minute = 60000000, burst = 1000000 }
-calls_per_call_url = { per_minute = 60000000, burst = 1000000 }
-calls_per_ip = { per_minute = 60000000, burst = 1000000 }
-failed_auth_per_ip = { per_minute = 60000000, burst = 1000000 }
-"#;
+const HIGH_RATE_LIMITS: &str = include_str!("../../tests/fixtures/rate-limits-under-load.toml");
 
 /// The config an operator would write for this host, plus what the bench
 /// needs: the sink's origin allowed for push URLs, calls kept listed for

@@ -195,30 +195,30 @@ pub struct ServerOptions {
 
 /// Environment for a server under a test's load: every request comes from
 /// 127.0.0.1 and a few sessions, so the rate limits' budgets are raised far
-/// above what the load sends (tests/rate_limits.rs tests the limits).
+/// above what the load sends: `tests/fixtures/rate-limits-under-load.toml`,
+/// as the `LOOP_*` variables that set it.
 pub fn load_env() -> Vec<(String, String)> {
-    [
-        "REGISTRATION_PER_IP",
-        "CALL_URLS_PER_SESSION",
-        "CALL_URLS_PER_IP",
-        "CALLS_PER_CALL_URL",
-        "CALLS_PER_IP",
-        "FAILED_AUTH_PER_IP",
-    ]
-    .into_iter()
-    .flat_map(|budget| {
-        [
-            (
-                format!("LOOP_RATE_LIMITS__{budget}__PER_MINUTE"),
-                "60000000".into(),
-            ),
-            (
-                format!("LOOP_RATE_LIMITS__{budget}__BURST"),
-                "1000000".into(),
-            ),
-        ]
-    })
-    .collect()
+    fn flatten(name: String, value: &toml::Value, into: &mut Vec<(String, String)>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    flatten(format!("{name}__{}", key.to_uppercase()), value, into);
+                }
+            }
+            toml::Value::String(text) => into.push((name, text.clone())),
+            other => into.push((name, other.to_string())),
+        }
+    }
+    let path = workspace_root().join("tests/fixtures/rate-limits-under-load.toml");
+    let fixture: toml::Table = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .parse()
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let mut env = Vec::new();
+    for (key, value) in &fixture {
+        flatten(format!("LOOP_{}", key.to_uppercase()), value, &mut env);
+    }
+    env
 }
 
 impl Default for ServerOptions {
