@@ -327,7 +327,8 @@ pub struct PluginConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
-    /// Linear memory of one instance, at most [`MAX_PLUGIN_MEMORY_MIB`].
+    /// Linear memory of one instance, all its memories together, at most
+    /// [`MAX_PLUGIN_MEMORY_MIB`].
     pub memory_mib: u64,
     /// Wasm CPU time per export call, metered as wasmtime fuel.
     pub cpu_ms: u64,

@@ -68,6 +68,14 @@ pub(crate) struct CallState {
     pub offloaded_cpu_ns: u64,
     /// WASI for plugins that import it, made on first use.
     pub wasi: Option<Box<super::imports::wasi::WasiState>>,
+    /// Bytes of all the instance's linear memories together: `memory_mib`
+    /// bounds their sum, so a component of several memories (jco's QuickJS
+    /// has 3) gets no more than one of a single memory, and a call never
+    /// holds more than the `memory_mib` it reserved from
+    /// `providers.max_total_memory_mib`.
+    memory_bytes: u64,
+    /// The growth last allowed, taken back if the memory could not grow.
+    last_growth: u64,
 }
 
 impl CallState {
@@ -79,6 +87,8 @@ impl CallState {
             log: LogBudget::default(),
             offloaded_cpu_ns: 0,
             wasi: None,
+            memory_bytes: 0,
+            last_growth: 0,
         }
     }
 
@@ -99,14 +109,18 @@ impl CallState {
 }
 
 impl ResourceLimiter for CallState {
+    /// Also called for each memory as the instance is created (from 0 to its
+    /// initial size), so the sum covers every page an instance holds.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let limit = self.plugin.limits.memory_mib.saturating_mul(1024 * 1024);
-        if desired as u64 > limit {
+        let growth = desired.saturating_sub(current) as u64;
+        let total = self.memory_bytes.saturating_add(growth);
+        if total > limit {
             // A trap rather than a failed `memory.grow`: the plugin hit the
             // operator's cap, and the error should say so.
             self.stop = Some(HostStop::Memory);
@@ -116,7 +130,16 @@ impl ResourceLimiter for CallState {
                 self.plugin.limits.memory_mib
             );
         }
+        self.memory_bytes = total;
+        self.last_growth = growth;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // `memory.grow` returns -1 to the plugin, as without a limiter.
+        self.memory_bytes = self.memory_bytes.saturating_sub(self.last_growth);
+        self.last_growth = 0;
+        Ok(())
     }
 
     fn table_growing(
@@ -126,5 +149,62 @@ impl ResourceLimiter for CallState {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= self.plugin.limits.max_table_elements as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    fn call_state(memory_mib: u64) -> CallState {
+        let plugin = PluginContext {
+            name: "several-memories".into(),
+            settings: BTreeMap::new(),
+            allowed_origins: Vec::new(),
+            limits: PluginLimits {
+                memory_mib,
+                ..PluginLimits::default()
+            },
+            http: reqwest::Client::new(),
+            signing_keys: Default::default(),
+        };
+        CallState::new(Arc::new(plugin), Instant::now())
+    }
+
+    #[test]
+    fn memory_mib_bounds_the_sum_of_an_instances_memories() {
+        let mut state = call_state(16);
+        // Three memories created at their initial sizes, as wasmtime reports
+        // them: 10 + 4 MiB fit in 16.
+        assert!(state.memory_growing(0, 10 * MIB, None).unwrap());
+        assert!(state.memory_growing(0, 4 * MIB, None).unwrap());
+        assert!(state.memory_growing(0, 0, None).unwrap());
+        // Growing the second by 2 MiB reaches 16 exactly; one page more does
+        // not fit, though each memory alone is far below 16.
+        assert!(state.memory_growing(4 * MIB, 6 * MIB, None).unwrap());
+        let refused = state
+            .memory_growing(0, 64 * 1024, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("exceeded its memory limit of 16 MiB"),
+            "{refused}"
+        );
+        assert_eq!(state.stop, Some(HostStop::Memory));
+    }
+
+    #[test]
+    fn a_growth_that_failed_is_not_counted() {
+        let mut state = call_state(16);
+        assert!(state.memory_growing(0, 8 * MIB, None).unwrap());
+        // Allowed here, then refused by the memory's own maximum.
+        assert!(state.memory_growing(8 * MIB, 15 * MIB, None).unwrap());
+        state
+            .memory_grow_failed(wasmtime::format_err!("past the maximum"))
+            .unwrap();
+        assert!(state.memory_growing(0, 8 * MIB, None).unwrap());
+        assert_eq!(state.stop, None);
     }
 }
