@@ -77,7 +77,7 @@ where
         let span = tracing::info_span!(
             "request",
             method = %method,
-            route = route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str),
+            route = route_template(route.as_ref()),
             request_id = request_id.to_str().unwrap_or_default(),
         );
         let inner = {
@@ -157,15 +157,18 @@ where
         );
         crate::telemetry::record_request(
             &answer.method,
-            answer
-                .route
-                .as_ref()
-                .map_or(UNMATCHED_ROUTE, MatchedPath::as_str),
+            route_template(answer.route.as_ref()),
             status,
             took,
         );
         Poll::Ready(Ok(response))
     }
+}
+
+/// The route the request matched, as its template (`/calls/{token}`): what
+/// the span and the metrics name, never the raw path.
+fn route_template(route: Option<&MatchedPath>) -> &str {
+    route.map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
 }
 
 /// The request's id: the client's when it sent exactly one that is short
