@@ -15,14 +15,19 @@ mod request_context;
 mod service;
 mod signaling;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::future::BoxFuture;
+use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -81,10 +86,7 @@ fn routes() -> Router<AppState> {
 pub fn router(state: AppState) -> Router {
     // Built once, before the first request asks for it.
     std::sync::LazyLock::force(&openapi::DOCUMENT);
-    let routes = routes().layer(middleware::from_fn_with_state(
-        state.clone(),
-        crate::auth::hawk_middleware,
-    ));
+    let routes = routes().layer(crate::auth::HawkLayer::new(state.clone()));
     with_middleware(routes, live_cors_origins(state.clone())).with_state(state)
 }
 
@@ -172,7 +174,7 @@ where
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(loop_errors))
+        .layer(LoopErrorsLayer)
         .layer(cors_layer(cors_origins))
         .layer(request_context::RequestContextLayer)
 }
@@ -207,21 +209,93 @@ fn cors_layer(origins: AllowOrigin) -> CorsLayer {
 /// (the body limit, path and query parsing) and answer in plain text. Clients
 /// expect Loop's JSON errors everywhere, so those are rewritten here. HTML
 /// pages and our own JSON pass untouched.
-async fn loop_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+///
+/// A hand-written layer rather than `from_fn`: `from_fn` clones the routes
+/// inside it and boxes a future on every request, which cost the cheapest
+/// route about 6% of its throughput (BENCHMARKS.md). Here a good answer
+/// costs one check of its status; only a plain-text rejection, whose body is
+/// read, takes a boxed future.
+#[derive(Clone, Copy, Default)]
+struct LoopErrorsLayer;
+
+impl<S> Layer<S> for LoopErrorsLayer {
+    type Service = LoopErrors<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LoopErrors { inner }
+    }
+}
+
+#[derive(Clone)]
+struct LoopErrors<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for LoopErrors<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = LoopErrorsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        LoopErrorsFuture::Answering {
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = LoopErrorsProjection]
+    enum LoopErrorsFuture<F> {
+        Answering { #[pin] inner: F },
+        Rewriting { rewrite: BoxFuture<'static, Response> },
+    }
+}
+
+impl<F> Future for LoopErrorsFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let LoopErrorsProjection::Answering { inner } = self.as_mut().project() {
+            let Ok(response) = std::task::ready!(inner.poll(cx));
+            if !is_plain_rejection(&response) {
+                return Poll::Ready(Ok(response));
+            }
+            self.set(LoopErrorsFuture::Rewriting {
+                rewrite: Box::pin(loop_error_for(response)),
+            });
+        }
+        match self.project() {
+            LoopErrorsProjection::Rewriting { rewrite } => rewrite.as_mut().poll(cx).map(Ok),
+            LoopErrorsProjection::Answering { .. } => unreachable!("set to Rewriting above"),
+        }
+    }
+}
+
+/// An error status with a plain-text body (or none): a rejection from a
+/// layer or extractor, not one of our answers.
+fn is_plain_rejection(response: &Response) -> bool {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_plain = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_none_or(|value| value.starts_with("text/plain"));
-    if !is_plain {
-        return response;
-    }
-    let error = match status {
+    (status.is_client_error() || status.is_server_error())
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_none_or(|value| value.starts_with("text/plain"))
+}
+
+/// Loop's JSON error for a plain-text rejection.
+async fn loop_error_for(response: Response) -> Response {
+    let error = match response.status() {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge(MAX_BODY_BYTES),
         StatusCode::NOT_FOUND => return not_found().await,
         StatusCode::UNAUTHORIZED => AppError::Unauthorized(plain_reason(response).await),
@@ -233,7 +307,7 @@ async fn loop_errors(request: Request, next: Next) -> Response {
         status if status.is_client_error() => {
             AppError::invalid("request", plain_reason(response).await)
         }
-        _ => AppError::Internal(anyhow::anyhow!(
+        status => AppError::Internal(anyhow::anyhow!(
             "{status} from a layer: {}",
             plain_reason(response).await
         )),
