@@ -260,22 +260,16 @@ pub fn attach_session_token(response: &mut Response, token_hex: &str) {
     }
 }
 
-/// Applied by the router to every route: authenticates `Authorization: Hawk`
-/// and `Authorization: BrowserID` requests (inserting [`Authenticated`]) and
-/// signs the responses to Hawk requests. Requests without `Authorization` pass
-/// through; endpoints that need a session reject them via the extractor.
+/// Run by [`HawkLayer`] for every request that carries `Authorization`:
+/// authenticates `Authorization: Hawk` and `Authorization: BrowserID`
+/// requests (inserting [`Authenticated`]) and signs the responses to Hawk
+/// requests. Requests without `Authorization` pass the layer by; endpoints
+/// that need a session reject them via the extractor.
 ///
 /// An address past `rate_limits.failed_auth_per_ip` gets 429 before its
 /// credentials are looked at: a refused credential costs a session lookup
 /// (and for BrowserID a call to the verifier).
-pub async fn hawk_middleware(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if !request.headers().contains_key(header::AUTHORIZATION) {
-        return next.run(request).await;
-    }
+async fn hawk_middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let client = state.limits.client(request.extensions(), request.headers());
     if let Err(err) = state.limits.authentication_allowed(client) {
         return err.into_response();
