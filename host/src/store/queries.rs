@@ -35,6 +35,23 @@ const SQLITE_PURGE_PAUSE: Duration = Duration::from_millis(10);
 /// never existed (404).
 pub const EXPIRED_CALL_URL_RETENTION_SECONDS: Timestamp = 30 * 24 * 3600;
 
+/// SQL matching the rows of `table` (a name or alias of `sessions`) that
+/// belong to the user `user_id` (a placeholder or column): exactly
+/// `{table}.user_id = {user_id}`, but written so that an anonymous session
+/// (its own user, `user_id = id_hmac`) is found by its primary key and only
+/// sessions of shared users are in the user index. That index is partial
+/// (`user_id <> id_hmac`, migration 20261207000000), so a registration,
+/// nearly always anonymous, inserts into one random-key B-tree fewer. Each
+/// arm names its index's condition or key, and the arms share no term (which
+/// PostgreSQL would factor out of the OR, losing the index in a join), so
+/// both planners make it two index lookups.
+fn sessions_of_user(table: &str, user_id: &str) -> String {
+    format!(
+        "(({table}.user_id = {user_id} AND {table}.user_id <> {table}.id_hmac) \
+         OR ({table}.id_hmac = {user_id} AND {table}.user_id = {table}.id_hmac))"
+    )
+}
+
 fn session_from_row(row: &AnyRow) -> Result<Session, sqlx::Error> {
     Ok(Session {
         id_hmac: row.try_get("id_hmac")?,
@@ -313,7 +330,8 @@ impl Store for SqlStore {
             "select_push_urls",
             sqlx::query_scalar(&format!(
                 "SELECT DISTINCT {column} FROM sessions \
-             WHERE user_id = $1 AND expires_at > $2 AND {column} IS NOT NULL ORDER BY {column}"
+             WHERE {} AND expires_at > $2 AND {column} IS NOT NULL ORDER BY {column}",
+                sessions_of_user("sessions", "$1")
             ))
             .bind(user_id)
             .bind(now)
@@ -368,8 +386,9 @@ impl Store for SqlStore {
             "SELECT u.token, u.user_id, u.caller_id, u.issuer, u.subject, u.created_at, u.expires_at, \
              s.{column} AS push_url, s.expires_at AS push_url_expires_at \
              FROM call_urls u LEFT JOIN sessions s \
-             ON s.user_id = u.user_id AND s.expires_at > $2 AND s.{column} IS NOT NULL \
-             WHERE u.token = $1"
+             ON {} AND s.expires_at > $2 AND s.{column} IS NOT NULL \
+             WHERE u.token = $1",
+            sessions_of_user("s", "u.user_id")
         ))
         .bind(token)
         .bind(now)
@@ -605,13 +624,14 @@ impl Store for SqlStore {
             let mut tx = conn.begin().await?;
             // Nonces first, while the sessions still name them; push URLs go
             // with their sessions.
+            let sessions = sessions_of_user("sessions", "$1");
             for sql in [
-                "DELETE FROM hawk_nonces WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE user_id = $1)",
-                "DELETE FROM sessions WHERE user_id = $1",
-                "DELETE FROM call_urls WHERE user_id = $1",
-                "DELETE FROM calls WHERE user_id = $1",
+                format!("DELETE FROM hawk_nonces WHERE id_hmac IN (SELECT id_hmac FROM sessions WHERE {sessions})"),
+                format!("DELETE FROM sessions WHERE {sessions}"),
+                "DELETE FROM call_urls WHERE user_id = $1".to_string(),
+                "DELETE FROM calls WHERE user_id = $1".to_string(),
             ] {
-                statement("delete_user", sqlx::query(sql).bind(user_id).execute(&mut *tx)).await?;
+                statement("delete_user", sqlx::query(&sql).bind(user_id).execute(&mut *tx)).await?;
             }
             if self.backend == Backend::Postgres {
                 crate::bus::notify(&mut tx, INVALIDATION_TOPIC, &forget.to_message()).await?;
