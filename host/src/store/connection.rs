@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::batch::{BatchStats, WriteBatcher};
 use super::cache::{Forget, INVALIDATION_TOPIC, ReadCache};
+use super::inline_reads::InlineReaders;
 use super::reachability::Reachability;
 use super::{Backend, SqliteSynchronous, Store, StoreError};
 use crate::bus::{Bus, RecvError};
@@ -56,6 +57,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 ///   busy timeout still covers other processes writing to the same file.)
 /// - A few readers, sized to the cores: readers never block in WAL mode, and
 ///   more threads than cores only queue on the CPU.
+/// - The hot reads (a user's calls, a session) skip even those: they run on
+///   the requesting thread through connections of their own, with no
+///   hand-off at all (`inline_reads.rs`).
 ///
 /// An in-memory SQLite database is one connection (every `:memory:`
 /// connection is a separate database), in a pool of one.
@@ -80,6 +84,8 @@ enum Connections {
         next_reader: AtomicUsize,
         /// Opened on first use only; see `SqlStore::pool`.
         maintenance: AnyPool,
+        /// The hot reads' own connections, outside sqlx; see `inline_reads.rs`.
+        inline: InlineReaders,
     },
 }
 
@@ -194,6 +200,14 @@ impl SqlStore {
         super::StoreGauges {
             connections,
             writer_queue: self.batcher.queued(),
+        }
+    }
+
+    /// Where the hot reads run without a hand-off: on a SQLite file only.
+    pub(super) fn inline_reads(&self) -> Option<&InlineReaders> {
+        match &self.connections {
+            Connections::Held { inline, .. } => Some(inline),
+            Connections::Pool(..) => None,
         }
     }
 
@@ -336,6 +350,11 @@ impl SqlStore {
                     }
                     let writer = open_sqlite(&any_options, SqliteRole::Writer(synchronous)).await?;
                     writer.lock().await.execute(WRITER_PRAGMAS).await?;
+                    let path = SqliteConnectOptions::from_str(&url)?
+                        .get_filename()
+                        .to_path_buf();
+                    let inline = InlineReaders::open(path)
+                        .context("database.url: cannot open the SQLite database for reading")?;
                     Connections::Held {
                         writer,
                         readers: readers.into(),
@@ -343,6 +362,7 @@ impl SqlStore {
                         maintenance: sqlite_pool_options(synchronous)
                             .max_connections(1)
                             .connect_lazy_with(any_options),
+                        inline,
                     }
                 }
             }

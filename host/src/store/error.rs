@@ -54,7 +54,7 @@ impl StoreError {
     }
 }
 
-/// Which kind a sqlx error is, before it is wrapped.
+/// Which kind a database error is, before it is wrapped.
 #[derive(Clone, Copy)]
 enum Kind {
     Unavailable,
@@ -63,16 +63,21 @@ enum Kind {
     Other,
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        let kind = kind_of(&err);
-        let source: StoreErrorSource = Arc::new(err);
-        match kind {
+impl Kind {
+    fn error(self, source: StoreErrorSource) -> StoreError {
+        match self {
             Kind::Unavailable => StoreError::Unavailable(source),
             Kind::Timeout => StoreError::Timeout(source),
             Kind::Conflict => StoreError::Conflict(source),
             Kind::Other => StoreError::Other(source),
         }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        let kind = kind_of(&err);
+        kind.error(Arc::new(err))
     }
 }
 
@@ -100,11 +105,26 @@ fn kind_of(err: &sqlx::Error) -> Kind {
     }
 }
 
+/// The same sorting for SQLite's own errors, from the inline reads.
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        let kind = match &err {
+            rusqlite::Error::SqliteFailure(failure, _) => sqlite_code_kind(failure.extended_code),
+            _ => Kind::Other,
+        };
+        kind.error(Arc::new(err))
+    }
+}
+
 /// SQLite's extended result code, as a decimal string.
 fn sqlite_kind(code: Option<&str>) -> Kind {
-    let Some(code) = code.and_then(|code| code.parse::<i32>().ok()) else {
-        return Kind::Other;
-    };
+    match code.and_then(|code| code.parse::<i32>().ok()) {
+        Some(code) => sqlite_code_kind(code),
+        None => Kind::Other,
+    }
+}
+
+fn sqlite_code_kind(code: i32) -> Kind {
     match code & 0xff {
         // BUSY, LOCKED: another connection held the lock past busy_timeout.
         5 | 6 => Kind::Timeout,

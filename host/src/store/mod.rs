@@ -5,6 +5,7 @@
 //! - `queries.rs`: the `Store` implementation, one set of queries for both.
 //! - `batch.rs`: the group-commit writer behind the hot writes.
 //! - `cache.rs`: call URLs and push URLs kept in memory for the hot reads.
+//! - `inline_reads.rs`: SQLite's other hot reads, run without a thread hand-off.
 //! - `error.rs`: [`StoreError`], what a failure means to the caller.
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ mod batch;
 mod cache;
 mod connection;
 mod error;
+mod inline_reads;
 mod queries;
 mod reachability;
 mod signaling;

@@ -14,6 +14,7 @@ use sqlx::{Connection, Row};
 
 use super::batch::Write;
 use super::cache::{Forget, INVALIDATION_TOPIC};
+use super::inline_reads::bind_numbered;
 use super::{
     Announcement, Backend, Call, CallProgress, CallState, CallUrl, CallUrlUpdate, EndedSession,
     PushTopic, PushUrl, Seat, SeatRow, SeatTaken, Session, SqlStore, Store, StoreError, Timestamp,
@@ -52,13 +53,96 @@ fn sessions_of_user(table: &str, user_id: &str) -> String {
     )
 }
 
-fn session_from_row(row: &AnyRow) -> Result<Session, sqlx::Error> {
+/// A row of either SQLite binding, read by column name: sqlx's (both
+/// backends) or rusqlite's (SQLite's inline reads, `inline_reads.rs`), so
+/// each kind of row has one decoder.
+pub(super) trait Columns {
+    fn column<T>(&self, name: &str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + rusqlite::types::FromSql;
+}
+
+impl Columns for AnyRow {
+    fn column<T>(&self, name: &str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + rusqlite::types::FromSql,
+    {
+        self.try_get(name)
+    }
+}
+
+/// rusqlite's row, whose lookup by name compares every column's name in
+/// turn. The decoders ask for columns in the order they are selected, so the
+/// column after the last one read is tried first, and all of them only when
+/// it is not the one.
+pub(super) struct SqliteRow<'a, 'r> {
+    row: &'a rusqlite::Row<'r>,
+    next: std::cell::Cell<usize>,
+}
+
+impl<'a, 'r> SqliteRow<'a, 'r> {
+    pub(super) fn new(row: &'a rusqlite::Row<'r>) -> Self {
+        SqliteRow {
+            row,
+            next: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl Columns for SqliteRow<'_, '_> {
+    fn column<T>(&self, name: &str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + rusqlite::types::FromSql,
+    {
+        let decode_error = |err: rusqlite::Error| sqlx::Error::ColumnDecode {
+            index: name.into(),
+            source: Box::new(err),
+        };
+        let statement = self.row.as_ref();
+        let guess = self.next.get();
+        let index = match statement.column_name(guess) {
+            Ok(found) if found == name => guess,
+            _ => statement.column_index(name).map_err(decode_error)?,
+        };
+        self.next.set(index + 1);
+        self.row.get(index).map_err(decode_error)
+    }
+}
+
+/// What a read decodes each of its rows into.
+pub(super) trait FromColumns: Sized {
+    fn from_columns(row: &impl Columns) -> Result<Self, sqlx::Error>;
+}
+
+/// A value bound to a read's `$N` placeholder, in either binding.
+#[derive(Clone, Copy)]
+pub(super) enum Param<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl rusqlite::types::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Param::Text(text) => text.to_sql(),
+            Param::Int(int) => int.to_sql(),
+        }
+    }
+}
+
+fn session_from_row(row: &impl Columns) -> Result<Session, sqlx::Error> {
     Ok(Session {
-        id_hmac: row.try_get("id_hmac")?,
-        key: row.try_get("key")?,
-        user_id: row.try_get("user_id")?,
-        expires_at: row.try_get("expires_at")?,
+        id_hmac: row.column("id_hmac")?,
+        key: row.column("key")?,
+        user_id: row.column("user_id")?,
+        expires_at: row.column("expires_at")?,
     })
+}
+
+impl FromColumns for Session {
+    fn from_columns(row: &impl Columns) -> Result<Self, sqlx::Error> {
+        session_from_row(row)
+    }
 }
 
 pub(super) const CALL_URL_COLUMNS: &str =
@@ -87,29 +171,36 @@ const PROGRESS_COLUMNS: &str = "state, reason, hellos, media_up, caller_sockets,
 /// provider tokens live a day, so no conversation outlasts that.
 const UNFINISHED_CALL_RETENTION_SECONDS: Timestamp = 24 * 3600;
 
-fn call_from_row(row: &AnyRow) -> Result<Call, sqlx::Error> {
+fn call_from_row(row: &impl Columns) -> Result<Call, sqlx::Error> {
+    // In `CALL_COLUMNS` order, which `SqliteRow` reads fastest.
     Ok(Call {
-        call_id: row.try_get("call_id")?,
-        user_id: row.try_get("user_id")?,
-        call_token: row.try_get("call_token")?,
-        call_url: row.try_get("call_url")?,
-        url_creation_date: row.try_get("url_creation_date")?,
-        caller_id: row.try_get("caller_id")?,
-        call_type: row.try_get("call_type")?,
-        subject: row.try_get("subject")?,
-        provider: row.try_get("provider")?,
-        session_id: row.try_get("session_id")?,
-        callee_token: row.try_get("callee_token")?,
-        api_key: row.try_get("api_key")?,
+        call_id: row.column("call_id")?,
+        user_id: row.column("user_id")?,
+        call_token: row.column("call_token")?,
+        call_url: row.column("call_url")?,
+        url_creation_date: row.column("url_creation_date")?,
+        caller_id: row.column("caller_id")?,
+        call_type: row.column("call_type")?,
+        subject: row.column("subject")?,
+        provider: row.column("provider")?,
+        session_id: row.column("session_id")?,
+        callee_token: row.column("callee_token")?,
+        api_key: row.column("api_key")?,
+        callee_websocket_token: row.column("websocket_token")?,
+        progress_url: row.column("progress_url")?,
+        created_at: row.column("created_at")?,
+        expires_at: row.column("expires_at")?,
         caller_websocket_token: row
-            .try_get::<Option<String>, _>("caller_websocket_token")?
+            .column::<Option<String>>("caller_websocket_token")?
             .unwrap_or_default(),
-        callee_websocket_token: row.try_get("websocket_token")?,
-        channel: row.try_get("channel")?,
-        progress_url: row.try_get("progress_url")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
+        channel: row.column("channel")?,
     })
+}
+
+impl FromColumns for Call {
+    fn from_columns(row: &impl Columns) -> Result<Self, sqlx::Error> {
+        call_from_row(row)
+    }
 }
 
 fn progress_from_row(row: &AnyRow) -> Result<CallProgress, sqlx::Error> {
@@ -131,6 +222,45 @@ fn progress_from_row(row: &AnyRow) -> Result<CallProgress, sqlx::Error> {
 }
 
 impl SqlStore {
+    /// Every row `sql` reads, decoded: run right here on a SQLite file (see
+    /// `inline_reads.rs`), else on a sqlx reader connection.
+    async fn read_rows<T: FromColumns>(
+        &self,
+        name: &'static str,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<T>, StoreError> {
+        statement(name, async {
+            if let Some(inline) = self.inline_reads() {
+                let read = inline.read(|conn| {
+                    let mut statement = conn.prepare_cached(sql)?;
+                    bind_numbered(&mut statement, params)?;
+                    let mut rows = statement.raw_query();
+                    let mut decoded = Vec::new();
+                    while let Some(row) = rows.next()? {
+                        decoded.push(T::from_columns(&SqliteRow::new(row))?);
+                    }
+                    Ok(decoded)
+                });
+                match read {
+                    // A lock to wait for: waited for below, on a reader's thread.
+                    Err(StoreError::Timeout(_)) => {}
+                    done => return done,
+                }
+            }
+            let mut query = sqlx::query(sql);
+            for param in params {
+                query = match *param {
+                    Param::Text(text) => query.bind(text),
+                    Param::Int(int) => query.bind(int),
+                };
+            }
+            let rows = query.fetch_all(&mut *self.reader().await?).await?;
+            Ok(rows.iter().map(T::from_columns).collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// Runs a write that changes what the read cache may hold, and forgets
     /// `what` here and, on PostgreSQL when it is announced, on every other
     /// instance: notified in the same transaction, so they hear of it exactly
@@ -232,14 +362,14 @@ impl Store for SqlStore {
     }
 
     async fn session(&self, id_hmac: &str, now: Timestamp) -> Result<Option<Session>, StoreError> {
-        let row = statement("select_session", sqlx::query(
-            "SELECT id_hmac, key, user_id, expires_at FROM sessions WHERE id_hmac = $1 AND expires_at > $2",
-        )
-        .bind(id_hmac)
-        .bind(now)
-        .fetch_optional(&mut *self.reader().await?))
-        .await?;
-        Ok(row.as_ref().map(session_from_row).transpose()?)
+        let sessions = self
+            .read_rows(
+                "select_session",
+                "SELECT id_hmac, key, user_id, expires_at FROM sessions WHERE id_hmac = $1 AND expires_at > $2",
+                &[Param::Text(id_hmac), Param::Int(now)],
+            )
+            .await?;
+        Ok(sessions.into_iter().next())
     }
 
     async fn touch_session(&self, id_hmac: &str, expires_at: Timestamp) -> Result<(), StoreError> {
@@ -488,16 +618,15 @@ impl Store for SqlStore {
         version: Timestamp,
         now: Timestamp,
     ) -> Result<Vec<Call>, StoreError> {
-        let rows = statement("select_calls", sqlx::query(&format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE user_id = $1 AND created_at >= $2 AND expires_at > $3 \
-             AND state <> 'terminated' ORDER BY created_at, call_id"
-        ))
-        .bind(user_id)
-        .bind(version)
-        .bind(now)
-        .fetch_all(&mut *self.reader().await?))
-        .await?;
-        Ok(rows.iter().map(call_from_row).collect::<Result<_, _>>()?)
+        self.read_rows(
+            "select_calls",
+            &format!(
+                "SELECT {CALL_COLUMNS} FROM calls WHERE user_id = $1 AND created_at >= $2 AND expires_at > $3 \
+                 AND state <> 'terminated' ORDER BY created_at, call_id"
+            ),
+            &[Param::Text(user_id), Param::Int(version), Param::Int(now)],
+        )
+        .await
     }
 
     async fn call_progress(
