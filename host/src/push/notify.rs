@@ -160,17 +160,22 @@ impl Push {
                 let rules = rules.clone();
                 let servers = servers.clone();
                 async move {
-                    if let Err(reason) = rules.check(&url) {
-                        // The reason names the origin at most.
-                        tracing::warn!(origin = %origin(&url), %reason, "push refused: the push policy no longer allows this URL");
-                        return counted(Outcome::Refused, "refused");
-                    }
+                    // Parsed once here, for the check, the logs and the request.
+                    let url = match rules.check(&url) {
+                        Ok(parsed) => parsed,
+                        Err(reason) => {
+                            // The reason names the origin at most.
+                            tracing::warn!(origin = %origin(&url), %reason, "push refused: the push policy no longer allows this URL");
+                            return counted(Outcome::Refused, "refused");
+                        }
+                    };
+                    let origin = url.origin().ascii_serialization();
                     let Some(_permit) = permit else {
-                        tracing::warn!(origin = %origin(&url), "push not sent: too many pings in flight");
+                        tracing::warn!(%origin, "push not sent: too many pings in flight");
                         return counted(Outcome::Failed, "busy");
                     };
-                    let (outcome, failure) = ping(&http, &url, version, timeout).await;
-                    record(&servers, origin(&url), failure);
+                    let (outcome, failure) = ping(&http, url, &origin, version, timeout).await;
+                    record(&servers, origin, failure);
                     outcome
                 }
             });
@@ -234,15 +239,15 @@ fn record(
     }
 }
 
-/// The outcome, and for a failed ping why it failed.
+/// The outcome, and for a failed ping why it failed. A push URL is a
+/// capability for someone's device: only its `origin` is logged.
 async fn ping(
     http: &reqwest::Client,
-    url: &str,
+    url: url::Url,
+    origin: &str,
     version: i64,
     timeout: Duration,
 ) -> (Outcome, Option<&'static str>) {
-    // A push URL is a capability for someone's device: log its origin only.
-    let origin = origin(url);
     let result = http
         .put(url)
         .header(
