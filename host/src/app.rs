@@ -44,6 +44,9 @@ pub struct Shared {
     pub(crate) config: ArcSwap<Config>,
     /// `server.public_url`, or the address actually bound when unset.
     pub public_url: Arc<str>,
+    /// Where clients follow a call's progress, derived from `public_url`
+    /// once rather than parsed again for every call.
+    pub progress_url: Arc<str>,
     pub store: Arc<dyn Store>,
     /// Swapped whole by a reload that changes providers or plugins; read it
     /// through [`Shared::providers`].
@@ -125,6 +128,7 @@ impl Server {
         let limits = Arc::new(Limits::new(&config.rate_limits));
         let state = AppState(Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
+            progress_url: crate::domain::calls::progress_url(&public_url).into(),
             public_url,
             store,
             providers,

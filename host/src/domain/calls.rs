@@ -75,7 +75,7 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
         api_key: setup.api_key,
         caller_websocket_token: super::random_token(CALL_TOKEN_BYTES),
         callee_websocket_token: super::random_token(CALL_TOKEN_BYTES),
-        progress_url: progress_url(&state.public_url),
+        progress_url: state.progress_url.to_string(),
         created_at: now,
         expires_at: now.saturating_add(duration),
     };
@@ -224,7 +224,7 @@ fn call_type_name(call_type: CallType) -> &'static str {
 }
 
 /// `ws(s)://<public host>/websocket`: where clients follow a call's progress.
-fn progress_url(public_url: &str) -> String {
+pub(crate) fn progress_url(public_url: &str) -> String {
     match url::Url::parse(public_url) {
         Ok(mut url) => {
             let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
