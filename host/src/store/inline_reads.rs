@@ -25,14 +25,16 @@
 //! read on a sqlx reader instead, whose thread may wait. Sleeping in the busy
 //! handler here would stall every request on this worker.
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::types::ToSql;
+use rusqlite::types::{FromSql, ToSql, ToSqlOutput};
 use rusqlite::{Connection, OpenFlags, Statement};
 
 use super::StoreError;
+use super::queries::{Columns, FromColumns, Param};
 
 /// Most idle connections kept; more are opened if more threads read at once,
 /// and closed when they come back to a full list.
@@ -91,15 +93,77 @@ impl InlineReaders {
         conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA query_only = ON")?;
         Ok(conn)
     }
+
+    /// Every row `sql` reads with `params`, decoded.
+    pub fn rows<T: FromColumns>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<T>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(sql)?;
+            bind_numbered(&mut statement, params)?;
+            let mut rows = statement.raw_query();
+            let mut decoded = Vec::new();
+            while let Some(row) = rows.next()? {
+                decoded.push(T::from_columns(&SqliteRow::new(row))?);
+            }
+            Ok(decoded)
+        })
+    }
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            Param::Text(text) => text.to_sql(),
+            Param::Int(int) => int.to_sql(),
+        }
+    }
+}
+
+/// rusqlite's row, whose lookup by name compares every column's name in
+/// turn. The decoders ask for columns in the order they are selected, so the
+/// column after the last one read is tried first, and all of them only when
+/// it is not the one.
+struct SqliteRow<'a, 'r> {
+    row: &'a rusqlite::Row<'r>,
+    next: Cell<usize>,
+}
+
+impl<'a, 'r> SqliteRow<'a, 'r> {
+    fn new(row: &'a rusqlite::Row<'r>) -> Self {
+        SqliteRow {
+            row,
+            next: Cell::new(0),
+        }
+    }
+}
+
+impl Columns for SqliteRow<'_, '_> {
+    fn column<T>(&self, name: &str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + FromSql,
+    {
+        let decode_error = |err: rusqlite::Error| sqlx::Error::ColumnDecode {
+            index: name.into(),
+            source: Box::new(err),
+        };
+        let statement = self.row.as_ref();
+        let guess = self.next.get();
+        let index = match statement.column_name(guess) {
+            Ok(found) if found == name => guess,
+            _ => statement.column_index(name).map_err(decode_error)?,
+        };
+        self.next.set(index + 1);
+        self.row.get(index).map_err(decode_error)
+    }
 }
 
 /// Binds `values` to a statement written with sqlx's `$N` placeholders, the
 /// N-th value to `$N` wherever it appears (SQLite itself numbers named
 /// parameters in order of first appearance, which is not always N).
-pub(super) fn bind_numbered(
-    statement: &mut Statement<'_>,
-    values: &[impl ToSql],
-) -> rusqlite::Result<()> {
+fn bind_numbered(statement: &mut Statement<'_>, values: &[impl ToSql]) -> rusqlite::Result<()> {
     for index in 1..=statement.parameter_count() {
         let number = statement
             .parameter_name(index)

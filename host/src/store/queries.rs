@@ -14,7 +14,6 @@ use sqlx::{Connection, Row};
 
 use super::batch::Write;
 use super::cache::{Forget, INVALIDATION_TOPIC};
-use super::inline_reads::bind_numbered;
 use super::{
     Announcement, Backend, Call, CallProgress, CallState, CallUrl, CallUrlUpdate, EndedSession,
     PushTopic, PushUrl, Seat, SeatRow, SeatTaken, Session, SqlStore, Store, StoreError, Timestamp,
@@ -53,7 +52,7 @@ fn sessions_of_user(table: &str, user_id: &str) -> String {
     )
 }
 
-/// A row of either SQLite binding, read by column name: sqlx's (both
+/// A row read by column name through either binding: sqlx's (both
 /// backends) or rusqlite's (SQLite's inline reads, `inline_reads.rs`), so
 /// each kind of row has one decoder.
 pub(super) trait Columns {
@@ -71,44 +70,6 @@ impl Columns for AnyRow {
     }
 }
 
-/// rusqlite's row, whose lookup by name compares every column's name in
-/// turn. The decoders ask for columns in the order they are selected, so the
-/// column after the last one read is tried first, and all of them only when
-/// it is not the one.
-pub(super) struct SqliteRow<'a, 'r> {
-    row: &'a rusqlite::Row<'r>,
-    next: std::cell::Cell<usize>,
-}
-
-impl<'a, 'r> SqliteRow<'a, 'r> {
-    pub(super) fn new(row: &'a rusqlite::Row<'r>) -> Self {
-        SqliteRow {
-            row,
-            next: std::cell::Cell::new(0),
-        }
-    }
-}
-
-impl Columns for SqliteRow<'_, '_> {
-    fn column<T>(&self, name: &str) -> Result<T, sqlx::Error>
-    where
-        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + rusqlite::types::FromSql,
-    {
-        let decode_error = |err: rusqlite::Error| sqlx::Error::ColumnDecode {
-            index: name.into(),
-            source: Box::new(err),
-        };
-        let statement = self.row.as_ref();
-        let guess = self.next.get();
-        let index = match statement.column_name(guess) {
-            Ok(found) if found == name => guess,
-            _ => statement.column_index(name).map_err(decode_error)?,
-        };
-        self.next.set(index + 1);
-        self.row.get(index).map_err(decode_error)
-    }
-}
-
 /// What a read decodes each of its rows into.
 pub(super) trait FromColumns: Sized {
     fn from_columns(row: &impl Columns) -> Result<Self, sqlx::Error>;
@@ -119,15 +80,6 @@ pub(super) trait FromColumns: Sized {
 pub(super) enum Param<'a> {
     Text(&'a str),
     Int(i64),
-}
-
-impl rusqlite::types::ToSql for Param<'_> {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        match self {
-            Param::Text(text) => text.to_sql(),
-            Param::Int(int) => int.to_sql(),
-        }
-    }
 }
 
 fn session_from_row(row: &impl Columns) -> Result<Session, sqlx::Error> {
@@ -232,17 +184,7 @@ impl SqlStore {
     ) -> Result<Vec<T>, StoreError> {
         statement(name, async {
             if let Some(inline) = self.inline_reads() {
-                let read = inline.read(|conn| {
-                    let mut statement = conn.prepare_cached(sql)?;
-                    bind_numbered(&mut statement, params)?;
-                    let mut rows = statement.raw_query();
-                    let mut decoded = Vec::new();
-                    while let Some(row) = rows.next()? {
-                        decoded.push(T::from_columns(&SqliteRow::new(row))?);
-                    }
-                    Ok(decoded)
-                });
-                match read {
+                match inline.rows(sql, params) {
                     // A lock to wait for: waited for below, on a reader's thread.
                     Err(StoreError::Timeout(_)) => {}
                     done => return done,
