@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -323,23 +324,21 @@ impl SqlStore {
         let any_options = AnyConnectOptions::from_str(&url).context("database.url: invalid URL")?;
         let synchronous = config.database.sqlite_synchronous;
         let connections = match backend {
-            Backend::Sqlite => {
-                let in_memory = prepare_sqlite(&url).await?;
-                if in_memory {
-                    // Every connection the Any driver opens to `:memory:` is a
-                    // new, empty database: keep exactly one, forever.
-                    Connections::Pool(
-                        sqlite_pool_options(synchronous)
-                            .max_connections(1)
-                            .min_connections(1)
-                            .idle_timeout(None)
-                            .max_lifetime(None)
-                            .connect_with(any_options)
-                            .await
-                            .context("database.url: cannot open the SQLite database")?,
-                        None,
-                    )
-                } else {
+            Backend::Sqlite => match prepare_sqlite(&url).await? {
+                // Every connection the Any driver opens to `:memory:` is a
+                // new, empty database: keep exactly one, forever.
+                None => Connections::Pool(
+                    sqlite_pool_options(synchronous)
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
+                        .connect_with(any_options)
+                        .await
+                        .context("database.url: cannot open the SQLite database")?,
+                    None,
+                ),
+                Some(path) => {
                     let cores = std::thread::available_parallelism()
                         .map(|n| n.get())
                         .unwrap_or(2);
@@ -350,9 +349,6 @@ impl SqlStore {
                     }
                     let writer = open_sqlite(&any_options, SqliteRole::Writer(synchronous)).await?;
                     writer.lock().await.execute(WRITER_PRAGMAS).await?;
-                    let path = SqliteConnectOptions::from_str(&url)?
-                        .get_filename()
-                        .to_path_buf();
                     let inline = InlineReaders::open(path)
                         .context("database.url: cannot open the SQLite database for reading")?;
                     Connections::Held {
@@ -365,7 +361,7 @@ impl SqlStore {
                         inline,
                     }
                 }
-            }
+            },
             Backend::Postgres => Connections::Pool(
                 AnyPoolOptions::new()
                     .max_connections(max_connections)
@@ -465,11 +461,11 @@ fn follow_other_instances(bus: &Bus, cache: &Arc<ReadCache>) {
 /// Creates the SQLite file (and its folder) if missing and switches it to WAL.
 /// WAL is a property of the file, so setting it once here covers every pooled
 /// connection; doing it per connection would need an exclusive lock each time.
-/// Returns whether the database is in memory.
-async fn prepare_sqlite(url: &str) -> anyhow::Result<bool> {
+/// Returns the file's path, or `None` for a database in memory.
+async fn prepare_sqlite(url: &str) -> anyhow::Result<Option<PathBuf>> {
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     if in_memory {
-        return Ok(true);
+        return Ok(None);
     }
     let options =
         SqliteConnectOptions::from_str(url).context("database.url: invalid SQLite URL")?;
@@ -521,7 +517,7 @@ async fn prepare_sqlite(url: &str) -> anyhow::Result<bool> {
         tracing::warn!(journal_mode = %mode, path = %path.display(), "SQLite database is not in WAL mode");
     }
     conn.close().await?;
-    Ok(false)
+    Ok(Some(path))
 }
 
 /// Creates the database file, if missing, readable by its owner only: it

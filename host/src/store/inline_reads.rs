@@ -61,7 +61,7 @@ impl InlineReaders {
     /// Runs `read` on an idle connection (opening one if none is idle). A
     /// read that would have to wait for a lock fails at once with
     /// [`StoreError::Timeout`].
-    pub fn read<T>(
+    fn read<T>(
         &self,
         read: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

@@ -82,18 +82,14 @@ pub(super) enum Param<'a> {
     Int(i64),
 }
 
-fn session_from_row(row: &impl Columns) -> Result<Session, sqlx::Error> {
-    Ok(Session {
-        id_hmac: row.column("id_hmac")?,
-        key: row.column("key")?,
-        user_id: row.column("user_id")?,
-        expires_at: row.column("expires_at")?,
-    })
-}
-
 impl FromColumns for Session {
     fn from_columns(row: &impl Columns) -> Result<Self, sqlx::Error> {
-        session_from_row(row)
+        Ok(Session {
+            id_hmac: row.column("id_hmac")?,
+            key: row.column("key")?,
+            user_id: row.column("user_id")?,
+            expires_at: row.column("expires_at")?,
+        })
     }
 }
 
@@ -123,35 +119,31 @@ const PROGRESS_COLUMNS: &str = "state, reason, hellos, media_up, caller_sockets,
 /// provider tokens live a day, so no conversation outlasts that.
 const UNFINISHED_CALL_RETENTION_SECONDS: Timestamp = 24 * 3600;
 
-fn call_from_row(row: &impl Columns) -> Result<Call, sqlx::Error> {
-    // In `CALL_COLUMNS` order, which `SqliteRow` reads fastest.
-    Ok(Call {
-        call_id: row.column("call_id")?,
-        user_id: row.column("user_id")?,
-        call_token: row.column("call_token")?,
-        call_url: row.column("call_url")?,
-        url_creation_date: row.column("url_creation_date")?,
-        caller_id: row.column("caller_id")?,
-        call_type: row.column("call_type")?,
-        subject: row.column("subject")?,
-        provider: row.column("provider")?,
-        session_id: row.column("session_id")?,
-        callee_token: row.column("callee_token")?,
-        api_key: row.column("api_key")?,
-        callee_websocket_token: row.column("websocket_token")?,
-        progress_url: row.column("progress_url")?,
-        created_at: row.column("created_at")?,
-        expires_at: row.column("expires_at")?,
-        caller_websocket_token: row
-            .column::<Option<String>>("caller_websocket_token")?
-            .unwrap_or_default(),
-        channel: row.column("channel")?,
-    })
-}
-
 impl FromColumns for Call {
     fn from_columns(row: &impl Columns) -> Result<Self, sqlx::Error> {
-        call_from_row(row)
+        // In `CALL_COLUMNS` order, which `SqliteRow` reads fastest.
+        Ok(Call {
+            call_id: row.column("call_id")?,
+            user_id: row.column("user_id")?,
+            call_token: row.column("call_token")?,
+            call_url: row.column("call_url")?,
+            url_creation_date: row.column("url_creation_date")?,
+            caller_id: row.column("caller_id")?,
+            call_type: row.column("call_type")?,
+            subject: row.column("subject")?,
+            provider: row.column("provider")?,
+            session_id: row.column("session_id")?,
+            callee_token: row.column("callee_token")?,
+            api_key: row.column("api_key")?,
+            callee_websocket_token: row.column("websocket_token")?,
+            progress_url: row.column("progress_url")?,
+            created_at: row.column("created_at")?,
+            expires_at: row.column("expires_at")?,
+            caller_websocket_token: row
+                .column::<Option<String>>("caller_websocket_token")?
+                .unwrap_or_default(),
+            channel: row.column("channel")?,
+        })
     }
 }
 
@@ -585,7 +577,7 @@ impl Store for SqlStore {
         )
         .await?;
         Ok(row
-            .map(|row| Ok::<_, sqlx::Error>((call_from_row(&row)?, progress_from_row(&row)?)))
+            .map(|row| Ok::<_, sqlx::Error>((Call::from_columns(&row)?, progress_from_row(&row)?)))
             .transpose()?)
     }
 
