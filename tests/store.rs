@@ -293,6 +293,58 @@ async fn a_nonce_is_accepted_once_per_session() {
     }
 }
 
+/// SQLite appends nonces and checks them in the writing process's memory
+/// (`nonce_ledger.rs`): a nonce is still accepted once when another store
+/// (another process) writes to the same file, and after a restart.
+#[tokio::test]
+async fn sqlite_nonces_are_accepted_once_across_stores_on_one_file_and_restarts() {
+    let db = Db::sqlite();
+    let s = session("user-1", NOW + 600);
+    let (a, b) = (db.open().await, db.open().await);
+    a.create_session(&s, &[]).await.unwrap();
+    let remember = |store: &Arc<dyn Store>, nonce: &'static str| {
+        let (store, id_hmac) = (store.clone(), s.id_hmac.clone());
+        async move {
+            store
+                .remember_nonce_of_live_session(&id_hmac, nonce, NOW + 120, NOW)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(remember(&a, "n1").await);
+    // b reads the table in at its first nonce.
+    assert!(!remember(&b, "n1").await, "b accepted a's nonce");
+    assert!(remember(&b, "n2").await);
+    // a has not read b's row: the insert itself finds it.
+    assert!(!remember(&a, "n2").await, "a accepted b's nonce");
+    assert!(remember(&a, "n3").await);
+    assert!(remember(&a, "n4").await);
+    assert!(!remember(&b, "n3").await, "b accepted a's nonce");
+    // b's next row follows a's: b reads those in, and then holds them.
+    assert!(remember(&b, "n5").await);
+    assert!(remember(&b, "n6").await);
+    assert!(!remember(&b, "n4").await, "b accepted a's nonce");
+    assert!(!remember(&a, "n5").await, "a accepted b's nonce");
+    assert!(!remember(&a, "n1").await, "a accepted its own nonce twice");
+    drop((a, b));
+
+    let restarted = db.open().await;
+    for nonce in ["n1", "n2", "n3", "n4", "n5", "n6"] {
+        assert!(
+            !remember(&restarted, nonce).await,
+            "{nonce} accepted again after a restart"
+        );
+    }
+    assert!(remember(&restarted, "n7").await);
+    // Expired nonces may come again: their timestamps no longer pass.
+    assert!(
+        restarted
+            .remember_nonce_of_live_session(&s.id_hmac, "n1", NOW + 300, NOW + 121)
+            .await
+            .unwrap()
+    );
+}
+
 #[tokio::test]
 async fn push_urls_are_per_session_and_topic_and_listed_per_user() {
     for db in backends().await {

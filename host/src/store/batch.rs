@@ -14,16 +14,19 @@
 //! fails (a duplicate key, say) is retried row by row, so only the request
 //! whose row is at fault gets the error. The statements are plain SQL that
 //! SQLite and PostgreSQL both run (`INSERT … VALUES (…), (…)`, `RETURNING`,
-//! a `VALUES` list in `FROM` whose columns both name `column1`, …).
+//! a `VALUES` list in `FROM` whose columns both name `column1`, …), but
+//! for SQLite's nonces, which are appended and checked against the writing
+//! process's memory instead of a unique index (`nonce_ledger.rs`).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::Row;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::connection::{Conn, WriterHandle};
+use super::nonce_ledger::{NonceLedger, NonceRow};
 use super::queries::{CALL_COLUMNS, CALL_URL_COLUMNS};
 use crate::store::{Backend, Call, CallUrl, PushTopic, PushUrl, Session, StoreError, Timestamp};
 use crate::telemetry::statement;
@@ -160,12 +163,21 @@ impl WriteBatcher {
     pub fn start(writer: WriterHandle, backend: Backend, concurrency: usize) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
+        // SQLite's nonces are appended and checked in memory (see
+        // `nonce_ledger.rs`), which takes one round at a time: SQLite's one.
+        let ledger = (backend == Backend::Sqlite).then(|| {
+            assert_eq!(concurrency, 1, "SQLite writes in one round at a time");
+            Arc::new(Mutex::new(NonceLedger::new()))
+        });
         tokio::spawn(run_rounds(
-            writer,
-            backend,
+            Round {
+                writer,
+                backend,
+                ledger,
+                counters: counters.clone(),
+            },
             queue,
             concurrency.max(1),
-            counters.clone(),
         ));
         WriteBatcher { jobs, counters }
     }
@@ -199,13 +211,17 @@ impl WriteBatcher {
     }
 }
 
-async fn run_rounds(
+/// What every round works with.
+#[derive(Clone)]
+struct Round {
     writer: WriterHandle,
     backend: Backend,
-    mut queue: mpsc::Receiver<Job>,
-    concurrency: usize,
+    /// SQLite only.
+    ledger: Option<Arc<Mutex<NonceLedger>>>,
     counters: Arc<Counters>,
-) {
+}
+
+async fn run_rounds(round: Round, mut queue: mpsc::Receiver<Job>, concurrency: usize) {
     let rounds = Arc::new(Semaphore::new(concurrency));
     loop {
         // Waiting for a free round first lets the queue fill meanwhile: the
@@ -217,10 +233,9 @@ async fn run_rounds(
         if queue.recv_many(&mut jobs, MAX_JOBS_PER_ROUND).await == 0 {
             return;
         }
-        let writer = writer.clone();
-        let counters = counters.clone();
+        let round = round.clone();
         tokio::spawn(async move {
-            run_round(&writer, backend, jobs, &counters).await;
+            run_round(&round, jobs).await;
             drop(permit);
         });
     }
@@ -232,11 +247,12 @@ struct Pending<'a> {
     write: &'a Write,
 }
 
-async fn run_round(writer: &WriterHandle, backend: Backend, jobs: Vec<Job>, counters: &Counters) {
+async fn run_round(round: &Round, jobs: Vec<Job>) {
+    let (backend, counters) = (round.backend, &*round.counters);
     bump(&counters.rounds, 1);
     bump(&counters.jobs, jobs.len());
     metrics::histogram!("loop_db_group_commit_batch_size").record(jobs.len() as f64);
-    let mut conn = match writer.acquire().await {
+    let mut conn = match round.writer.acquire().await {
         Ok(conn) => conn,
         Err(err) => {
             for job in jobs {
@@ -259,6 +275,20 @@ async fn run_round(writer: &WriterHandle, backend: Backend, jobs: Vec<Job>, coun
                     .map(move |write| Pending { job, write })
             })
             .collect();
+        if kind == Kind::Nonce
+            && let Some(ledger) = &round.ledger
+        {
+            for (row, result) in rows
+                .iter()
+                .zip(append_nonces(&mut conn, ledger, &rows, counters).await)
+            {
+                match result {
+                    Ok(effective) => took_effect[row.job] &= effective,
+                    Err(err) => errors[row.job] = Some(err),
+                }
+            }
+            continue;
+        }
         let mut rest = rows.as_slice();
         while !rest.is_empty() {
             let size = chunk_size(rest.len());
@@ -296,6 +326,191 @@ async fn run_round(writer: &WriterHandle, backend: Backend, jobs: Vec<Job>, coun
             None => Ok(effective),
         });
     }
+}
+
+/// One nonce of a round, as asked for.
+struct NonceWrite<'a> {
+    id_hmac: &'a str,
+    nonce: &'a str,
+    expires_at: Timestamp,
+    now: Timestamp,
+}
+
+fn lock(ledger: &Mutex<NonceLedger>) -> std::sync::MutexGuard<'_, NonceLedger> {
+    // The ledger is consistent between statements; a panic cannot leave it
+    // half-updated in a way that accepts a nonce twice.
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// SQLite: a round's nonces (`rows`, all of that kind), checked against the
+/// ledger and appended; whether each took effect, in order.
+async fn append_nonces(
+    conn: &mut Conn,
+    ledger: &Mutex<NonceLedger>,
+    rows: &[Pending<'_>],
+    counters: &Counters,
+) -> Vec<Result<bool, StoreError>> {
+    let nonces: Vec<NonceWrite> = rows
+        .iter()
+        .filter_map(|row| match row.write {
+            Write::Nonce {
+                id_hmac,
+                nonce,
+                expires_at,
+                now,
+            } => Some(NonceWrite {
+                id_hmac,
+                nonce,
+                expires_at: *expires_at,
+                now: *now,
+            }),
+            _ => None,
+        })
+        .collect();
+    let Some(earliest) = nonces.iter().map(|n| n.now).min() else {
+        return Vec::new();
+    };
+    let to_read_after = lock(ledger).to_read_after();
+    if let Some(after) = to_read_after {
+        bump(&counters.statements, 1);
+        match read_nonces(conn, after, earliest).await {
+            Ok((known, through)) => lock(ledger).learn(&known, through),
+            Err(err) => {
+                let err = StoreError::from(err);
+                return rows.iter().map(|_| Err(err.clone())).collect();
+            }
+        }
+    }
+    // A nonce the ledger holds is a replay; of one sent twice in this round,
+    // the first asker gets it.
+    let mut candidates = Vec::with_capacity(nonces.len());
+    {
+        let mut ledger = lock(ledger);
+        ledger.forget_expired(earliest);
+        let mut this_round = HashSet::with_capacity(nonces.len());
+        for (i, n) in nonces.iter().enumerate() {
+            let key = ledger.key(n.id_hmac, n.nonce);
+            if !ledger.holds(key, n.now) && this_round.insert(key) {
+                candidates.push(i);
+            }
+        }
+    }
+    let mut results: Vec<Result<bool, StoreError>> = nonces.iter().map(|_| Ok(false)).collect();
+    for chunk in candidates.chunks(MAX_ROWS) {
+        bump(&counters.statements, 1);
+        match insert_nonces(conn, ledger, &nonces, chunk).await {
+            Ok(inserted) => inserted.into_iter().for_each(|i| results[i] = Ok(true)),
+            Err(err) if chunk.len() == 1 => results[chunk[0]] = Err(err.into()),
+            Err(_) => {
+                for &i in chunk {
+                    bump(&counters.row_retries, 1);
+                    match insert_nonces(conn, ledger, &nonces, &[i]).await {
+                        Ok(inserted) => results[i] = Ok(!inserted.is_empty()),
+                        Err(err) => results[i] = Err(err.into()),
+                    }
+                }
+            }
+        }
+    }
+    results
+}
+
+/// The rows above id `after` still live at `now`, and the highest id the
+/// table has given (every row up to it is among those or has expired), read
+/// in one statement so both describe the same moment.
+async fn read_nonces(
+    conn: &mut Conn,
+    after: i64,
+    now: Timestamp,
+) -> Result<(Vec<NonceRow>, i64), sqlx::Error> {
+    // `+expires_at`: walk the ids above `after`, never the expiry index.
+    let rows = statement(
+        "read_nonces",
+        sqlx::query(
+            "SELECT id_hmac, nonce, expires_at FROM hawk_nonces WHERE id > $1 AND +expires_at > $2 \
+             UNION ALL SELECT NULL, NULL, seq FROM sqlite_sequence WHERE name = 'hawk_nonces'",
+        )
+        .bind(after)
+        .bind(now)
+        .fetch_all(&mut **conn),
+    )
+    .await?;
+    let mut known = Vec::with_capacity(rows.len());
+    let mut through = after;
+    for row in &rows {
+        let number: i64 = row.try_get(2)?;
+        match (row.try_get(0)?, row.try_get(1)?) {
+            (Some(id_hmac), Some(nonce)) => known.push(NonceRow {
+                id_hmac,
+                nonce,
+                expires_at: number,
+            }),
+            _ => through = through.max(number),
+        }
+    }
+    Ok((known, through))
+}
+
+/// Appends the nonces at `indexes` for live sessions, unless a row the
+/// ledger has not read holds one; records those appended in the ledger and
+/// returns their indexes.
+async fn insert_nonces(
+    conn: &mut Conn,
+    ledger: &Mutex<NonceLedger>,
+    nonces: &[NonceWrite<'_>],
+    indexes: &[usize],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let n = indexes.len();
+    let known_through = lock(ledger).known_through();
+    // Rows above `known_through` are few (none unless another process
+    // writes too); `n.id > …` walks just those.
+    let sql = format!(
+        "INSERT INTO hawk_nonces (id_hmac, nonce, expires_at) \
+         SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
+         WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.id_hmac = v.column1 AND s.expires_at > v.column4) \
+         AND NOT EXISTS (SELECT 1 FROM hawk_nonces n WHERE n.id > ${} \
+             AND n.id_hmac = v.column1 AND n.nonce = v.column2) \
+         RETURNING id, id_hmac, nonce, expires_at",
+        values(n, 4),
+        n * 4 + 1
+    );
+    let mut query = sqlx::query(&sql);
+    for &i in indexes {
+        let nonce = &nonces[i];
+        query = query
+            .bind(nonce.id_hmac.to_owned())
+            .bind(nonce.nonce.to_owned())
+            .bind(nonce.expires_at)
+            .bind(nonce.now);
+    }
+    let returned = statement(
+        Kind::Nonce.statement(),
+        query.bind(known_through).fetch_all(&mut **conn),
+    )
+    .await?;
+    let mut ids = Vec::with_capacity(returned.len());
+    let mut inserted = Vec::with_capacity(returned.len());
+    let mut ledger = lock(ledger);
+    for row in &returned {
+        let (id, id_hmac, nonce, expires_at): (i64, String, String, i64) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        );
+        ids.push(id);
+        let key = ledger.key(&id_hmac, &nonce);
+        ledger.record(key, expires_at);
+        // A chunk holds each (session, nonce) once.
+        if let Some(&i) = indexes
+            .iter()
+            .find(|&&i| nonces[i].id_hmac == id_hmac && nonces[i].nonce == nonce)
+        {
+            inserted.push(i);
+        }
+    }
+    ledger.appended(&mut ids);
+    Ok(inserted)
 }
 
 /// Rows in the next statement: all that remain, up to `MAX_ROWS`.

@@ -278,9 +278,10 @@ enum SqliteRole {
 /// The writer's own settings.
 ///
 /// A page cache bigger than SQLite's 2 MB default: inserts at random keys
-/// (sessions, nonces) touch index pages all over the file, and every miss is
-/// a read from the OS. Readers keep the default, since SQLite empties a
-/// reader's cache whenever another connection has written.
+/// (sessions; nonces are appended, `nonce_ledger.rs`) touch index pages all
+/// over the file, and every miss is a read from the OS. Readers keep the
+/// default, since SQLite empties a reader's cache whenever another
+/// connection has written.
 ///
 /// Checkpoints every 250 WAL pages instead of 1000: the commit that triggers
 /// one copies those pages into the database file and fsyncs it while every

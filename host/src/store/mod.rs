@@ -16,6 +16,7 @@ mod cache;
 mod connection;
 mod error;
 mod inline_reads;
+mod nonce_ledger;
 mod queries;
 mod reachability;
 mod signaling;

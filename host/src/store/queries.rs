@@ -759,14 +759,20 @@ impl Store for SqlStore {
                 now,
             )
             .await?;
-        // `(a, b) IN (SELECT …)` row values: SQLite ≥ 3.15 and PostgreSQL.
-        total += self
-            .purge_in_batches(
-                "purge_nonces",
+        // SQLite's nonces are keyed by the order they came in (see
+        // `nonce_ledger.rs`); PostgreSQL's by (session, nonce), as row values.
+        let purge_nonces = match self.backend {
+            Backend::Sqlite => {
+                "DELETE FROM hawk_nonces WHERE id IN \
+                 (SELECT id FROM hawk_nonces WHERE expires_at <= $1 LIMIT $2)"
+            }
+            Backend::Postgres => {
                 "DELETE FROM hawk_nonces WHERE (id_hmac, nonce) IN \
-                 (SELECT id_hmac, nonce FROM hawk_nonces WHERE expires_at <= $1 LIMIT $2)",
-                now,
-            )
+                 (SELECT id_hmac, nonce FROM hawk_nonces WHERE expires_at <= $1 LIMIT $2)"
+            }
+        };
+        total += self
+            .purge_in_batches("purge_nonces", purge_nonces, now)
             .await?;
         total += self
             .purge_in_batches(
