@@ -129,8 +129,13 @@ async fn the_whole_flow_from_registration_to_listing_the_call() {
             "{field} in {placed}"
         );
     }
-    // Call ids and websocket tokens are capabilities too.
-    assert_random_128_bits("callId", placed["callId"].as_str().unwrap());
+    // Call ids and websocket tokens are capabilities too. A call id starts
+    // with its creation time (milliseconds, 12 hex digits), so that new ids
+    // are appended to their index.
+    let (millis, random) = placed["callId"].as_str().unwrap().split_at(12);
+    let millis = i64::from_str_radix(millis, 16).expect("callId starts with 12 hex digits");
+    assert!((millis / 1000 - now()).abs() <= 60, "callId time {millis}");
+    assert_random_128_bits("callId's random part", random);
     assert_random_128_bits("websocketToken", placed["websocketToken"].as_str().unwrap());
     let port = server.url.rsplit(':').next().unwrap();
     assert_eq!(

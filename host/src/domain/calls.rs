@@ -42,7 +42,7 @@ pub async fn place(state: &AppState, token: &str, request: CallRequest) -> AppRe
     // expired since Alice opened it.
     let (url, push_urls) = call_urls::live_with_callee_push_urls(state, token).await?;
 
-    let call_id = super::random_token(CALL_TOKEN_BYTES);
+    let call_id = super::time_ordered_token(CALL_TOKEN_BYTES);
     let (provider, setup) = state
         .providers()
         .serve_call(CallSetupRequest {
