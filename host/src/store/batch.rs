@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::connection::{Conn, WriterHandle};
@@ -242,13 +243,14 @@ async fn run_rounds(round: Round, mut queue: mpsc::Receiver<Job>, concurrency: u
 }
 
 /// Where one row of a round stands.
+#[derive(Clone, Copy)]
 struct Pending<'a> {
     job: usize,
     write: &'a Write,
 }
 
 async fn run_round(round: &Round, jobs: Vec<Job>) {
-    let (backend, counters) = (round.backend, &*round.counters);
+    let counters = &*round.counters;
     bump(&counters.rounds, 1);
     bump(&counters.jobs, jobs.len());
     metrics::histogram!("loop_db_group_commit_batch_size").record(jobs.len() as f64);
@@ -275,27 +277,32 @@ async fn run_round(round: &Round, jobs: Vec<Job>) {
                     .map(move |write| Pending { job, write })
             })
             .collect();
-        if kind == Kind::Nonce
-            && let Some(ledger) = &round.ledger
-        {
-            for (row, result) in rows
-                .iter()
-                .zip(append_nonces(&mut conn, ledger, &rows, counters).await)
-            {
-                match result {
-                    Ok(effective) => took_effect[row.job] &= effective,
-                    Err(err) => errors[row.job] = Some(err),
+        let rows = match &round.ledger {
+            Some(ledger) if kind == Kind::Nonce => {
+                match screen_nonces(&mut conn, ledger, &rows, counters).await {
+                    Ok((fresh, replays)) => {
+                        for row in replays {
+                            took_effect[row.job] = false;
+                        }
+                        fresh
+                    }
+                    Err(err) => {
+                        for row in &rows {
+                            errors[row.job] = Some(err.clone());
+                        }
+                        continue;
+                    }
                 }
             }
-            continue;
-        }
+            _ => rows,
+        };
         let mut rest = rows.as_slice();
         while !rest.is_empty() {
             let size = chunk_size(rest.len());
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             bump(&counters.statements, 1);
-            match write_rows(&mut conn, backend, kind, chunk).await {
+            match write_rows(&mut conn, round, kind, chunk).await {
                 Ok(effective) => {
                     for (row, ok) in chunk.iter().zip(effective) {
                         took_effect[row.job] &= ok;
@@ -309,8 +316,7 @@ async fn run_round(round: &Round, jobs: Vec<Job>) {
                             continue;
                         }
                         bump(&counters.row_retries, 1);
-                        match write_rows(&mut conn, backend, kind, std::slice::from_ref(row)).await
-                        {
+                        match write_rows(&mut conn, round, kind, std::slice::from_ref(row)).await {
                             Ok(effective) => took_effect[row.job] &= effective[0],
                             Err(err) => errors[row.job] = Some(err.into()),
                         }
@@ -328,91 +334,57 @@ async fn run_round(round: &Round, jobs: Vec<Job>) {
     }
 }
 
-/// One nonce of a round, as asked for.
-struct NonceWrite<'a> {
-    id_hmac: &'a str,
-    nonce: &'a str,
-    expires_at: Timestamp,
-    now: Timestamp,
-}
-
 fn lock(ledger: &Mutex<NonceLedger>) -> std::sync::MutexGuard<'_, NonceLedger> {
     // The ledger is consistent between statements; a panic cannot leave it
     // half-updated in a way that accepts a nonce twice.
     ledger.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// SQLite: a round's nonces (`rows`, all of that kind), checked against the
-/// ledger and appended; whether each took effect, in order.
-async fn append_nonces(
+/// A nonce write's session, nonce and the `now` it is checked at.
+fn nonce_of(write: &Write) -> Option<(&str, &str, Timestamp)> {
+    match write {
+        Write::Nonce {
+            id_hmac,
+            nonce,
+            now,
+            ..
+        } => Some((id_hmac, nonce, *now)),
+        _ => None,
+    }
+}
+
+/// SQLite: splits a round's nonces (`rows`) into those to insert and the
+/// replays the ledger answers itself, once it has read any rows it has not
+/// seen. Of a nonce sent twice in the round, the first asker gets it.
+async fn screen_nonces<'a>(
     conn: &mut Conn,
     ledger: &Mutex<NonceLedger>,
-    rows: &[Pending<'_>],
+    rows: &[Pending<'a>],
     counters: &Counters,
-) -> Vec<Result<bool, StoreError>> {
-    let nonces: Vec<NonceWrite> = rows
+) -> Result<(Vec<Pending<'a>>, Vec<Pending<'a>>), StoreError> {
+    let Some(earliest) = rows
         .iter()
-        .filter_map(|row| match row.write {
-            Write::Nonce {
-                id_hmac,
-                nonce,
-                expires_at,
-                now,
-            } => Some(NonceWrite {
-                id_hmac,
-                nonce,
-                expires_at: *expires_at,
-                now: *now,
-            }),
-            _ => None,
-        })
-        .collect();
-    let Some(earliest) = nonces.iter().map(|n| n.now).min() else {
-        return Vec::new();
+        .filter_map(|row| nonce_of(row.write))
+        .map(|(_, _, now)| now)
+        .min()
+    else {
+        return Ok((rows.to_vec(), Vec::new()));
     };
     let to_read_after = lock(ledger).to_read_after();
     if let Some(after) = to_read_after {
         bump(&counters.statements, 1);
-        match read_nonces(conn, after, earliest).await {
-            Ok((known, through)) => lock(ledger).learn(&known, through),
-            Err(err) => {
-                let err = StoreError::from(err);
-                return rows.iter().map(|_| Err(err.clone())).collect();
-            }
-        }
+        let (known, through) = read_nonces(conn, after, earliest).await?;
+        lock(ledger).learn(&known, through);
     }
-    // A nonce the ledger holds is a replay; of one sent twice in this round,
-    // the first asker gets it.
-    let mut candidates = Vec::with_capacity(nonces.len());
-    {
-        let mut ledger = lock(ledger);
-        ledger.forget_expired(earliest);
-        let mut this_round = HashSet::with_capacity(nonces.len());
-        for (i, n) in nonces.iter().enumerate() {
-            let key = ledger.key(n.id_hmac, n.nonce);
-            if !ledger.holds(key, n.now) && this_round.insert(key) {
-                candidates.push(i);
-            }
-        }
-    }
-    let mut results: Vec<Result<bool, StoreError>> = nonces.iter().map(|_| Ok(false)).collect();
-    for chunk in candidates.chunks(MAX_ROWS) {
-        bump(&counters.statements, 1);
-        match insert_nonces(conn, ledger, &nonces, chunk).await {
-            Ok(inserted) => inserted.into_iter().for_each(|i| results[i] = Ok(true)),
-            Err(err) if chunk.len() == 1 => results[chunk[0]] = Err(err.into()),
-            Err(_) => {
-                for &i in chunk {
-                    bump(&counters.row_retries, 1);
-                    match insert_nonces(conn, ledger, &nonces, &[i]).await {
-                        Ok(inserted) => results[i] = Ok(!inserted.is_empty()),
-                        Err(err) => results[i] = Err(err.into()),
-                    }
-                }
-            }
-        }
-    }
-    results
+    let mut ledger = lock(ledger);
+    ledger.forget_expired(earliest);
+    let mut this_round = HashSet::with_capacity(rows.len());
+    Ok(rows.iter().copied().partition(|row| {
+        nonce_of(row.write).is_some_and(|(id_hmac, nonce, now)| {
+            let key = ledger.key(id_hmac, nonce);
+            !ledger.holds(key, now) && this_round.insert(key)
+        })
+    }))
 }
 
 /// The rows above id `after` still live at `now`, and the highest id the
@@ -451,66 +423,20 @@ async fn read_nonces(
     Ok((known, through))
 }
 
-/// Appends the nonces at `indexes` for live sessions, unless a row the
-/// ledger has not read holds one; records those appended in the ledger and
-/// returns their indexes.
-async fn insert_nonces(
-    conn: &mut Conn,
-    ledger: &Mutex<NonceLedger>,
-    nonces: &[NonceWrite<'_>],
-    indexes: &[usize],
-) -> Result<Vec<usize>, sqlx::Error> {
-    let n = indexes.len();
-    let known_through = lock(ledger).known_through();
-    // Rows above `known_through` are few (none unless another process
-    // writes too); `n.id > …` walks just those.
-    let sql = format!(
-        "INSERT INTO hawk_nonces (id_hmac, nonce, expires_at) \
-         SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
-         WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.id_hmac = v.column1 AND s.expires_at > v.column4) \
-         AND NOT EXISTS (SELECT 1 FROM hawk_nonces n WHERE n.id > ${} \
-             AND n.id_hmac = v.column1 AND n.nonce = v.column2) \
-         RETURNING id, id_hmac, nonce, expires_at",
-        values(n, 4),
-        n * 4 + 1
-    );
-    let mut query = sqlx::query(&sql);
-    for &i in indexes {
-        let nonce = &nonces[i];
-        query = query
-            .bind(nonce.id_hmac.to_owned())
-            .bind(nonce.nonce.to_owned())
-            .bind(nonce.expires_at)
-            .bind(nonce.now);
-    }
-    let returned = statement(
-        Kind::Nonce.statement(),
-        query.bind(known_through).fetch_all(&mut **conn),
-    )
-    .await?;
-    let mut ids = Vec::with_capacity(returned.len());
-    let mut inserted = Vec::with_capacity(returned.len());
+/// SQLite: records the nonces just appended (`id_hmac, nonce, id,
+/// expires_at`) in the ledger, which moves past their ids if nothing lies
+/// between.
+fn record_appended(ledger: &Mutex<NonceLedger>, appended: &[AnyRow]) -> Result<(), sqlx::Error> {
     let mut ledger = lock(ledger);
-    for row in &returned {
-        let (id, id_hmac, nonce, expires_at): (i64, String, String, i64) = (
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-        );
-        ids.push(id);
+    let mut ids = Vec::with_capacity(appended.len());
+    for row in appended {
+        let (id_hmac, nonce): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        ids.push(row.try_get(2)?);
         let key = ledger.key(&id_hmac, &nonce);
-        ledger.record(key, expires_at);
-        // A chunk holds each (session, nonce) once.
-        if let Some(&i) = indexes
-            .iter()
-            .find(|&&i| nonces[i].id_hmac == id_hmac && nonces[i].nonce == nonce)
-        {
-            inserted.push(i);
-        }
+        ledger.record(key, row.try_get(3)?);
     }
     ledger.appended(&mut ids);
-    Ok(inserted)
+    Ok(())
 }
 
 /// Rows in the next statement: all that remain, up to `MAX_ROWS`.
@@ -539,16 +465,30 @@ fn values(rows: usize, columns: usize) -> String {
 /// took effect, in order.
 async fn write_rows(
     conn: &mut Conn,
-    backend: Backend,
+    round: &Round,
     kind: Kind,
     rows: &[Pending<'_>],
 ) -> Result<Vec<bool>, sqlx::Error> {
     let n = rows.len();
+    // SQLite's nonces, already screened by the ledger (`screen_nonces`).
+    let ledger = round.ledger.as_deref().filter(|_| kind == Kind::Nonce);
     let sql = match kind {
         Kind::Session => format!(
             "INSERT INTO sessions (id_hmac, key, user_id, expires_at, calls_push_url, rooms_push_url) \
              VALUES {}",
             values(n, 6)
+        ),
+        // Appended, unless a row the ledger has not read yet (another
+        // process's; none otherwise, so `n.id > …` walks none) holds it.
+        Kind::Nonce if ledger.is_some() => format!(
+            "INSERT INTO hawk_nonces (id_hmac, nonce, expires_at) \
+             SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
+             WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.id_hmac = v.column1 AND s.expires_at > v.column4) \
+             AND NOT EXISTS (SELECT 1 FROM hawk_nonces n WHERE n.id > ${} \
+                 AND n.id_hmac = v.column1 AND n.nonce = v.column2) \
+             RETURNING id_hmac, nonce, id, expires_at",
+            values(n, 4),
+            n * 4 + 1
         ),
         // SQLite's parser needs the `WHERE` before `ON CONFLICT` in an
         // INSERT … SELECT; the EXISTS provides it.
@@ -575,7 +515,7 @@ async fn write_rows(
     // costs 50 ms per round once registrations have made it 250,000 rows,
     // and only an ANALYZE (autovacuum, if it is on) would replace it.
     // Planning once per round of requests costs little.
-    let replan = kind == Kind::Nonce && backend == Backend::Postgres;
+    let replan = kind == Kind::Nonce && round.backend == Backend::Postgres;
     let mut query = sqlx::query(&sql).persistent(!replan);
     for row in rows {
         query = match row.write {
@@ -629,14 +569,19 @@ async fn write_rows(
         statement(kind.statement(), query.execute(&mut **conn)).await?;
         return Ok(vec![true; n]);
     }
+    if let Some(ledger) = ledger {
+        query = query.bind(lock(ledger).known_through());
+    }
+    let returned = statement(kind.statement(), query.fetch_all(&mut **conn)).await?;
+    if let Some(ledger) = ledger {
+        record_appended(ledger, &returned)?;
+    }
     // A nonce sent twice in one chunk is inserted once: the first asker gets
     // it, the other is a replay.
-    let mut inserted: HashSet<(String, String)> =
-        statement(kind.statement(), query.fetch_all(&mut **conn))
-            .await?
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
+    let mut inserted: HashSet<(String, String)> = returned
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
     Ok(rows
         .iter()
         .map(|row| match row.write {
