@@ -96,16 +96,18 @@ impl FromColumns for Session {
 pub(super) const CALL_URL_COLUMNS: &str =
     "token, user_id, caller_id, issuer, subject, created_at, expires_at";
 
-fn call_url_from_row(row: &AnyRow) -> Result<CallUrl, sqlx::Error> {
-    Ok(CallUrl {
-        token: row.try_get("token")?,
-        user_id: row.try_get("user_id")?,
-        caller_id: row.try_get("caller_id")?,
-        issuer: row.try_get("issuer")?,
-        subject: row.try_get("subject")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-    })
+impl FromColumns for CallUrl {
+    fn from_columns(row: &impl Columns) -> Result<Self, sqlx::Error> {
+        Ok(CallUrl {
+            token: row.column("token")?,
+            user_id: row.column("user_id")?,
+            caller_id: row.column("caller_id")?,
+            issuer: row.column("issuer")?,
+            subject: row.column("subject")?,
+            created_at: row.column("created_at")?,
+            expires_at: row.column("expires_at")?,
+        })
+    }
 }
 
 pub(super) const CALL_COLUMNS: &str = "call_id, user_id, call_token, call_url, url_creation_date, caller_id, call_type, subject, \
@@ -425,7 +427,7 @@ impl Store for SqlStore {
             .fetch_optional(&mut *self.reader().await?),
         )
         .await?;
-        let found = row.as_ref().map(call_url_from_row).transpose()?;
+        let found = row.as_ref().map(CallUrl::from_columns).transpose()?;
         if let Some(call_url) = &found {
             self.cache.keep_call_url(read_in, call_url);
         }
@@ -461,7 +463,7 @@ impl Store for SqlStore {
         let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let call_url = call_url_from_row(first)?;
+        let call_url = CallUrl::from_columns(first)?;
         let mut push_urls = Vec::with_capacity(rows.len());
         // The set stays right until the first of these sessions expires.
         let mut until = Timestamp::MAX;
@@ -493,7 +495,7 @@ impl Store for SqlStore {
         .await?;
         Ok(rows
             .iter()
-            .map(call_url_from_row)
+            .map(CallUrl::from_columns)
             .collect::<Result<_, _>>()?)
     }
 
